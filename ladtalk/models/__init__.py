@@ -1,0 +1,1 @@
+"""Network definitions: Wav2Lip generator, SyncNet experts, SOVQAE."""
