@@ -62,14 +62,3 @@ def res(ch: int) -> ConvBNReLU:
     """Shape-preserving 3x3 residual block with ``ch`` channels."""
     return ConvBNReLU(ch, ch, 3, 1, 1, residual=True)
 
-
-def strip_module_prefix(state_dict):
-    """Drop the ``module.`` prefix that DataParallel training adds to every key.
-
-    Only strips when *every* key carries it, so a genuine top-level ``module`` attribute is
-    never mangled.
-    """
-    keys = list(state_dict)
-    if keys and all(k.startswith("module.") for k in keys):
-        return type(state_dict)((k[len("module."):], v) for k, v in state_dict.items())
-    return state_dict

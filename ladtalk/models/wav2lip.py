@@ -19,8 +19,8 @@ mel window to a 512-d vector, and a decoder that starts from the audio embedding
 every scale, concatenates the matching face-encoder feature map (skip connection).
 
 Module names (``face_encoder_blocks``, ``audio_encoder``, ``face_decoder_blocks``,
-``output_block``) and their nesting match upstream, so state-dict keys are identical (after
-stripping DataParallel's ``module.`` prefix, see :func:`ladtalk.models.blocks.strip_module_prefix`).
+``output_block``) and their nesting match upstream, so state-dict keys are identical once
+DataParallel's ``module.`` prefix is stripped (:func:`ladtalk.hub.load_state_dict` does that).
 """
 
 from __future__ import annotations

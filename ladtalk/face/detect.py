@@ -1,0 +1,309 @@
+"""Face detectors with one interface: ``detect(frames) -> list of (k, 5) arrays``.
+
+``frames`` is a ``(n, H, W, 3)`` uint8 RGB chunk (a single ``(H, W, 3)`` frame is accepted
+too). The result has one float array per frame, rows ``x1, y1, x2, y2, score`` in
+full-resolution pixel-edge coordinates (see :mod:`ladtalk.face`), an empty ``(0, 5)`` array
+when no face was found. Detection runs on a copy downscaled so that its longer side is at most
+``max_side`` pixels (faster, and S3FD is more reliable at moderate resolutions); boxes are
+mapped back to full resolution.
+
+Detectors:
+    :class:`S3FDDetector`    face-alignment's S3FD (the detector Wav2Lip was trained with);
+                             weights from :func:`ladtalk.hub.resolve_checkpoint` ("s3fd").
+    :class:`DlibHOGDetector` dlib's HOG frontal detector: offline, no weights, CPU only.
+    :class:`FixedBoxDetector` a user-given box (``--box Y1 Y2 X1 X2``) for every frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+
+import numpy as np
+
+from ..errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SIDE = 480
+
+#: dlib's HOG boxes are tight (eyebrows to chin). S3FD boxes, which Wav2Lip's training crops
+#: used, also take in part of the forehead and a little margin. This expansion (fractions of
+#: the box height for top/bottom, of its width for left/right) approximates S3FD framing.
+#: It is a hand-set heuristic, not calibrated against S3FD output.
+DLIB_TO_S3FD_EXPAND = (0.15, 0.05, 0.05, 0.05)  # top, bottom, left, right
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Anything with ``detect(frames) -> list[np.ndarray (k, 5)]`` and a ``name``."""
+
+    name: str
+
+    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
+        ...
+
+
+def _as_batch(frames: np.ndarray) -> np.ndarray:
+    arr = np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected (n, H, W, 3) RGB frames, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames, got {arr.dtype}")
+    return arr
+
+
+def _empty() -> np.ndarray:
+    return np.zeros((0, 5), dtype=np.float64)
+
+
+def downscale(frames: np.ndarray, max_side: Optional[int]) -> Tuple[np.ndarray, float, float]:
+    """Resize a batch so its longer side is <= ``max_side`` (INTER_AREA).
+
+    Returns ``(small, sx, sy)`` with ``sx = small_w / W`` and ``sy = small_h / H``; boxes
+    found on ``small`` map back by dividing x by ``sx`` and y by ``sy``.
+    """
+    n, h, w = frames.shape[:3]
+    if not max_side or max(h, w) <= max_side:
+        return frames, 1.0, 1.0
+    import cv2
+    f = max_side / max(h, w)
+    nw, nh = max(1, int(round(w * f))), max(1, int(round(h * f)))
+    small = np.empty((n, nh, nw, 3), dtype=np.uint8)
+    for i in range(n):
+        small[i] = cv2.resize(frames[i], (nw, nh), interpolation=cv2.INTER_AREA)
+    return small, nw / w, nh / h
+
+
+def _map_back(boxes: np.ndarray, sx: float, sy: float, w: int, h: int) -> np.ndarray:
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 5).copy()
+    out[:, [0, 2]] /= sx
+    out[:, [1, 3]] /= sy
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out[keep]
+
+
+def expand_boxes(boxes: np.ndarray, expand: Sequence[float]) -> np.ndarray:
+    """Grow ``(k, 4+)`` boxes by fractions ``(top, bottom, left, right)`` of their size."""
+    out = np.asarray(boxes, dtype=np.float64).copy()
+    if out.size == 0:
+        return out
+    t, b, l, r = expand
+    w = out[:, 2] - out[:, 0]
+    h = out[:, 3] - out[:, 1]
+    out[:, 0] -= l * w
+    out[:, 2] += r * w
+    out[:, 1] -= t * h
+    out[:, 3] += b * h
+    return out
+
+
+class DlibHOGDetector:
+    """dlib's HOG + linear SVM frontal face detector (``dlib.get_frontal_face_detector``).
+
+    Needs no weights and no network. Its 80x80 scanning window means faces smaller than
+    about 80 px *on the downscaled copy* are missed; ``upsample=1`` halves that (4x slower).
+    ``expand`` grows the tight HOG boxes towards S3FD framing (``None`` disables it).
+    ``threshold`` is dlib's SVM score threshold (0 is dlib's default).
+    """
+
+    name = "dlib"
+
+    def __init__(self, upsample: int = 0, max_side: Optional[int] = DEFAULT_MAX_SIDE,
+                 threshold: float = 0.0,
+                 expand: Optional[Sequence[float]] = DLIB_TO_S3FD_EXPAND):
+        try:
+            import dlib
+        except ImportError as exc:  # pragma: no cover - dlib-bin is a hard dependency
+            raise CheckpointError("the dlib face detector needs the 'dlib-bin' package "
+                                  "(pip install dlib-bin)") from exc
+        self._det = dlib.get_frontal_face_detector()
+        self.upsample = int(upsample)
+        self.max_side = max_side
+        self.threshold = float(threshold)
+        self.expand = tuple(expand) if expand is not None else None
+
+    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
+        frames = _as_batch(frames)
+        h, w = frames.shape[1:3]
+        small, sx, sy = downscale(frames, self.max_side)
+        out = []
+        for img in small:
+            rects, scores, _ = self._det.run(np.ascontiguousarray(img), self.upsample,
+                                             self.threshold)
+            if len(rects) == 0:
+                out.append(_empty())
+                continue
+            # dlib rectangles are inclusive (right/bottom are the last pixel): +1 for edges.
+            boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1, s]
+                              for r, s in zip(rects, scores)], dtype=np.float64)
+            if self.expand is not None:
+                boxes = expand_boxes(boxes, self.expand)
+            out.append(_map_back(boxes, sx, sy, w, h))
+        return out
+
+
+def _load_state_dict(path) -> dict:
+    """Load weights without unpickling arbitrary objects (safetensors or weights_only)."""
+    from pathlib import Path
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(p))
+    import torch
+    try:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load S3FD weights from {p}: {exc}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return sd
+
+
+def resolve_s3fd_weights(weights=None):
+    """Local path of the S3FD weights via :func:`ladtalk.hub.resolve_checkpoint` ("s3fd").
+
+    ``weights`` (a path, directory or Hub reference) overrides the default source. Raises
+    :class:`CheckpointError` that says to use ``--detector dlib`` or supply the weights.
+    """
+    from pathlib import Path
+    hint = ("or use '--detector dlib' (offline, needs no weights). The S3FD weights are "
+            "face-alignment's s3fd-619a316812.pth, the same file as Wav2Lip's "
+            "face_detection/detection/sfd/s3fd.pth")
+    try:
+        from ..hub import resolve_checkpoint
+    except ImportError as exc:  # pragma: no cover - hub ships with the package
+        if weights is not None and Path(weights).is_file():
+            return Path(weights)
+        raise CheckpointError(f"S3FD weights cannot be resolved ({exc}); supply them {hint}") \
+            from None
+    try:
+        return Path(resolve_checkpoint("s3fd", override=weights))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} ({hint})") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"S3FD weights are not available ({exc}); supply them {hint}") \
+            from None
+
+
+class S3FDDetector:
+    """S3FD from face-alignment (imported lazily), batched over the chunk on ``device``.
+
+    ``threshold`` is the confidence kept after NMS (0.5, as in face-alignment and Wav2Lip).
+    ``batch_size`` bounds how many downscaled frames go through the network at once.
+    """
+
+    name = "s3fd"
+
+    def __init__(self, device=None, weights=None, max_side: Optional[int] = DEFAULT_MAX_SIDE,
+                 threshold: float = 0.5, batch_size: int = 16):
+        from ..device import resolve_device
+        path = resolve_s3fd_weights(weights)
+        self.device = resolve_device(device)
+        self.max_side = max_side
+        self.threshold = float(threshold)
+        self.batch_size = int(batch_size)
+        try:
+            from face_alignment.detection.sfd.net_s3fd import s3fd
+            from face_alignment.detection.sfd.detect import batch_detect
+            from face_alignment.detection.sfd.bbox import nms
+        except ImportError as exc:  # pragma: no cover - face-alignment is a hard dependency
+            raise CheckpointError("the S3FD detector needs the 'face-alignment' package; "
+                                  "install it or use '--detector dlib'") from exc
+        self._batch_detect, self._nms = batch_detect, nms
+        net = s3fd()
+        try:
+            net.load_state_dict(_load_state_dict(path))
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not hold S3FD weights: {exc}") from None
+        self.net = net.to(self.device).eval()
+        self.weights_path = path
+
+    def _filter(self, cand: np.ndarray) -> np.ndarray:
+        cand = np.asarray(cand, dtype=np.float64).reshape(-1, 5)
+        if len(cand) == 0:
+            return _empty()
+        cand = cand[self._nms(cand, 0.3)].reshape(-1, 5)
+        return cand[cand[:, 4] > self.threshold]
+
+    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
+        import torch
+        frames = _as_batch(frames)
+        h, w = frames.shape[1:3]
+        small, sx, sy = downscale(frames, self.max_side)
+        out: List[np.ndarray] = []
+        for s in range(0, len(small), self.batch_size):
+            part = small[s:s + self.batch_size]
+            # face-alignment's batch_detect takes RGB (n, 3, H, W) and flips to BGR itself.
+            x = torch.from_numpy(np.ascontiguousarray(part.transpose(0, 3, 1, 2)))
+            x = x.to(self.device, dtype=torch.float32)
+            with torch.inference_mode():
+                cands = self._batch_detect(self.net, x, device=str(self.device))
+            for i in range(len(part)):
+                c = cands[i] if len(cands) else []
+                out.append(_map_back(self._filter(c), sx, sy, w, h))
+        return out
+
+
+class FixedBoxDetector:
+    """The same user-given box for every frame (score 1.0).
+
+    ``box`` uses the upstream Wav2Lip ``--box`` order ``(y1, y2, x1, x2)`` in full-resolution
+    pixels. It is clipped to each frame; a box that is empty or lies outside the frame is an
+    :class:`InputError`.
+    """
+
+    name = "box"
+
+    def __init__(self, box: Sequence[float]):
+        if len(box) != 4:
+            raise InputError(f"--box needs 4 numbers Y1 Y2 X1 X2, got {list(box)}")
+        y1, y2, x1, x2 = (float(v) for v in box)
+        if not (y2 > y1 and x2 > x1):
+            raise InputError(f"--box {y1:g} {y2:g} {x1:g} {x2:g} is empty: the order is "
+                             "Y1 Y2 X1 X2 (top, bottom, left, right) with Y2 > Y1 and X2 > X1")
+        if min(y1, x1) < 0:
+            raise InputError(f"--box {y1:g} {y2:g} {x1:g} {x2:g} has negative coordinates")
+        self.box_xyxy = np.array([x1, y1, x2, y2], dtype=np.float64)
+
+    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
+        frames = _as_batch(frames)
+        h, w = frames.shape[1:3]
+        x1, y1, x2, y2 = self.box_xyxy
+        cx1, cy1, cx2, cy2 = min(x1, w), min(y1, h), min(x2, w), min(y2, h)
+        if cx2 - cx1 < 2 or cy2 - cy1 < 2:
+            raise InputError(f"--box {y1:g} {y2:g} {x1:g} {x2:g} (Y1 Y2 X1 X2) lies outside "
+                             f"the {w}x{h} frame")
+        row = np.array([[cx1, cy1, cx2, cy2, 1.0]])
+        return [row.copy() for _ in range(len(frames))]
+
+
+def make_detector(name: str = "auto", device=None, *, max_side: Optional[int] = DEFAULT_MAX_SIDE,
+                  box: Optional[Sequence[float]] = None, weights=None,
+                  **kwargs) -> Union[S3FDDetector, DlibHOGDetector, FixedBoxDetector]:
+    """Build a detector by name: ``"s3fd"``, ``"dlib"``, ``"auto"`` or ``"box"``.
+
+    ``"auto"`` uses S3FD when its weights resolve and otherwise falls back to dlib with a
+    logged warning. A given ``box`` (upstream order Y1 Y2 X1 X2) always wins.
+    """
+    if box is not None and any(v != -1 for v in box):
+        return FixedBoxDetector(box)
+    key = (name or "auto").lower()
+    if key == "box":
+        raise InputError("detector 'box' needs --box Y1 Y2 X1 X2")
+    if key == "s3fd":
+        return S3FDDetector(device=device, weights=weights, max_side=max_side, **kwargs)
+    if key == "dlib":
+        return DlibHOGDetector(max_side=max_side, **kwargs)
+    if key == "auto":
+        try:
+            return S3FDDetector(device=device, weights=weights, max_side=max_side, **kwargs)
+        except CheckpointError as exc:
+            log.warning("S3FD face detector unavailable (%s); falling back to the offline dlib "
+                        "HOG detector, which misses small, profile and low-light faces", exc)
+            return DlibHOGDetector(max_side=max_side)
+    raise InputError(f"unknown face detector '{name}'; use s3fd, dlib or auto")
