@@ -32,8 +32,8 @@ is optimistic; ``codes_preserved`` vs ``certified_fraction`` checks it against r
 
 * random: the worst ratio ``||h_p(x+d) - h_p(x)|| / ||d||`` over ``n_random`` Gaussian
   perturbations ``d`` of per-pixel std ``eps`` (finite differences, no linearisation).
-* power: power iteration on ``J_p^T J_p`` (``J_p`` = Jacobian of ``h_p`` at a face; JVP with
-  ``torch.func.jvp``, VJP with ``torch.func.vjp``), started from the worst random perturbation
+* power: power iteration on ``J_p^T J_p`` (``J_p`` = Jacobian of ``h_p`` at a face; VJPs by
+  backward passes, JVPs by double backward), started from the worst random perturbation
   of that position. The Rayleigh quotient never decreases along power iteration, so this is
   >= the random ratio up to the linearisation error of ``eps``, and <= ``||J_p||_2``. Run on the
   ``max_positions`` most sensitive positions (by the random ratio) of each of ``faces`` faces.
@@ -45,7 +45,9 @@ is optimistic; ``codes_preserved`` vs ``certified_fraction`` checks it against r
   ``max|gamma_c| / sqrt(var_g + eps)`` at the actual activations, swish as the largest
   ``|swish'|`` it sees, residual blocks as ``shortcut + branch``, attention through a bound
   on the softmax Jacobian at the actual Q, K, V. It bounds the Jacobian at those faces only;
-  it says nothing about other inputs.
+  it says nothing about other inputs. Conv norms are exact on the padded torus for small
+  maps and a sampled-spectrum bound (about 1% larger) on big ones (see
+  :func:`conv_operator_norm_bound`).
 * layer-wise **naive** product (``L_layerwise_naive``): conv norms multiplied with GroupNorm,
   swish and the attention softmax counted as 1. This is what people usually quote, but it is
   **not a bound**: GroupNorm divides by the activation std (unbounded gain for flat inputs)
@@ -204,28 +206,45 @@ class LipschitzEstimate:
         return max(self.global_power, self.global_random)
 
 
+@contextlib.contextmanager
+def _frozen_params(model: nn.Module):
+    """Temporarily stop parameters from requiring grad (only input derivatives are needed)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _power_iteration(f, x: torch.Tensor, v0: torch.Tensor, iters: int,
                      mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """Per-sample largest singular value of (mask * J) at x, started from v0; returns (K,)."""
-    from torch.func import jvp, vjp
+    """Per-sample largest singular value of (mask * J) at x, started from v0; returns (K,).
 
-    def g(inp):
-        out = f(inp)
-        return out * mask if mask is not None else out
-
-    with _math_sdpa(), torch.no_grad():  # no_grad: no outer graph; torch.func still differentiates
-        _, vjp_fn = vjp(g, x)
+    ``J^T u`` is one backward pass; ``J v`` is the derivative of the (linear in u) map
+    ``u -> J^T u`` with cotangent v (double backward), so no forward-mode AD is needed and
+    every iteration costs two backward passes through graphs built once. Returns the largest
+    ``||J v|| / ||v||`` seen (the Rayleigh quotient is non-decreasing along the iteration).
+    """
+    with _math_sdpa(), torch.enable_grad():
+        xx = x.detach().clone().requires_grad_(True)
+        y = f(xx)
+        if mask is not None:
+            y = y * mask
+        u0 = torch.zeros_like(y, requires_grad=True)
+        (jt_u0,) = torch.autograd.grad(y, xx, u0, create_graph=True)
         v = v0 / _per_sample_norm(v0).clamp_min(1e-30).view(-1, 1, 1, 1)
         best = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for it in range(iters + 1):
-            _, u = jvp(g, (x,), (v,))
-            sigma = _per_sample_norm(u).double()
-            best = torch.maximum(best, sigma)
+            (u,) = torch.autograd.grad(jt_u0, u0, v, retain_graph=True)  # J v
+            best = torch.maximum(best, _per_sample_norm(u).double())
             if it == iters:
                 break
-            (w,) = vjp_fn(u)
-            v = (w / _per_sample_norm(w).clamp_min(1e-30).view(-1, 1, 1, 1)).detach()
-    return best
+            (w,) = torch.autograd.grad(y, xx, u, retain_graph=True)  # J^T J v
+            v = w / _per_sample_norm(w).clamp_min(1e-30).view(-1, 1, 1, 1)
+    return best.detach()
 
 
 def estimate_lipschitz(model: nn.Module, x01: torch.Tensor, *, iters: int = 8, n_random: int = 4,
@@ -233,7 +252,7 @@ def estimate_lipschitz(model: nn.Module, x01: torch.Tensor, *, iters: int = 8, n
                        layerwise: bool = True) -> LipschitzEstimate:
     """Estimate L_enc (per position and global) at the faces ``x01`` (B, C, H, W) in [0, 1].
 
-    Cost: ``B * (n_random + 1)`` forward passes, ``(iters + 1)`` JVPs + ``iters`` VJPs for each
+    Cost: ``B * (n_random + 1)`` forward passes, ``2 iters + 1`` backward passes for each
     of the ``B`` global chains and ``B * max_positions`` per-position chains (batched by
     ``chunk``), plus one layer-wise walk. Runs in float32 without autocast on ``x01``'s device.
     """
@@ -260,7 +279,8 @@ def estimate_lipschitz(model: nn.Module, x01: torch.Tensor, *, iters: int = 8, n
         v0 = deltas[best_r, torch.arange(b, device=best_r.device)]
     else:
         v0 = torch.randn(tuple(x.shape), generator=gen).to(x)
-    glob = _power_iteration(f, x, v0, iters, None)
+    with _frozen_params(model):
+        glob = _power_iteration(f, x, v0, iters, None)
     # per-position chains on the most sensitive positions of each face
     if n_random:
         pos_score, pos_best_r = ratio_p.max(0)  # (b, P)
@@ -281,7 +301,8 @@ def estimate_lipschitz(model: nn.Module, x01: torch.Tensor, *, iters: int = 8, n
             init = torch.stack([deltas[pos_best_r[i, p], i] for i, p in part])
         else:
             init = torch.randn(tuple(xb.shape), generator=gen).to(x)
-        pos_power[s:s + len(part)] = _power_iteration(f, xb, init, iters, mask)
+        with _frozen_params(model):
+            pos_power[s:s + len(part)] = _power_iteration(f, xb, init, iters, mask)
     est = LipschitzEstimate(
         per_position_power=float(pos_power.max()) if len(pairs) else 0.0,
         per_position_random=float(ratio_p.max()) if n_random else 0.0,
@@ -299,15 +320,40 @@ def estimate_lipschitz(model: nn.Module, x01: torch.Tensor, *, iters: int = 8, n
 
 
 # -- layer-wise bounds -----------------------------------------------------------------------
+def _max_symbol_norm(w: torch.Tensor, gh: int, gw: int, max_batch_bytes: int) -> float:
+    """max over the gh x gw DFT grid of ||sum_ab W_ab e^{2 pi i (a u / gh + b v / gw)}||_2
+    (half the grid: the symbol at -w is the conjugate of the symbol at w)."""
+    cout, cin, kh, kw = w.shape
+    wc = w.to(torch.complex128)
+    dev = w.device
+    u = torch.arange(gh, dtype=torch.float64, device=dev)
+    v = torch.arange(gw // 2 + 1, dtype=torch.float64, device=dev)
+    ph = torch.exp(2j * math.pi * torch.arange(kh, device=dev, dtype=torch.float64)[:, None] * u / gh)
+    pw = torch.exp(2j * math.pi * torch.arange(kw, device=dev, dtype=torch.float64)[:, None] * v / gw)
+    rows = max(1, max_batch_bytes // max(1, v.numel() * cout * cin * 16))
+    best = 0.0
+    for s in range(0, gh, rows):
+        what = torch.einsum("oiab,au,bv->uvoi", wc, ph[:, s:s + rows], pw)
+        best = max(best, float(torch.linalg.svdvals(what)[..., 0].max()))
+    return best
+
+
 @torch.no_grad()
-def conv_operator_norm_bound(conv: nn.Conv2d, in_hw: Tuple[int, int],
+def conv_operator_norm_bound(conv: nn.Conv2d, in_hw: Tuple[int, int], grid: int = 32,
                              max_batch_bytes: int = 1 << 27) -> float:
     """Upper bound on the L2 operator norm of ``conv`` (no bias) on (in_h, in_w) inputs.
 
-    1x1 convs: exactly ``||W||_2``. Otherwise: the conv equals, on its valid outputs, the
+    1x1 convs: exactly ``||W||_2``. Otherwise the conv equals, on its valid outputs, the
     circular cross-correlation on the zero-padded grid (m_h, m_w); that operator's norm is the
-    largest ``||sum_t W_t e^{i w.t}||_2`` over the m_h x m_w DFT frequencies (computed exactly,
-    half the grid by conjugate symmetry). Stride only drops outputs, so it cannot increase it.
+    largest ``||W^(w)||_2`` (the kernel's symbol ``sum_t W_t e^{i w.t}``) over the m_h x m_w DFT
+    frequencies. When ``m <= grid`` this maximum is computed exactly. For larger maps the symbol
+    is sampled on a ``grid x grid`` frequency grid and the supremum over *all* frequencies
+    (which dominates every torus size) is bounded by the sample maximum divided by
+    ``cos(pi n_h / grid) cos(pi n_w / grid)``, ``n = (k - 1) / 2``: for fixed unit vectors
+    ``y^H W^(w) x`` is a trigonometric polynomial of degree n per axis, and by Szego's
+    inequality ``T'^2 + n^2 T^2 <= n^2 max|T|^2`` its maximum exceeds the largest sample at
+    spacing 2 pi / grid by at most that factor (about 1.01 for 3x3 kernels and grid 32).
+    Stride only drops outputs, so it cannot increase the norm.
     """
     if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or not isinstance(conv.padding, tuple):
         raise ValueError("conv_operator_norm_bound supports groups=1, dilation=1, numeric padding")
@@ -315,22 +361,16 @@ def conv_operator_norm_bound(conv: nn.Conv2d, in_hw: Tuple[int, int],
     cout, cin, kh, kw = w.shape
     if kh == kw == 1:
         return float(torch.linalg.matrix_norm(w[:, :, 0, 0], ord=2))
-    mh = int(in_hw[0]) + 2 * int(conv.padding[0])
-    mw = int(in_hw[1]) + 2 * int(conv.padding[1])
-    mh, mw = max(mh, kh), max(mw, kw)
-    wc = w.to(torch.complex128)
-    u = torch.arange(mh, dtype=torch.float64, device=w.device)
-    v = torch.arange(mw // 2 + 1, dtype=torch.float64, device=w.device)
-    ph = torch.exp(2j * math.pi * torch.arange(kh, device=w.device, dtype=torch.float64)[:, None] * u / mh)
-    pw = torch.exp(2j * math.pi * torch.arange(kw, device=w.device, dtype=torch.float64)[:, None] * v / mw)
-    per_row = max(1, v.numel() * cout * cin * 16)
-    rows = max(1, max_batch_bytes // per_row)
-    best = 0.0
-    for s in range(0, mh, rows):
-        what = torch.einsum("oiab,au,bv->uvoi", wc, ph[:, s:s + rows], pw)
-        sv = torch.linalg.matrix_norm(what, ord=2)
-        best = max(best, float(sv.max()))
-    return best
+    mh = max(int(in_hw[0]) + 2 * int(conv.padding[0]), kh)
+    mw = max(int(in_hw[1]) + 2 * int(conv.padding[1]), kw)
+    if mh <= grid and mw <= grid:
+        return _max_symbol_norm(w, mh, mw, max_batch_bytes)
+    g = int(grid)
+    nh, nw = (kh - 1) / 2.0, (kw - 1) / 2.0
+    if g <= 2 * max(nh, nw):
+        raise ValueError(f"grid {g} too coarse for a {kh}x{kw} kernel")
+    factor = 1.0 / (math.cos(math.pi * nh / g) * math.cos(math.pi * nw / g))
+    return _max_symbol_norm(w, g, g, max_batch_bytes) * factor
 
 
 def _gn_lip(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
@@ -344,6 +384,11 @@ def _gn_lip(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     else:
         gam = torch.ones(g, dtype=torch.float64, device=x.device)
     return (inv * gam[None]).max(1).values
+
+
+def _spectral_norm_cp(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||t_b||_2 of (B, C, P) matrices (float64)."""
+    return torch.linalg.svdvals(t.double())[:, 0]
 
 
 def _swish(x: torch.Tensor) -> torch.Tensor:
@@ -395,7 +440,9 @@ class _Walker:
         y = x + blk.proj_out(out)
         # softmax Jacobian of row i is diag(a_i) - a_i a_i^T; Gershgorin: <= max_k 2 a_ik (1-a_ik)
         lam = (2 * a * (1 - a)).amax(dim=(1, 2)).clamp(max=0.5)
-        n_a, n_q, n_k, n_v = (torch.linalg.matrix_norm(t, ord=2) for t in (a, q, k, v))
+        # ||A||_2 <= sqrt(||A||_1 ||A||_inf) with ||A||_inf = 1 (rows are probabilities)
+        n_a = torch.sqrt(a.sum(dim=1).amax(dim=1).clamp(min=1.0))
+        n_q, n_k, n_v = (_spectral_norm_cp(t) for t in (q, k, v))
         wq, wk, wv, wo = (self.conv(m, n) for m in (blk.q, blk.k, blk.v, blk.proj_out))
         inner = wv * n_a + n_v * lam * (wq * n_k + n_q * wk) / math.sqrt(c)
         return y, 1.0 + wo * inner * lgn, 1.0 + wo * wv

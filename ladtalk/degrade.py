@@ -173,6 +173,14 @@ def area_matrix(n_in: int, n_out: int, dtype=torch.float32, device=None) -> torc
     return m.to(dtype=dtype, device=device)
 
 
+def area_resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Exact area-averaging downscale of NCHW ``x`` to ``size = (h, w)`` (each <= input)."""
+    th, tw = int(size[0]), int(size[1])
+    ah = area_matrix(x.shape[-2], th, x.dtype, x.device)
+    aw = area_matrix(x.shape[-1], tw, x.dtype, x.device)
+    return torch.einsum("ih,nchw,jw->ncij", ah, x, aw)
+
+
 def _down_up_canonical(x: torch.Tensor, size: int) -> torch.Tensor:
     n, c, h, w = x.shape
     longer = max(h, w)
@@ -181,9 +189,7 @@ def _down_up_canonical(x: torch.Tensor, size: int) -> torch.Tensor:
                          f"{w}x{h}; pick a smaller size (Wav2Lip works at 96)")
     th = max(1, round(h * size / longer))
     tw = max(1, round(w * size / longer))
-    ah = area_matrix(h, th, x.dtype, x.device)
-    aw = area_matrix(w, tw, x.dtype, x.device)
-    small = torch.einsum("ih,nchw,jw->ncij", ah, x, aw)
+    small = area_resize(x, (th, tw))
     up = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
     return up.clamp(0.0, 1.0)
 
@@ -305,5 +311,6 @@ def default_degradations() -> Tuple[Degradation, ...]:
 
 
 __all__ = ["gaussian_blur", "gaussian_noise", "down_up", "gaussian_kernel1d", "area_matrix",
+           "area_resize",
            "Degradation", "DegradationType", "DEGRADATIONS", "parse_degradation",
            "format_spec", "default_degradations"]

@@ -80,6 +80,7 @@ class LipSyncer:
         self.batch_size = batch_size
         self.rounding = rounding
         self.model = model.to(self.device).eval()
+        self.memory_format = torch.contiguous_format
 
     @classmethod
     def from_checkpoint(cls, spec_or_path: Union[str, Path] = "wav2lip",
@@ -104,6 +105,18 @@ class LipSyncer:
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}\n  {_CHECKPOINT_HINT}") from None
         return cls(model, device=device, dtype=dtype, batch_size=batch_size, rounding=rounding)
+
+    def use_channels_last(self, enable: bool = True) -> "LipSyncer":
+        """Run the model in channels-last (NHWC) memory layout (``enable=False``: back to NCHW).
+
+        On CPU this is about 2x faster for Wav2Lip (oneDNN's NHWC convolutions); outputs
+        differ from the default layout only by float rounding (different conv kernels), so
+        the golden-parity tests keep the default. The generation pipeline turns it on.
+        """
+        fmt = torch.channels_last if enable else torch.contiguous_format
+        self.model = self.model.to(memory_format=fmt)
+        self.memory_format = fmt
+        return self
 
     # ------------------------------------------------------------------ float API
     def predict_tensor(self, faces: torch.Tensor, mels: torch.Tensor,
@@ -136,7 +149,8 @@ class LipSyncer:
         references = None if references is None else references.to(dev, torch.float32)
         # Plain NCHW-contiguous input: the crops arrive channels-last, and a channels-last
         # tensor would pick different (equally valid) conv kernels than a direct model call.
-        x = build_generator_input(faces, references).contiguous()
+        x = build_generator_input(faces, references).contiguous(
+            memory_format=self.memory_format)
         with torch.inference_mode(), autocast(dev, self.dtype):
             y = self.model(mels.to(dev, torch.float32), x)
         return rgb_bgr(y.float())

@@ -65,7 +65,7 @@ _MAGIC = (
 )
 # Container signatures that are certainly not still images (skip the OpenCV attempt).
 _VIDEO_MAGIC = (b"ftyp", b"\x1aE\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x00\x00\x01\xba",
-                b"ID3", b"fLaC")
+                b"ID3", b"fLaC", b"GIF8")  # GIF may be animated: decode it as video
 _IMAGE_SNIFF_MAX_BYTES = 64 * 1024 * 1024
 
 _NTSC_RATES = (24000 / 1001, 30000 / 1001, 48000 / 1001, 60000 / 1001, 120000 / 1001)
@@ -252,7 +252,7 @@ def read_image(path: PathLike) -> np.ndarray:
     img = _cv2_decode(p)
     if img is not None:
         return np.ascontiguousarray(img)
-    frames = [c for c in iter_frames(p, chunk_size=1, _max_frames=1)]
+    frames = [c for c in iter_frames(p, chunk_size=1, max_frames=1)]
     if not frames:
         raise InputError(f"could not decode an image from {p}")
     return frames[0][0]
@@ -394,7 +394,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def iter_frames(path: PathLike, fps: Optional[float] = None, chunk_size: int = 16,
                 strict: bool = False, info: Optional[MediaInfo] = None,
-                _max_frames: Optional[int] = None) -> Iterator[np.ndarray]:
+                max_frames: Optional[int] = None) -> Iterator[np.ndarray]:
     """Stream decoded frames as ``(n, H, W, 3)`` uint8 RGB chunks (``n <= chunk_size``).
 
     Memory is bounded by one chunk. ``fps=None`` delivers every decoded frame once;
@@ -405,6 +405,7 @@ def iter_frames(path: PathLike, fps: Optional[float] = None, chunk_size: int = 1
     :class:`InputError` with the timestamp of the last good frame when ffmpeg exits with an
     error, a frame arrives truncated, or (after decode errors) the stream ends well before
     its stated duration. ``strict=True`` aborts at the first decode error (``-xerror``).
+    ``max_frames`` stops after that many frames. ``info`` skips a second :func:`probe`.
     Closing the generator early (``break``, ``.close()``, garbage collection) kills ffmpeg.
     """
     if chunk_size < 1:
@@ -426,8 +427,8 @@ def iter_frames(path: PathLike, fps: Optional[float] = None, chunk_size: int = 1
         cmd += ["-vf", f"fps={_fps_arg(fps)}"]
     else:
         cmd += ["-fps_mode", "passthrough"]
-    if _max_frames is not None:
-        cmd += ["-frames:v", str(int(_max_frames))]
+    if max_frames is not None:
+        cmd += ["-frames:v", str(int(max_frames))]
     cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     rate = float(fps) if fps is not None else (info.fps or 25.0)
     expected = info.duration * rate if info.duration else 0.0
@@ -472,7 +473,7 @@ def iter_frames(path: PathLike, fps: Optional[float] = None, chunk_size: int = 1
             raise InputError(f"decoding {p} failed at t={n_done / rate:.2f}s (frame {n_done}): "
                              f"{drain.tail()}. Re-export the file (e.g. as H.264 MP4)")
         short = expected - n_done
-        if (drain.n_lines and _max_frames is None and expected
+        if (drain.n_lines and max_frames is None and expected
                 and short > max(0.5 * rate, 0.05 * expected)):
             raise InputError(f"decoding {p} stopped at t={n_done / rate:.2f}s of "
                              f"{info.duration:.2f}s (frame {n_done}); the file looks truncated "

@@ -6,6 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+# Before torch is imported: passive OpenMP waiting (see ladtalk/__main__.py); busy-waiting
+# threads make CPU tests 5-10x slower on shared cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]

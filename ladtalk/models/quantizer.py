@@ -253,14 +253,35 @@ def _sample_rows(data: torch.Tensor, n: int, generator: Optional[torch.Generator
     return data[pick.to(data.device)]
 
 
+def _kmeans_pp(data: torch.Tensor, k: int, generator: Optional[torch.Generator],
+               max_points: int) -> torch.Tensor:
+    """k-means++ seeding (D^2 sampling) on at most ``max_points`` random rows of ``data``."""
+    pts = _sample_rows(data, min(max_points, data.shape[0]), generator)
+    first = int(torch.randint(pts.shape[0], (1,), generator=generator))
+    centres = torch.empty(k, pts.shape[1], dtype=pts.dtype, device=pts.device)
+    centres[0] = pts[first]
+    best = ((pts - centres[0]) ** 2).sum(1)
+    for i in range(1, k):
+        total = best.sum()
+        if total <= 0:  # every point already coincides with a centre: plain random picks
+            centres[i:] = _sample_rows(pts, k - i, generator)
+            break
+        j = int(torch.multinomial((best / total).cpu(), 1, generator=generator))
+        centres[i] = pts[j]
+        best = torch.minimum(best, ((pts - centres[i]) ** 2).sum(1))
+    return centres
+
+
 @torch.no_grad()
 def kmeans_init(book: CodebookLike, latents: torch.Tensor, iters: int = 10,
-                generator: Optional[torch.Generator] = None, chunk: int = 16384) -> float:
-    """Initialise the codebook with k-means (Lloyd) on encoder outputs.
+                generator: Optional[torch.Generator] = None, chunk: int = 16384,
+                seed_points: int = 16384) -> float:
+    """Initialise the codebook with k-means on encoder outputs.
 
-    ``latents`` are pre-quantization latents ``h`` ((B, C, H, W) or (N, C)). Centres start as
-    random distinct latents (with a tiny jitter when there are fewer latents than codes);
-    a cluster that empties is re-seeded with the latent currently worst served. Writes the
+    ``latents`` are pre-quantization latents ``h`` ((B, C, H, W) or (N, C)). Centres are
+    seeded with k-means++ (on at most ``seed_points`` random latents; with fewer latents than
+    codes, every latent is used, jittered) and refined by ``iters`` Lloyd iterations over all
+    latents; a cluster that empties is re-seeded with the latent currently worst served. Writes the
     result into ``embedding.weight`` (re-seeding EMA statistics and clearing usage when given
     a quantizer) and returns the final mean squared quantization error.
     """
@@ -269,10 +290,12 @@ def kmeans_init(book: CodebookLike, latents: torch.Tensor, iters: int = 10,
     data = flatten_latents(latents.detach(), dim).float().to(emb.weight.device)
     if data.shape[0] == 0:
         raise ValueError("kmeans_init needs at least one latent")
-    centres = _sample_rows(data, k, generator).clone()
-    if data.shape[0] < k:
-        scale = data.std().clamp_min(1e-6) * 1e-3
+    if data.shape[0] <= k:
+        centres = _sample_rows(data, k, generator).clone()
+        scale = data.std().clamp_min(1e-6) * 1e-3 if data.shape[0] > 1 else 1e-3
         centres += scale * torch.randn(centres.shape, generator=generator).to(centres)
+    else:
+        centres = _kmeans_pp(data, k, generator, seed_points)
 
     def assign() -> Tuple[torch.Tensor, torch.Tensor]:
         ds, ix = [], []

@@ -142,6 +142,8 @@ CONFIGS: Dict[str, SOVQAEConfig] = {
     # See CPU_CONFIG_NOTES.
     "cpu": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
                         attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
+    "cpu-f4": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                           attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
     "tiny": SOVQAEConfig(resolution=32, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                          attn_resolutions=(16,), z_channels=32, embed_dim=32, n_embed=128),
 }

@@ -1,0 +1,228 @@
+"""``python -m ladtalk.bench``: throughput and peak memory of the generation pipeline.
+
+For every requested length (seconds) the input audio is looped / cut to that length (the
+video is looped by the pipeline's policy), and one generation runs in a **fresh
+subprocess**, so each peak RSS belongs to one run. Printed and written as JSON (``--json``):
+
+* frames/s of each stage (decode, detect, lipsync, restore, blend, encode; output frames
+  divided by the seconds spent in that stage; decode, models and encode overlap in threads)
+  and end to end (``end_to_end``: inside the pipeline call; ``process``: the whole child
+  process including Python start-up, imports and model construction);
+* real-time factor = pipeline seconds / output seconds (< 1 is faster than real time);
+* peak RSS in MiB of the child process itself and of its largest ffmpeg child
+  (``resource.getrusage``), and their sum (an upper bound for the run's peak);
+* the ratio of the longest run's peak RSS to the shortest run's (memory flatness).
+
+Without ``--wav2lip`` the generator has random weights: real checkpoints are not needed to
+measure speed and memory (same architecture, same arithmetic), but the video content is
+meaningless. The JSON says which weights were used, the device, CPU count and load average.
+
+Example::
+
+    python -m ladtalk.bench --face face.mp4 --audio speech.wav --no-enhance \\
+        --box 223 603 220 568 --lengths 10 60 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+STAGES = ("decode", "detect", "lipsync", "restore", "blend", "encode")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ladtalk.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--face", required=True, help="face video or photo")
+    p.add_argument("--audio", required=True, help="speech; looped / cut to each --lengths")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--identity", help="identity name or directory (enhanced path)")
+    which.add_argument("--no-enhance", action="store_true", help="Wav2Lip only")
+    p.add_argument("--wav2lip", default=None, metavar="CKPT",
+                   help="Wav2Lip checkpoint (default: random weights, same speed)")
+    p.add_argument("--box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"))
+    p.add_argument("--detector", default="auto", choices=("auto", "s3fd", "dlib"))
+    p.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0], metavar="SECONDS",
+                   help="audio lengths to run, one fresh process each (default: 10 60)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--loop", default="pingpong", choices=("pingpong", "loop", "hold"))
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write the results here")
+    p.add_argument("--keep-outputs", default=None, metavar="DIR",
+                   help="keep the generated videos in DIR (default: discarded)")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+# --------------------------------------------------------------------------- child
+def _child(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    import torch
+    from .pipeline import DEFAULT_BATCH_SIZE, GenerateOptions, Pipeline
+    if args.wav2lip:
+        wav2lip, weights = args.wav2lip, str(args.wav2lip)
+    else:
+        from .models.wav2lip import Wav2Lip
+        torch.manual_seed(0)
+        wav2lip, weights = Wav2Lip(), "random init (throughput-equivalent; output not meaningful)"
+    bs = args.batch_size or DEFAULT_BATCH_SIZE
+    pipe = Pipeline(wav2lip, device=args.device, batch_size=bs)
+    opts = GenerateOptions(identity=None if args.no_enhance else args.identity,
+                           detector=args.detector, box=tuple(args.box) if args.box else None,
+                           loop=args.loop, batch_size=bs)
+    res = pipe.run(args.face, args.audio, args._out, opts)
+    self_ru = resource.getrusage(resource.RUSAGE_SELF)
+    child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {
+        "frames": res.n_frames, "fps": res.fps, "duration_s": res.duration,
+        "size": list(res.size), "enhanced": res.enhanced, "n_source_frames": res.n_source_frames,
+        "timings_s": res.timings, "weights": weights, "batch_size": bs,
+        "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
+        "child_wall_s": time.perf_counter() - t_start,
+        # ru_maxrss is KiB on Linux
+        "peak_rss_mb": {"self": self_ru.ru_maxrss / 1024, "children": child_ru.ru_maxrss / 1024},
+        "cpu_s": {"self": self_ru.ru_utime + self_ru.ru_stime,
+                  "children": child_ru.ru_utime + child_ru.ru_stime},
+        "warnings": res.warnings,
+    }
+    out["peak_rss_mb"]["sum"] = out["peak_rss_mb"]["self"] + out["peak_rss_mb"]["children"]
+    Path(args._child).write_text(json.dumps(out))
+    return 0
+
+
+# --------------------------------------------------------------------------- parent
+def _child_argv(args: argparse.Namespace, audio: Path, out: Path, result: Path) -> List[str]:
+    argv = [sys.executable, "-m", "ladtalk.bench", "--face", str(args.face),
+            "--audio", str(audio), "--_out", str(out), "--_child", str(result),
+            "--loop", args.loop, "--detector", args.detector]
+    argv += ["--no-enhance"] if args.no_enhance else ["--identity", str(args.identity)]
+    if args.wav2lip:
+        argv += ["--wav2lip", str(args.wav2lip)]
+    if args.box:
+        argv += ["--box", *[str(v) for v in args.box]]
+    if args.batch_size:
+        argv += ["--batch-size", str(args.batch_size)]
+    if args.device:
+        argv += ["--device", str(args.device)]
+    return argv
+
+
+def _summarise(length: float, child: dict, process_wall: float) -> dict:
+    n = child["frames"]
+    t = child["timings_s"]
+    fps: Dict[str, float] = {}
+    for stage in STAGES:
+        secs = t.get(stage, 0.0)
+        if secs > 0:
+            n_stage = child["n_source_frames"] if stage == "detect" else n
+            if n_stage:
+                fps[stage] = n_stage / secs
+    fps["end_to_end"] = n / t["total"]
+    fps["process"] = n / process_wall
+    return {
+        "length_s": length, "frames": n, "fps_video": child["fps"],
+        "duration_s": child["duration_s"], "size": child["size"],
+        "process_wall_s": process_wall, "pipeline_s": t["total"],
+        "fps": fps, "realtime_factor": t["total"] / child["duration_s"],
+        "peak_rss_mb": child["peak_rss_mb"], "cpu_s": child["cpu_s"],
+        "timings_s": t, "batch_size": child["batch_size"], "warnings": child["warnings"],
+    }
+
+
+def _print(report: dict) -> None:
+    print(f"ladtalk bench: {report['face']} + {report['audio']} ({report['mode']}); "
+          f"weights: {report['weights']}; device {report['device']}, {report['cpus']} CPUs, "
+          f"load average at start {report['load_average_start']}")
+    head = (f"{'length':>7} {'frames':>6} {'wall':>7} {'e2e':>6} {'decode':>7} {'lipsync':>7} "
+            f"{'restore':>7} {'blend':>7} {'encode':>7} {'RTF':>5} {'RSS self':>9} {'+ffmpeg':>8}")
+    print(f"{'':>22}frames/s per stage")
+    print(head)
+    for r in report["runs"]:
+        f = r["fps"]
+
+        def c(k):
+            return f"{f[k]:7.1f}" if k in f else f"{'-':>7}"
+        print(f"{r['length_s']:6.1f}s {r['frames']:6d} {r['process_wall_s']:6.1f}s "
+              f"{f['end_to_end']:6.1f} {c('decode')} {c('lipsync')} {c('restore')} "
+              f"{c('blend')} {c('encode')} {r['realtime_factor']:5.2f} "
+              f"{r['peak_rss_mb']['self']:7.0f}MB {r['peak_rss_mb']['children']:6.0f}MB")
+    if "rss_ratio_longest_vs_shortest" in report:
+        print(f"peak RSS, longest / shortest run: {report['rss_ratio_longest_vs_shortest']:.3f} "
+              f"(self), {report['rss_sum_ratio_longest_vs_shortest']:.3f} (self + ffmpeg)")
+    print("frames/s: output frames / seconds in the stage (stages overlap); wall: whole "
+          "process; RTF: pipeline seconds / video seconds")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args._child:
+        return _child(args)
+    import numpy as np
+    from .audio import SAMPLE_RATE, load_audio
+    from .errors import LadTalkError
+    try:
+        wav = load_audio(args.audio)
+    except LadTalkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    runs = []
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    weights = device = None
+    with tempfile.TemporaryDirectory(prefix="ladtalk-bench-") as tmp:
+        tmpd = Path(tmp)
+        for length in args.lengths:
+            import soundfile as sf
+            n = max(1, int(round(length * SAMPLE_RATE)))
+            audio = tmpd / f"audio_{length:g}s.wav"
+            sf.write(str(audio), np.resize(wav, n), SAMPLE_RATE, subtype="FLOAT")
+            keep = Path(args.keep_outputs) if args.keep_outputs else tmpd
+            keep.mkdir(parents=True, exist_ok=True)
+            out = keep / f"bench_{length:g}s.mp4"
+            result = tmpd / f"result_{length:g}s.json"
+            t0 = time.perf_counter()
+            proc = subprocess.run(_child_argv(args, audio, out, result), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0 or not result.exists():
+                print(proc.stderr, file=sys.stderr)
+                print(f"error: the {length:g} s run failed (exit status {proc.returncode})",
+                      file=sys.stderr)
+                return proc.returncode or 1
+            child = json.loads(result.read_text())
+            weights, device = child["weights"], child["device"]
+            runs.append(_summarise(length, child, wall))
+    report = {
+        "face": str(args.face), "audio": str(args.audio),
+        "mode": "Wav2Lip only (--no-enhance)" if args.no_enhance else f"identity {args.identity}",
+        "box": list(args.box) if args.box else None, "weights": weights, "device": device,
+        "cpus": os.cpu_count(), "load_average_start": load_start,
+        "load_average_end": [round(v, 2) for v in os.getloadavg()], "runs": runs,
+    }
+    if len(runs) > 1:
+        lo = min(runs, key=lambda r: r["length_s"])
+        hi = max(runs, key=lambda r: r["length_s"])
+        report["rss_ratio_longest_vs_shortest"] = (hi["peak_rss_mb"]["self"]
+                                                   / lo["peak_rss_mb"]["self"])
+        report["rss_sum_ratio_longest_vs_shortest"] = (hi["peak_rss_mb"]["sum"]
+                                                       / lo["peak_rss_mb"]["sum"])
+    _print(report)
+    if args.json:
+        target = Path(args.json)
+        tmp_json = target.with_name(f".{target.name}.tmp")
+        tmp_json.write_text(json.dumps(report, indent=2))
+        os.replace(tmp_json, target)
+        print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

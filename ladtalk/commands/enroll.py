@@ -1,0 +1,62 @@
+"""``python -m ladtalk enroll --video V --name NAME``: enroll an identity (SOVQAE fine-tuning).
+
+Detects and tracks the face in V, crops it with the generation framing, holds out the last
+``--holdout`` fraction of the frames, trains for ``--seconds`` and writes the identity
+(config.json, model.safetensors, meta.json, trainer state) atomically to the identity store
+(``$LADTALK_HOME/identities/NAME``) or ``--out DIR``. Running it again with the same name
+continues training where it stopped (weights, optimiser state and step count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--video", required=True, help="video of the person talking (1-5 min, frontal face)")
+    parser.add_argument("--name", required=True,
+                        help="identity name: letters, digits, '_', '-', '.' (no slashes)")
+    parser.add_argument("--seconds", type=float, default=None, metavar="BUDGET",
+                        help="training time budget of this run in seconds (default: 600 for "
+                             "the cpu config, 3600 for base); detection and evaluation come on top")
+    parser.add_argument("--config", default=None, choices=None, metavar="NAME",
+                        help="SOVQAE config: cpu (default on CPU), base (default on CUDA), tiny")
+    parser.add_argument("--init", default=None, metavar="SPEC",
+                        help="initialise a new identity from a checkpoint: taming .ckpt, "
+                             "diffusers VQModel, SOVQAE directory, identity name, or hub ref")
+    parser.add_argument("--holdout", type=float, default=0.1,
+                        help="fraction of frames at the END of the video never trained on (default 0.1)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write the identity to DIR instead of the identity store")
+    parser.add_argument("--detector", default="auto", choices=("auto", "s3fd", "dlib"),
+                        help="face detector (auto: S3FD when its weights are available, else dlib)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the identity over instead of continuing its training")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the resulting meta.json summary to FILE")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.enroll import enroll
+
+    path = enroll(args.video, args.name, seconds=args.seconds, config=args.config, init=args.init,
+                  holdout=args.holdout, out=args.out, detector=args.detector, device=args.device,
+                  batch_size=args.batch_size, fresh=args.fresh, show_progress=not args.quiet)
+    meta = json.loads((path / "meta.json").read_text())
+    print(f"identity '{args.name}' written to {path}")
+    print(f"steps {meta['steps']} (this run {meta['run_steps']}), training "
+          f"{meta['training_seconds']:.0f} s, holdout PSNR "
+          + (f"{meta['holdout_psnr']:.2f} dB" if meta.get("holdout_psnr") is not None else "n/a"))
+    for spec, r in (meta.get("restoration") or {}).items():
+        print(f"  {spec:>10}: degraded {r['psnr_degraded']:.2f} dB -> restored "
+              f"{r['psnr_restored']:.2f} dB ({r['psnr_restored'] - r['psnr_degraded']:+.2f} dB)")
+    if args.json:
+        from ..identity import write_json_atomic
+        write_json_atomic(args.json, meta)
+    sys.stdout.flush()
+    return 0

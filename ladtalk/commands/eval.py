@@ -1,0 +1,115 @@
+"""``python -m ladtalk eval``: the paper's metrics for one generated video, or a table of many.
+
+One pair::
+
+    python -m ladtalk eval --generated G.mp4 --reference R.mp4 [--audio A.wav]
+        [--metrics psnr,ssim,mouth_psnr,temporal,fid,lse] [--no-sliding] [--json OUT.json]
+
+prints a one-row table and, with ``--json``, writes the JSON documented in
+:mod:`ladtalk.evaluation` (``--json -`` prints it instead). A batch::
+
+    python -m ladtalk eval --pairs pairs.csv [--json OUT.json] [--csv OUT.csv]
+
+reads ``method, generated, reference[, audio]`` rows and prints method rows x metric columns
+(means over clips), like Table 1 of the LaDTalk paper. Metrics whose weights are missing are
+reported as ``needs weights``; asking explicitly (``--metrics``) only for metrics that cannot
+be computed is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..evaluation import METRICS
+
+    src = parser.add_argument_group("inputs (one pair, or --pairs)")
+    src.add_argument("--generated", metavar="G", help="generated video")
+    src.add_argument("--reference", metavar="R", help="reference (ground-truth) video")
+    src.add_argument("--audio", metavar="A", help="driving speech for LSE (default: the "
+                     "generated video's own sound track)")
+    src.add_argument("--pairs", metavar="CSV", help="batch: CSV with columns method, "
+                     "generated, reference[, audio] (paths relative to the CSV)")
+    parser.add_argument("--metrics", metavar="LIST", default=None,
+                        help=f"comma-separated subset of {','.join(METRICS)} (default: all; "
+                        "unavailable ones are reported as 'needs weights')")
+    parser.add_argument("--sliding", action=argparse.BooleanOptionalAction, default=True,
+                        help="Sliding Evaluation: score every admissible offset of G against "
+                        "R and keep the best (default); --no-sliding compares frame i with i")
+    parser.add_argument("--min-overlap", type=int, default=None, metavar="N",
+                        help="admit offsets whose overlap has >= N frames (default: the "
+                        "shorter video slides fully inside the longer one)")
+    parser.add_argument("--max-offset", type=int, default=None, metavar="K",
+                        help="consider only offsets |k| <= K (frames)")
+    parser.add_argument("--detector", choices=("auto", "s3fd", "dlib"), default="auto",
+                        help="face detector for the mouth region and SyncNet crops (auto: "
+                        "S3FD when its weights resolve, else dlib)")
+    parser.add_argument("--detect-every", type=int, default=1, metavar="K",
+                        help="run the detector on every K-th frame, interpolate the rest")
+    parser.add_argument("--s3fd", metavar="SPEC", default=None,
+                        help="S3FD weights (path or Hub reference; env LADTALK_S3FD)")
+    parser.add_argument("--syncnet", metavar="SPEC", default=None,
+                        help="SyncNet syncnet_v2.model for LSE (path or Hub reference; env "
+                        "LADTALK_SYNCNET)")
+    parser.add_argument("--device", default=None, help="torch device for SyncNet / Inception "
+                        "(default: cuda if available, else cpu)")
+    parser.add_argument("--json", metavar="OUT", default=None,
+                        help="write the results as JSON ('-' prints them to stdout)")
+    parser.add_argument("--csv", metavar="OUT", default=None,
+                        help="write the table (method rows x metric columns) as CSV")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import (EvalConfig, evaluate_batch, evaluate_pair, single_table,
+                              write_json)
+
+    single = args.generated is not None or args.reference is not None
+    if args.pairs and single:
+        raise InputError("give either --pairs CSV or --generated/--reference, not both")
+    if not args.pairs and not (args.generated and args.reference):
+        raise InputError("eval needs --generated G and --reference R (or --pairs CSV)")
+    if args.pairs and args.audio:
+        raise InputError("--audio applies to one pair; put an 'audio' column in the CSV")
+    cfg = EvalConfig(metrics=args.metrics, explicit=args.metrics is not None,
+                     sliding=args.sliding, min_overlap=args.min_overlap,
+                     max_offset=args.max_offset, detector=args.detector,
+                     detect_every=args.detect_every, s3fd=args.s3fd, syncnet=args.syncnet,
+                     device=args.device, progress=not args.quiet)
+    to_stdout = args.json == "-"
+    out = sys.stderr if to_stdout else sys.stdout
+
+    if args.pairs:
+        batch = evaluate_batch(args.pairs, cfg)
+        table, payload = batch, batch.to_dict()
+    else:
+        result = evaluate_pair(args.generated, args.reference, args.audio, cfg)
+        table, payload = single_table(result), result
+        for note in result["notes"]:
+            print(f"note: {note}", file=out)
+    print(table.format_table(), file=out)
+    _print_reasons(payload, out)
+    if to_stdout:
+        from ..evaluation import jsonable
+        print(json.dumps(jsonable(payload), indent=2, allow_nan=False))
+    elif args.json:
+        print(f"json: {write_json(payload, args.json)}", file=out)
+    if args.csv:
+        print(f"csv:  {table.write_csv(args.csv)}", file=out)
+    return 0
+
+
+def _print_reasons(payload: dict, out) -> None:
+    """One line per metric that could not be computed (first clip that says why)."""
+    clips = payload.get("clips") or [payload]
+    seen = set()
+    for clip in clips:
+        for name, entry in clip["metrics"].items():
+            if entry["status"] != "ok" and name not in seen:
+                seen.add(name)
+                print(f"{name}: {entry['status']} - {entry.get('reason', '')}", file=out)

@@ -1,0 +1,118 @@
+"""``python -m ladtalk generate``: lip-sync a face video or photo to speech.
+
+Example::
+
+    python -m ladtalk generate --face face.mp4 --audio speech.wav --out out.mp4 --identity alice
+    python -m ladtalk generate --face photo.jpg --audio speech.m4a --out out.mp4 --no-enhance
+
+One of ``--identity`` (Wav2Lip + that person's SOVQAE restoration) and ``--no-enhance``
+(Wav2Lip only, the baseline) is required, so the choice is always explicit. The output lasts
+exactly as long as the audio (looping the video per ``--loop`` when the audio is longer) and
+carries the original audio track. See :mod:`ladtalk.pipeline` for the stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..timing import LOOP_POLICIES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..hub import add_checkpoint_argument
+
+    io = parser.add_argument_group("inputs and output")
+    io.add_argument("--face", required=True, metavar="VIDEO_OR_IMAGE",
+                    help="video or photo with one visible face (recognised by content, not "
+                         "by extension)")
+    io.add_argument("--audio", required=True, metavar="AUDIO",
+                    help="speech: any audio file, or a video whose sound track is used")
+    io.add_argument("--out", required=True, metavar="OUT.mp4",
+                    help="output video (H.264 + the original audio); written atomically")
+    enh = parser.add_argument_group("enhancement (choose one)")
+    which = enh.add_mutually_exclusive_group(required=True)
+    which.add_argument("--identity", metavar="NAME_OR_DIR",
+                       help="enrolled identity whose SOVQAE restores the generated face")
+    which.add_argument("--no-enhance", action="store_true",
+                       help="Wav2Lip only (the baseline; same crop and blending)")
+    add_checkpoint_argument(parser, "wav2lip")
+    face = parser.add_argument_group("face detection")
+    face.add_argument("--detector", default="auto", choices=("auto", "s3fd", "dlib"),
+                      help="auto: S3FD when its weights are available, else dlib (default)")
+    face.add_argument("--box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
+                      help="fixed face box in source pixels (skips detection)")
+    face.add_argument("--pads", type=int, nargs=4, default=(0, 10, 0, 0),
+                      metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                      help="pixels added to the face box before cropping (default: 0 10 0 0)")
+    face.add_argument("--no-smooth", action="store_true",
+                      help="do not smooth face boxes over time")
+    vid = parser.add_argument_group("video")
+    vid.add_argument("--resize-factor", type=int, default=1, metavar="K",
+                     help="downscale the video by K first (the output is 1/K the size)")
+    vid.add_argument("--fps", type=float, default=None, metavar="F",
+                     help="output frame rate (default: the video's; 25 for a photo)")
+    vid.add_argument("--loop", default="pingpong", choices=LOOP_POLICIES,
+                     help="when the audio is longer than the video: pingpong (default), "
+                          "loop, or hold the last frame")
+    run_ = parser.add_argument_group("compute")
+    run_.add_argument("--device", default=None, metavar="cpu|cuda",
+                      help="default: CUDA when available, else CPU")
+    run_.add_argument("--batch-size", type=int, default=None, metavar="N",
+                      help="frames per chunk / model batch (default: 32)")
+    run_.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+
+
+def options_from_args(args: argparse.Namespace):
+    """Build :class:`ladtalk.pipeline.GenerateOptions` from parsed arguments."""
+    from ..pipeline import GenerateOptions
+    return GenerateOptions(
+        identity=None if args.no_enhance else args.identity,
+        detector=args.detector, box=tuple(args.box) if args.box else None,
+        pads=tuple(args.pads), smooth=not args.no_smooth, resize_factor=args.resize_factor,
+        fps=args.fps, loop=args.loop, batch_size=args.batch_size)
+
+
+class _Progress:
+    """One status line per stage, updated in place on a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled or stage not in ("detect", "generate"):
+            return
+        line = f"{stage}: {done}/{total} frames"
+        if self.tty:
+            end = "\n" if done >= total else ""
+            print(f"\r{line}", end=end, file=sys.stderr, flush=True)
+        elif done >= total and self.last != line:
+            print(line, file=sys.stderr)
+        self.last = line
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import DEFAULT_BATCH_SIZE, Pipeline
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s: %(message)s")
+    options = options_from_args(args)
+    options.validate()
+    pipe = Pipeline(wav2lip=args.wav2lip, device=args.device,
+                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
+    result = pipe.run(args.face, args.audio, args.out, options,
+                      progress=_Progress(not args.quiet))
+    if not args.quiet:
+        t = result.timings
+        mode = f"identity {result.identity}" if result.enhanced else "Wav2Lip only"
+        print(f"wrote {result.out}: {result.n_frames} frames, {result.size[0]}x{result.size[1]} "
+              f"@ {result.fps:g} fps, {result.duration:.2f} s (audio {result.audio_duration:.2f} "
+              f"s, {'copied' if result.audio_copied else 'AAC'}), {mode}")
+        print(f"took {t['total']:.1f} s ({result.n_frames / max(t['total'], 1e-9):.1f} frames/s, "
+              f"{t['total'] / max(result.duration, 1e-9):.2f}x real time)")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0

@@ -1,0 +1,535 @@
+"""Generation: a face video or photo + speech -> a lip-synced (and identity-restored) video.
+
+Library use (the CLI ``python -m ladtalk generate`` and the Gradio app are thin wrappers)::
+
+    pipe = Pipeline(device="cpu")                 # models load once, on first use
+    res = pipe.run("face.mp4", "speech.wav", "out.mp4",
+                   GenerateOptions(identity="alice"))   # identity=None: Wav2Lip only
+    print(res.duration, res.warnings, res.timings)
+
+Stages
+------
+1. **Audio**: decode to 16 kHz mono, reject silence / too-short clips, Wav2Lip mel. The output
+   has ``n_out = round(audio seconds x fps)`` frames (:func:`ladtalk.audio.num_video_frames`),
+   so it lasts as long as the audio to the frame; the audio is muxed unchanged (stream copy
+   when the output container takes its codec, else AAC).
+2. **Pass 1, detection** (skipped for ``--box`` videos): the source is decoded at the output
+   frame rate (``-vf fps``, which also regularises variable-frame-rate input), faces are
+   detected on downscaled frames, and only the boxes are kept; they are gap-filled and
+   smoothed (:func:`ladtalk.face.track_faces`). A video without any face is an error here,
+   before any model work; frames without a face are reported with their timestamps and later
+   pass through unchanged.
+3. **Pass 2, generation**, streamed in chunks of ``batch_size`` frames through three threads
+   joined by bounded queues: decode (producer, :class:`ladtalk.framesource.LoopedSource`, which
+   applies the loop policy of :mod:`ladtalk.timing`) -> models (this thread: square crop at
+   96 px, Wav2Lip, optionally bicubic upsampling to the identity's resolution and SOVQAE
+   restoration, colour-matched feathered lower-face paste, :mod:`ladtalk.blend`) -> encode
+   (consumer, :class:`ladtalk.video.VideoWriter`, frames piped into ffmpeg once). Peak memory
+   is a few chunks, independent of the video and audio length.
+
+Files: every call works in its own ``tempfile.TemporaryDirectory`` (removed afterwards, also on
+error); the output is written to a temp file beside ``out`` and moved into place only when
+encoding succeeded, so a failed run never leaves a half-written file and never replaces an
+existing one. One :class:`Pipeline` may serve several calls at once from different threads.
+
+Enhancement policy: :class:`GenerateOptions` ``identity=None`` means Wav2Lip only (the
+``--no-enhance`` baseline, same crop and blending) and is logged as such; the CLI requires
+``--identity`` or ``--no-enhance`` explicitly so that nobody gets the baseline by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .audio import (SAMPLE_RATE, check_has_speech, load_audio, mel_chunk_starts, mel_windows,
+                    melspectrogram, num_video_frames)
+from .blend import BlendConfig, blend_face
+from .errors import InputError
+from .face.crop import CropConfig, CropRegion, crop_faces, face_region
+from .framesource import LoopedSource, decode_chunks
+from .timing import check_policy
+from .video import MediaInfo, VideoWriter, probe
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+#: progress(stage, done, total): stage is "audio", "detect", "load" or "generate"
+ProgressFn = Callable[[str, int, int], None]
+
+WAV2LIP_SIZE = 96
+DEFAULT_BATCH_SIZE = 32
+STILL_FPS = 25.0
+QUEUE_DEPTH = 1  # chunks waiting between two stages (bounded memory)
+
+
+@dataclass
+class GenerateOptions:
+    """Per-call settings (CLI flags in brackets).
+
+    ``identity``: enrolled identity name or directory [--identity]; ``None`` = Wav2Lip only
+    [--no-enhance]. ``detector``: "auto" (S3FD when its weights resolve, else dlib), "s3fd",
+    "dlib" [--detector]. ``box``: fixed face box ``(y1, y2, x1, x2)`` in source pixels, which
+    skips detection [--box]. ``pads``: ``(top, bottom, left, right)`` pixels added to the box
+    before the square crop [--pads]. ``smooth``: temporal box smoothing [--no-smooth].
+    ``resize_factor``: downscale the video by this integer first; the output is that small
+    too, and ``box``/``pads`` stay in source pixels [--resize-factor]. ``fps``: output frame
+    rate (default: the video's, 25 for a photo) [--fps]. ``loop``: "pingpong", "loop" or
+    "hold" when the audio outlasts the video [--loop]. ``batch_size``: frames per chunk and per
+    model batch (default: the pipeline's) [--batch-size]. ``crf``/``preset``: libx264 settings.
+    ``audio_mode``: "copy-or-aac", "copy" or "aac" (see :class:`ladtalk.video.VideoWriter`).
+    """
+
+    identity: Optional[Union[str, os.PathLike]] = None
+    detector: str = "auto"
+    box: Optional[Sequence[float]] = None
+    pads: Tuple[int, int, int, int] = (0, 10, 0, 0)
+    smooth: bool = True
+    resize_factor: int = 1
+    fps: Optional[float] = None
+    loop: str = "pingpong"
+    batch_size: Optional[int] = None
+    crf: int = 18
+    preset: str = "veryfast"
+    audio_mode: str = "copy-or-aac"
+    blend: BlendConfig = field(default_factory=BlendConfig)
+    temp_dir: Optional[Union[str, os.PathLike]] = None  # parent of the per-call temp dir
+
+    def validate(self) -> "GenerateOptions":
+        try:
+            self.loop = check_policy(self.loop)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if not isinstance(self.resize_factor, (int, np.integer)) or self.resize_factor < 1:
+            raise InputError(f"--resize-factor must be a whole number >= 1, got "
+                             f"{self.resize_factor!r}")
+        if self.fps is not None and not (np.isfinite(self.fps) and 0 < self.fps <= 240):
+            raise InputError(f"--fps must be between 0 and 240, got {self.fps}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, (int, np.integer))
+                                            or self.batch_size < 1):
+            raise InputError(f"--batch-size must be a positive whole number, got "
+                             f"{self.batch_size!r}")
+        if len(tuple(self.pads)) != 4:
+            raise InputError(f"--pads needs 4 numbers TOP BOTTOM LEFT RIGHT, got {self.pads}")
+        if self.box is not None and len(tuple(self.box)) != 4:
+            raise InputError(f"--box needs 4 numbers Y1 Y2 X1 X2, got {list(self.box)}")
+        return self
+
+
+@dataclass
+class GenerateResult:
+    """What a :meth:`Pipeline.run` call produced.
+
+    ``missing_face_timestamps`` are source-video times (seconds) of frames without a face;
+    ``passthrough_frames`` counts output frames written unchanged because of that.
+    ``timings`` holds seconds per stage ("audio", "detect", "load", "decode", "lipsync",
+    "restore", "blend", "encode", "total"); decode / models / encode overlap, so their sum
+    exceeds "total".
+    """
+
+    out: Path
+    n_frames: int
+    fps: float
+    duration: float
+    audio_duration: float
+    size: Tuple[int, int]
+    enhanced: bool
+    identity: Optional[str]
+    n_source_frames: Optional[int]
+    missing_face_timestamps: List[float]
+    passthrough_frames: int
+    audio_copied: Optional[bool]
+    warnings: List[str]
+    timings: Dict[str, float]
+
+    def stage_fps(self) -> Dict[str, float]:
+        """Frames per second of each stage (output frames / stage seconds)."""
+        out = {}
+        for k, v in self.timings.items():
+            n = self.n_source_frames if k == "detect" else self.n_frames
+            if v > 0 and n:
+                out[k] = n / v
+        return out
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def _put(q: "queue.Queue", item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: "queue.Queue", stop: threading.Event) -> Any:
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _END
+
+
+class Pipeline:
+    """Holds the models (loaded once, lazily) and runs generation calls.
+
+    ``wav2lip``: ``None`` (the default checkpoint, ``$LADTALK_WAV2LIP`` or the Hub file), a
+    checkpoint reference / path, a :class:`ladtalk.models.wav2lip.Wav2Lip` module, or a ready
+    :class:`ladtalk.lipsync.LipSyncer`. ``detector``: a detector object to use for every call
+    (tests, custom detectors); by default one is built per ``GenerateOptions.detector`` name
+    and cached. ``restorer``: an object with ``resolution`` and ``restore(crops)`` used for
+    every enhanced call instead of loading ``GenerateOptions.identity`` (tests, custom
+    models). Identities are loaded on first use and cached by directory.
+    """
+
+    def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, detector: Any = None,
+                 restorer: Any = None):
+        from .device import resolve_device
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch size must be a positive whole number, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        self._wav2lip_spec = wav2lip
+        self._lipsync = None
+        self._detector = detector
+        self._detectors: Dict[str, Any] = {}
+        self._restorer = restorer
+        self._restorers: Dict[Tuple[str, float], Any] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ models
+    @property
+    def lipsyncer(self):
+        """The :class:`ladtalk.lipsync.LipSyncer` (loaded on first access)."""
+        with self._lock:
+            if self._lipsync is None:
+                self._lipsync = self._load_lipsyncer(self._wav2lip_spec)
+            return self._lipsync
+
+    def _load_lipsyncer(self, spec: Any):
+        import torch
+        from .lipsync import LipSyncer
+        if isinstance(spec, LipSyncer):
+            syncer = spec
+        elif isinstance(spec, torch.nn.Module):
+            syncer = LipSyncer(spec, device=self.device, dtype=self.dtype,
+                               batch_size=self.batch_size)
+        else:
+            syncer = LipSyncer.from_checkpoint("wav2lip" if spec is None else spec,
+                                               device=self.device, dtype=self.dtype,
+                                               batch_size=self.batch_size)
+        if syncer.device.type == "cpu" and hasattr(syncer, "use_channels_last"):
+            syncer.use_channels_last(True)  # ~2x faster convolutions on CPU
+        return syncer
+
+    def detector_for(self, options: GenerateOptions, frame_size: Tuple[int, int]):
+        """The detector a call uses: the injected one, a fixed box, or a cached named one."""
+        if options.box is not None:
+            from .face.detect import FixedBoxDetector
+            k = float(options.resize_factor)
+            y1, y2, x1, x2 = (float(v) / k for v in options.box)
+            det = FixedBoxDetector((y1, y2, x1, x2))
+            w, h = frame_size
+            det.detect(np.zeros((1, h, w, 3), np.uint8))  # raises if the box is off-frame
+            return det
+        if self._detector is not None:
+            return self._detector
+        from .face.detect import make_detector
+        name = (options.detector or "auto").lower()
+        with self._lock:
+            if name not in self._detectors:
+                self._detectors[name] = make_detector(name, device=self.device)
+            return self._detectors[name]
+
+    def restorer_for(self, identity: Optional[Union[str, os.PathLike]]):
+        """``(restorer, identity directory)`` for an identity name / directory, or
+        ``(None, None)`` for Wav2Lip-only output."""
+        if identity is None:
+            return None, None
+        if self._restorer is not None:
+            return self._restorer, str(identity)
+        from .identity import resolve_identity
+        path = resolve_identity(identity)
+        weights = path / "model.safetensors"
+        key = (str(path.resolve()), weights.stat().st_mtime)
+        with self._lock:
+            if key not in self._restorers:
+                from .restore import Restorer
+                self._restorers = {k: v for k, v in self._restorers.items() if k[0] != key[0]}
+                self._restorers[key] = Restorer.from_identity(path, device=self.device)
+            return self._restorers[key], str(path)
+
+    # ------------------------------------------------------------------ run
+    def run(self, face: PathLike, audio: PathLike, out: PathLike,
+            options: Optional[GenerateOptions] = None,
+            progress: Optional[ProgressFn] = None) -> GenerateResult:
+        """Generate ``out`` from ``face`` (video or photo) and ``audio``; see the module doc.
+
+        Raises :class:`ladtalk.errors.InputError` (bad input, with the file / frame / time and
+        the fix) or :class:`ladtalk.errors.CheckpointError` (missing / wrong weights).
+        """
+        opts = (options or GenerateOptions()).validate()
+        report = progress or (lambda stage, done, total: None)
+        t_start = time.perf_counter()
+        timings: Dict[str, float] = {}
+        warnings: List[str] = []
+
+        def warn(msg: str) -> None:
+            warnings.append(msg)
+            log.warning("%s", msg)
+
+        face, audio, out = Path(face), Path(audio), Path(out)
+        _check_output(out, face, audio)
+
+        # -- audio
+        t0 = time.perf_counter()
+        wav = load_audio(audio, SAMPLE_RATE)
+        check_has_speech(wav, SAMPLE_RATE, audio)
+        n_samples = len(wav)
+        audio_seconds = n_samples / SAMPLE_RATE
+        mel = melspectrogram(wav)
+        del wav
+        timings["audio"] = time.perf_counter() - t0
+        report("audio", 1, 1)
+
+        # -- source
+        info = probe(face)
+        if not info.has_video:
+            raise InputError(f"{face} has no picture; pass a video or an image with a face")
+        fps = float(opts.fps or (STILL_FPS if info.is_image else (info.fps or STILL_FPS)))
+        n_out = num_video_frames(n_samples, SAMPLE_RATE, fps)
+        starts = mel_chunk_starts(mel.shape[1], fps, n_out)
+        k = int(opts.resize_factor)
+        size = (max(1, info.width // k), max(1, info.height // k))
+        resize = None if k == 1 else size
+        bs = int(opts.batch_size or self.batch_size)
+        detector = self.detector_for(opts, size)
+        crop_cfg = CropConfig(pads=tuple(int(p) for p in opts.pads))
+        if info.maybe_vfr and opts.fps is None:
+            log.info("%s looks like variable frame rate; resampling it to a constant %.3f fps",
+                     face, fps)
+
+        # -- pass 1: detection (boxes only)
+        from .face.detect import FixedBoxDetector
+        t0 = time.perf_counter()
+        boxes: Optional[np.ndarray] = None
+        fixed: Optional[np.ndarray] = None
+        missing_ts: List[float] = []
+        n_src_known: Optional[int] = None
+        if isinstance(detector, FixedBoxDetector):
+            fixed = detector.detect(np.zeros((1, size[1], size[0], 3), np.uint8))[0][0, :4]
+            if info.is_image:
+                n_src_known = 1
+        else:
+            from .face.track import track_faces
+            total = 1 if info.is_image else max(1, int(round(info.duration * fps)))
+            track = track_faces(decode_chunks(info, fps, bs, resize), detector, fps,
+                                smooth=opts.smooth, chunk_size=bs,
+                                progress=lambda n: report("detect", n, max(n, total)))
+            track.require_face(source=str(face))
+            boxes = track.boxes
+            n_src_known = len(track)
+            missing_ts = track.missing_timestamps
+            msg = track.report(source=str(face))
+            if msg:
+                warn(msg)
+        timings["detect"] = time.perf_counter() - t0
+
+        # -- models (after every input check)
+        t0 = time.perf_counter()
+        report("load", 0, 1)
+        syncer = self.lipsyncer
+        restorer, identity_dir = self.restorer_for(opts.identity)
+        if restorer is None:
+            log.info("no identity given: writing the Wav2Lip-only result (as --no-enhance)")
+        res = int(restorer.resolution) if restorer is not None else 0
+        timings["load"] = time.perf_counter() - t0
+        report("load", 1, 1)
+
+        # -- pass 2: decode -> models -> encode
+        stage = {"lipsync": 0.0, "restore": 0.0, "blend": 0.0, "encode": 0.0}
+        passthrough = 0
+
+        def box_of(s: int) -> Optional[np.ndarray]:
+            if fixed is not None:
+                return fixed
+            if boxes is None or s >= len(boxes) or np.isnan(boxes[s]).any():
+                return None
+            return boxes[s]
+
+        def process(frames: np.ndarray, src: np.ndarray, t_first: int) -> int:
+            regions: List[CropRegion] = []
+            sel: List[int] = []
+            for i, s in enumerate(src):
+                b = box_of(int(s))
+                if b is None:
+                    continue
+                try:
+                    regions.append(face_region(b, size, crop_cfg))
+                except ValueError:
+                    continue
+                sel.append(i)
+            if not sel:
+                return len(frames)
+            ta = time.perf_counter()
+            chosen = frames[sel]
+            crops = crop_faces(chosen, regions, WAV2LIP_SIZE)
+            stage["blend"] += time.perf_counter() - ta
+            ta = time.perf_counter()
+            mels = mel_windows(mel, starts[t_first + np.asarray(sel)])
+            gen = syncer(crops, mels)
+            stage["lipsync"] += time.perf_counter() - ta
+            originals = crops
+            if restorer is not None:
+                import cv2
+                ta = time.perf_counter()
+                up = np.stack([cv2.resize(g, (res, res), interpolation=cv2.INTER_CUBIC)
+                               for g in gen])
+                gen = np.asarray(restorer.restore(up), dtype=np.uint8)
+                stage["restore"] += time.perf_counter() - ta
+                ta = time.perf_counter()
+                originals = crop_faces(chosen, regions, res)
+                stage["blend"] += time.perf_counter() - ta
+            ta = time.perf_counter()
+            for j, i in enumerate(sel):
+                blend_face(frames[i], gen[j], regions[j], originals[j], opts.blend)
+            stage["blend"] += time.perf_counter() - ta
+            return len(frames) - len(sel)
+
+        with tempfile.TemporaryDirectory(prefix="ladtalk-gen-", dir=opts.temp_dir) as tmp:
+            source = LoopedSource(info, fps, n_out, opts.loop, chunk_size=bs, temp_dir=tmp,
+                                  n_src_hint=n_src_known or _estimate_frames(info, fps),
+                                  resize=resize, warn=warn)
+            writer = VideoWriter(out, fps, size, audio=audio, audio_mode=opts.audio_mode,
+                                 crf=opts.crf, preset=opts.preset)
+            stop = threading.Event()
+            q_in: "queue.Queue" = queue.Queue(maxsize=QUEUE_DEPTH)
+            q_out: "queue.Queue" = queue.Queue(maxsize=QUEUE_DEPTH)
+            errors: List[BaseException] = []
+
+            def produce() -> None:
+                try:
+                    for item in source.frames():
+                        if not _put(q_in, item, stop):
+                            return
+                    _put(q_in, _END, stop)
+                except BaseException as exc:  # handed to the main thread
+                    _put(q_in, _Failure(exc), stop)
+
+            def consume() -> None:
+                try:
+                    while True:
+                        item = _get(q_out, stop)
+                        if item is _END:
+                            return
+                        ta = time.perf_counter()
+                        writer.write(item)
+                        stage["encode"] += time.perf_counter() - ta
+                except BaseException as exc:
+                    errors.append(exc)
+                    stop.set()
+
+            producer = threading.Thread(target=produce, name="ladtalk-decode", daemon=True)
+            consumer = threading.Thread(target=consume, name="ladtalk-encode", daemon=True)
+            t_gen = time.perf_counter()
+            writer.open()
+            try:
+                producer.start()
+                consumer.start()
+                done = 0
+                report("generate", 0, n_out)
+                while True:
+                    item = _get(q_in, stop)
+                    if item is _END:
+                        break
+                    if isinstance(item, _Failure):
+                        raise item.exc
+                    frames, src = item
+                    passthrough += process(frames, src, done)
+                    done += len(frames)
+                    if not _put(q_out, frames, stop):
+                        break
+                    report("generate", done, n_out)
+                if not errors and not stop.is_set():
+                    _put(q_out, _END, stop)
+                consumer.join()
+                if errors:
+                    raise errors[0]
+                if done != n_out:
+                    raise RuntimeError(f"internal error: produced {done} of {n_out} frames")
+                ta = time.perf_counter()
+                writer.close()
+                stage["encode"] += time.perf_counter() - ta
+            except BaseException:
+                stop.set()
+                writer.abort()
+                raise
+            finally:
+                stop.set()
+                producer.join(timeout=30)
+                consumer.join(timeout=30)
+                source.close()
+            timings["generate"] = time.perf_counter() - t_gen
+            timings["decode"] = source.decode_seconds
+            n_src = source.n_src or n_src_known
+
+        timings.update(stage)
+        timings["total"] = time.perf_counter() - t_start
+        if passthrough:
+            log.info("%d of %d output frames had no face and were written unchanged",
+                     passthrough, n_out)
+        return GenerateResult(
+            out=out, n_frames=n_out, fps=fps, duration=n_out / fps,
+            audio_duration=audio_seconds, size=size, enhanced=restorer is not None,
+            identity=identity_dir, n_source_frames=n_src,
+            missing_face_timestamps=[float(t) for t in missing_ts],
+            passthrough_frames=passthrough, audio_copied=writer.audio_copied,
+            warnings=warnings, timings=timings)
+
+
+def _estimate_frames(info: MediaInfo, fps: float) -> int:
+    if info.is_image:
+        return 1
+    if info.duration:
+        return max(1, int(round(info.duration * fps)))
+    return max(1, int(info.n_frames))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_output(out: Path, face: Path, audio: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist; create it first or choose "
+                         "another --out")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'out.mp4'}")
+    for src, what in ((face, "--face"), (audio, "--audio")):
+        if _same_file(out, src):
+            raise InputError(f"--out {out} is the same file as {what}; choose another output "
+                             "name so the input is not overwritten")

@@ -1,0 +1,277 @@
+"""The Gradio app end to end: a local launch with tiny models, driven through gradio_client.
+
+One server per module (random-weight Wav2Lip, a tiny random SOVQAE identity, the offline dlib
+detector); every named endpoint is called the way an API user would call it. The identity
+store of the server is one temp dir for the whole module (the conftest's per-test
+LADTALK_HOME is pointed back at it), so an identity enrolled by one call is visible to the next.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gradio = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+MAX_VIDEO_SECONDS = 2.0  # small on purpose: examples/astronaut.mp4 (4 s) is "over-long"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_tiny_identity(home: Path, name: str) -> Path:
+    import torch
+    from ladtalk.models.sovqae import SOVQAE, get_config
+    torch.manual_seed(0)
+    path = home / "identities" / name
+    SOVQAE(get_config("tiny")).save_pretrained(path)
+    (path / "meta.json").write_text(json.dumps({"name": name, "config_name": "tiny",
+                                                "steps": 0, "holdout_psnr": None}))
+    return path
+
+
+def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
+    from ladtalk.video import ffmpeg_exe
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
+                    "-t", str(seconds), "-c:a", "pcm_s16le", str(dst)], check=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def app_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("app_home")
+    (home / "hf").mkdir()
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _shared_home(_isolated_home, monkeypatch, app_home):
+    """Point this test (and the server threads, which read the env per request) at the
+    module's identity store."""
+    monkeypatch.setenv("LADTALK_HOME", str(app_home))
+    monkeypatch.setenv("HF_HOME", str(app_home / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(app_home / "hf" / "hub"))
+
+
+@pytest.fixture(scope="module")
+def server(app_home):
+    import torch
+
+    mp = pytest.MonkeyPatch()
+    for k, v in {"LADTALK_HOME": str(app_home), "HF_HUB_OFFLINE": "1",
+                 "HF_HOME": str(app_home / "hf"), "HF_HUB_CACHE": str(app_home / "hf" / "hub"),
+                 "GRADIO_ANALYTICS_ENABLED": "False"}.items():
+        mp.setenv(k, v)
+    import app
+    from ladtalk.models.wav2lip import Wav2Lip
+    from ladtalk.pipeline import Pipeline
+
+    _write_tiny_identity(app_home, "tiny")
+    torch.manual_seed(0)
+    pipe = Pipeline(Wav2Lip(), device="cpu", batch_size=16)
+    demo = app.create_demo(pipe, max_video_seconds=MAX_VIDEO_SECONDS, enroll_budget=3,
+                           enroll_config="tiny", cache_examples=False,
+                           enroll_kwargs={"train_overrides": {"final_frames": 4,
+                                                              "eval_frames": 4}})
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port,
+                show_error=True, quiet=True)
+    client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    try:
+        yield client
+    finally:
+        demo.close()
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def short_audio(tmp_path_factory) -> Path:
+    return _cut_audio(EXAMPLES / "hello.wav", tmp_path_factory.mktemp("audio") / "hello_1s.wav",
+                      1.2)
+
+
+def _video_path(value) -> str:
+    """gradio_client returns a Video as {"video": path, "subtitles": ...} (or a path)."""
+    return value["video"] if isinstance(value, dict) else value
+
+
+def test_named_endpoints_and_status(server):
+    api = server.view_api(print_info=False, return_format="dict")
+    names = set(api["named_endpoints"])
+    assert {"/generate", "/robustness", "/enroll", "/identities", "/status"} <= names
+    st = server.predict(api_name="/status")
+    assert st["generate_available"] is True and st["device"] == "cpu"
+    s3fd = [c for c in st["checkpoints"] if c["name"] == "s3fd"][0]
+    # offline: S3FD is missing, and the panel says how to supply it
+    assert s3fd["available"] is False and "LADTALK_S3FD" in s3fd["detail"]
+    assert st["limits"]["max_video_seconds"] == MAX_VIDEO_SECONDS
+    ids = {i["name"]: i for i in server.predict(api_name="/identities")}
+    assert "tiny" in ids and ids["tiny"]["shipped"] is False
+
+
+def test_generate_photo_side_by_side(server, short_audio):
+    from gradio_client import handle_file
+
+    from ladtalk.audio import load_audio
+    from ladtalk.video import probe
+    main, base, report = server.predict(
+        handle_file(str(EXAMPLES / "astronaut.png")), handle_file(str(short_audio)), "tiny",
+        False, 3, True, 0, 10, 0, 0, True, "dlib", "pingpong", "", 1, api_name="/generate")
+    audio_s = len(load_audio(short_audio)) / 16000
+    for value, enhanced in ((main, True), (base, False)):
+        info = probe(_video_path(value))
+        assert info.has_audio and info.fps == 25.0
+        assert (info.width, info.height) == (256, 256)
+        assert abs(info.duration - audio_s) <= 1 / 25 + 0.03
+    assert report["enhanced"] is True and report["identity"] == "tiny"
+    assert report["baseline"]["enhanced"] is False
+    assert report["frames"] == round(audio_s * 25)
+    assert 15 <= report["gpu_seconds_requested"] <= 120
+
+
+def test_robustness_matches_library(server, app_home):
+    import torch
+    from gradio_client import handle_file
+
+    from ladtalk.face import CropConfig, crop_face, face_region, make_detector, select_largest
+    from ladtalk.models.sovqae import SOVQAE
+    from ladtalk.robustness import evaluate_robustness
+    from ladtalk.video import read_image
+
+    img_path = EXAMPLES / "astronaut.png"
+    gallery, table, plot, cert_md, raw = server.predict(
+        handle_file(str(img_path)), None, 0.0, "tiny", 1.0, 0.05, 16, "noise", True, False,
+        "dlib", api_name="/robustness")
+    # the same crop, made with the library's detector and framing
+    frame = read_image(img_path)
+    boxes, _ = select_largest(make_detector("dlib").detect(frame[None]))
+    assert raw["face_box_xyxy"] == pytest.approx(list(boxes[0]), abs=1e-6)
+    crop = crop_face(frame, face_region(boxes[0], (frame.shape[1], frame.shape[0]), CropConfig()),
+                     32)
+    model = SOVQAE.from_pretrained(app_home / "identities" / "tiny")
+    specs = ["blur:1.0", "noise:0.05", "down:16"]
+    sweep = ["noise:0.02", "noise:0.05", "noise:0.1", "noise:0.15", "noise:0.2", "noise:0.3"]
+    lib = evaluate_robustness(model, crop[None], list(dict.fromkeys(specs + sweep)),
+                              device="cpu", certificate=True, cert_faces=1, power_iters=4,
+                              n_random=2, max_positions=4, layerwise=False)
+    for spec in specs:
+        for key in ("psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored"):
+            assert raw["degradations"][spec][key] == pytest.approx(
+                lib["degradations"][spec][key], abs=1e-4), (spec, key)
+    for key in ("d_C", "gamma", "L_enc", "radius"):
+        assert raw["certificate"][key] == pytest.approx(lib["certificate"][key], rel=1e-3,
+                                                        abs=1e-6), key
+    assert raw["certificate"]["codes_preserved"]["noise:0.05"] == pytest.approx(
+        lib["certificate"]["codes_preserved"]["noise:0.05"])
+    # table rows, plot points and gallery agree with the raw numbers
+    rows = {r[0]: r for r in table["data"]}
+    assert set(rows) == set(specs)
+    assert rows["blur:1.0"][1] == pytest.approx(lib["degradations"]["blur:1.0"]["psnr_degraded"],
+                                                abs=1e-3)
+    pts = plot["value"]["data"] if isinstance(plot, dict) and "value" in plot else plot["data"]
+    assert len(pts) == 2 * len(sweep)
+    assert len(gallery) == 2 + 2 * len(specs)
+    assert "certified radius" in cert_md and "d_C" in cert_md
+
+
+def test_enroll_then_identity_is_usable(server, short_audio):
+    from gradio_client import handle_file
+    from safetensors.torch import load_file
+
+    md, meta, weights = server.predict(
+        handle_file(str(EXAMPLES / "astronaut.mp4")), "alice", 3, "tiny", "dlib",
+        False, "", "", True, api_name="/enroll")
+    assert meta["name"] == "alice" and meta["steps"] >= 1
+    assert meta["holdout_psnr"] is not None and "alice" in md
+    assert "encoder.conv_in.weight" in load_file(weights)
+    names = [i["name"] for i in server.predict(api_name="/identities")]
+    assert "alice" in names
+    # the generate endpoint accepts the new identity (its picker is refreshed the same way)
+    main, base, report = server.predict(
+        handle_file(str(EXAMPLES / "astronaut.png")), handle_file(str(short_audio)), "alice",
+        False, 3, False, 0, 10, 0, 0, True, "dlib", "pingpong", "", 1, api_name="/generate")
+    assert report["identity"] == "alice" and base is None
+
+
+def test_bad_inputs_give_specific_errors_and_server_survives(server, tmp_path, short_audio):
+    import soundfile as sf
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    noface = tmp_path / "gray.png"
+    Image.fromarray(np.full((160, 160, 3), 127, np.uint8)).save(noface)
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+
+    def gen(face, audio):
+        return server.predict(handle_file(str(face)), handle_file(str(audio)),
+                              "none (Wav2Lip only)", False, 3, False, 0, 10, 0, 0, True, "dlib",
+                              "pingpong", "", 1, api_name="/generate")
+
+    cases = [
+        (lambda: gen(noface, short_audio), "no face"),
+        (lambda: gen(text, short_audio), "cannot decode"),
+        (lambda: gen(EXAMPLES / "astronaut.png", empty), "zero-length audio"),
+        (lambda: gen(EXAMPLES / "astronaut.mp4", short_audio), f"at most {MAX_VIDEO_SECONDS:g} s"),
+        (lambda: server.predict(handle_file(str(text)), "bob", 3, "tiny", "dlib",
+                                False, "", "", True, api_name="/enroll"), "cannot decode"),
+        (lambda: server.predict(handle_file(str(EXAMPLES / "astronaut.png")), None, 0.0, "tiny",
+                                0, 0, 0, "blur", False, False, "dlib", api_name="/robustness"),
+         "all degradations are off"),
+        (lambda: server.predict(handle_file(str(EXAMPLES / "astronaut.png")), None, 0.0,
+                                "../../etc", 1, 0, 0, "blur", False, False, "dlib",
+                                api_name="/robustness"), "not a valid name"),
+    ]
+    for call, expected in cases:
+        with pytest.raises(AppError) as err:
+            call()
+        assert expected in str(err.value), str(err.value)
+        # the server keeps serving
+        assert isinstance(server.predict(api_name="/identities"), list)
+    # and a good request still works after all the failures
+    _, _, report = gen(EXAMPLES / "astronaut.png", short_audio)
+    assert report["enhanced"] is False
+
+
+def test_zerogpu_helpers_and_spaces_noop():
+    import app
+    from ladtalk import app_support as sup
+
+    # off ZeroGPU, spaces.GPU returns the function itself (a no-op)
+    assert app.ZERO_GPU is False
+    assert app._generate_on_gpu.__name__ == "_generate_on_gpu"
+    assert not hasattr(app._generate_on_gpu, "zerogpu")
+    # dynamic durations grow with the work and stay within [min, cap]
+    small = sup.generate_gpu_seconds(25, 1, True, False, cap=120)
+    big = sup.generate_gpu_seconds(1500, 1500, True, True, cap=120)
+    assert sup.GPU_MIN_SECONDS <= small < big == 120
+    assert sup.enroll_gpu_seconds(60, cap=120) == 105
+    assert sup.enroll_gpu_seconds(600, cap=120) == 120
+    chunks = sup.enroll_chunks(250, 75)
+    assert math.isclose(sum(chunks), 250) and max(chunks) <= 75 + 10
+    assert sup.enroll_chunks(250, None) == [250.0]
+    with pytest.raises(sup.InputError, match="more than the 120 s"):
+        sup.check_generate_fits(6000, 6000, True, True, 25.0, cap=120)
+    sup.check_generate_fits(100, 100, True, True, 25.0, cap=120)
+    assert sup.parse_box("") is None and sup.parse_box("1, 2 3 4") == (1, 2, 3, 4)
+    with pytest.raises(sup.InputError, match="4 numbers"):
+        sup.parse_box("1 2 3")
+    msg = sup.user_message(RuntimeError("token hf_secret leaked"), ["hf_secret"])
+    assert "hf_secret" not in msg and "***" in msg

@@ -1,0 +1,365 @@
+"""Generation pipeline: end-to-end acceptance, timing / loop policy, blending, CLI, bench.
+
+The acceptance tests run a real ``Wav2Lip()`` (random weights: no downloads; throughput and
+data flow are the same as with trained weights) on a synthetic talking-head clip, with the
+real ffmpeg encode, and check the output against the decoded input.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ladtalk.pipeline as pipeline_mod
+from ladtalk.audio import load_audio
+from ladtalk.blend import BlendConfig, blend_face, lower_face_mask, match_colour
+from ladtalk.errors import InputError
+from ladtalk.face.crop import CropConfig, face_region
+from ladtalk.framesource import LoopedSource
+from ladtalk.pipeline import GenerateOptions, Pipeline
+from ladtalk.timing import needs_random_access, source_index, source_indices
+from ladtalk.video import VideoWriter, probe
+
+from pipeline_helpers import (FACE_BOX, FRAME_H, FRAME_W, StubGenerator, decode, make_aac,
+                              make_face_video, make_speech, tiny_sovqae)
+
+FPS = 10.0
+
+
+class RecordingWriter(VideoWriter):
+    """The real writer, plus a copy of every frame handed to it (pre-encode, exact)."""
+
+    last: "RecordingWriter" = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frames = []
+        RecordingWriter.last = self
+
+    def write(self, frames):
+        self.frames.append(np.array(frames, copy=True))
+        super().write(frames)
+
+    def all_frames(self) -> np.ndarray:
+        return np.concatenate(self.frames)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    monkeypatch.setattr(pipeline_mod, "VideoWriter", RecordingWriter)
+    return RecordingWriter
+
+
+@pytest.fixture(scope="module")
+def wav2lip_pipe():
+    from ladtalk.models.wav2lip import Wav2Lip
+    torch.manual_seed(0)
+    return Pipeline(Wav2Lip(), device="cpu", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    return {
+        "video16": make_face_video(d / "face16.mp4", 16, FPS),
+        "video14_gap": make_face_video(d / "gap.mp4", 14, FPS, no_face=(5, 6, 7, 8)),
+        "aac": make_aac(d / "speech.m4a", 2.35),
+        "wav14": make_speech(d / "speech14.wav", 1.4),
+    }
+
+
+def _region(box_y1y2x1x2, pads=(0, 10, 0, 0)):
+    y1, y2, x1, x2 = box_y1y2x1x2
+    return face_region((x1, y1, x2, y2), (FRAME_W, FRAME_H), CropConfig(pads=pads))
+
+
+def _inside(region, shape=(FRAME_H, FRAME_W)):
+    m = np.zeros(shape, dtype=bool)
+    x1, y1, x2, y2 = region.clipped()
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+# ------------------------------------------------------------------------- acceptance
+def test_e2e_video_longer_audio_pingpong(wav2lip_pipe, media, tmp_path, recording):
+    out = tmp_path / "out.mp4"
+    res = wav2lip_pipe.run(media["video16"], media["aac"], out, GenerateOptions(box=FACE_BOX))
+    audio_s = len(load_audio(media["aac"])) / 16000
+    n_expected = int(np.floor(audio_s * FPS + 0.5))
+    assert res.n_frames == n_expected == 24
+    assert res.n_source_frames == 16 and not res.enhanced and res.warnings == []
+
+    # container facts: fps, resolution, duration == audio duration (+-1 frame)
+    info = probe(out)
+    assert info.fps == pytest.approx(FPS)
+    assert (info.width, info.height) == (FRAME_W, FRAME_H)
+    got = decode(out)
+    assert len(got) == n_expected
+    assert abs(len(got) / FPS - audio_s) <= 1.0 / FPS
+
+    # audio: AAC input is stream-copied -> decodes to exactly the same samples
+    assert res.audio_copied is True
+    np.testing.assert_array_equal(load_audio(out), load_audio(media["aac"]))
+
+    # pre-encode frames: bit-exact outside the crop region, changed inside (mouth)
+    src = decode(media["video16"])
+    order = source_indices(n_expected, 16, "pingpong")
+    assert list(order[14:20]) == [14, 15, 14, 13, 12, 11]
+    frames = recording.last.all_frames()
+    assert frames.shape == (n_expected, FRAME_H, FRAME_W, 3)
+    inside = _inside(_region(FACE_BOX))
+    for t, s in enumerate(order):
+        diff = (frames[t] != src[s]).any(axis=-1)
+        assert not diff[~inside].any(), f"frame {t} changed outside the face region"
+        assert diff[inside].mean() > 0.05, f"frame {t}: the mouth was not regenerated"
+    # the upper face (eyes) is kept: the top 40% of the crop is untouched
+    r = _region(FACE_BOX)
+    top = np.zeros_like(inside)
+    top[max(r.y1, 0):r.y1 + int(0.4 * r.height), max(r.x1, 0):r.x2] = True
+    assert not (frames[3] != src[3]).any(axis=-1)[top].any()
+
+    # after H.264 (lossy): away from the face region the output is as close to the input
+    # as a pass-through encode of the same input frames with the same settings
+    with VideoWriter(tmp_path / "pass.mp4", FPS, (FRAME_W, FRAME_H), crf=18,
+                     preset="veryfast") as wr:
+        wr.write(src[order])
+    passthrough = decode(tmp_path / "pass.mp4")
+    far = ~_grow(inside, 8)
+
+    def err(a, b):
+        return np.abs(a.astype(np.int16) - b.astype(np.int16))[:, far]
+    assert err(got, passthrough).mean() < 0.75
+    assert err(got, src[order]).mean() < err(passthrough, src[order]).mean() + 0.25
+
+
+def _grow(mask, px):
+    import cv2
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
+
+
+def test_e2e_no_face_frames_pass_through(wav2lip_pipe, media, tmp_path, recording):
+    out = tmp_path / "gap.mp4"
+    res = wav2lip_pipe.run(media["video14_gap"], media["wav14"], out,
+                           GenerateOptions(detector="dlib"))
+    assert res.n_frames == 14
+    assert res.missing_face_timestamps == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    assert res.passthrough_frames == 4
+    assert len(res.warnings) == 1 and "0.50-0.90s" in res.warnings[0]
+    assert "left unchanged" in res.warnings[0]
+    src = decode(media["video14_gap"])
+    frames = recording.last.all_frames()
+    for t in range(14):
+        same = np.array_equal(frames[t], src[t])
+        assert same == (t in (5, 6, 7, 8)), f"frame {t}"
+    # WAV input is not MP4-copyable: AAC, still the same speech (high correlation)
+    assert res.audio_copied is False
+    a, b = load_audio(out), load_audio(media["wav14"])
+    n = min(len(a), len(b))
+    assert abs(len(a) - len(b)) < 0.05 * 16000
+    assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.95
+    assert len(decode(out)) == 14
+
+
+def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, monkeypatch):
+    from ladtalk.identity import store_path
+    model = tiny_sovqae(resolution=64)
+    store = store_path("tiny_person")
+    store.parent.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(store)
+    pipe = Pipeline(StubGenerator(), device="cpu", batch_size=8)
+    opts = dict(box=FACE_BOX)
+    base = pipe.run(media["video16"], media["wav14"], tmp_path / "a.mp4", GenerateOptions(**opts))
+    plain = recording.last.all_frames()
+    res = pipe.run(media["video16"], media["wav14"], tmp_path / "b.mp4",
+                   GenerateOptions(identity="tiny_person", **opts))
+    enhanced = recording.last.all_frames()
+    assert res.enhanced and not base.enhanced
+    assert Path(res.identity) == store
+    assert res.timings["restore"] > 0
+    inside = _inside(_region(FACE_BOX))
+    differs = (plain != enhanced).any(axis=-1)
+    assert not differs[:, ~inside].any()
+    assert differs[:, inside].mean() > 0.05
+    # the restorer is loaded once and reused
+    pipe.run(media["video16"], media["wav14"], tmp_path / "c.mp4",
+             GenerateOptions(identity="tiny_person", **opts))
+    assert len(pipe._restorers) == 1
+
+
+def test_still_image_gives_25fps_and_audio_length(media, tmp_path, recording):
+    from pipeline_helpers import face_frame
+    import cv2
+    img = face_frame(0)
+    face = tmp_path / "photo.png"
+    cv2.imwrite(str(face), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    pipe = Pipeline(StubGenerator(), device="cpu", batch_size=8)
+    res = pipe.run(face, media["wav14"], tmp_path / "still.mp4", GenerateOptions(box=FACE_BOX))
+    assert res.fps == 25.0 and res.n_frames == 35 and res.n_source_frames == 1
+    frames = recording.last.all_frames()
+    inside = _inside(_region(FACE_BOX))
+    assert all(np.array_equal(f[~inside], img[~inside]) for f in frames)
+    assert probe(tmp_path / "still.mp4").fps == pytest.approx(25.0)
+    res = pipe.run(face, media["wav14"], tmp_path / "still12.mp4",
+                   GenerateOptions(box=FACE_BOX, fps=12))
+    assert res.fps == 12.0 and res.n_frames == 17  # 1.4 s * 12 = 16.8 -> 17
+
+
+def test_video_longer_than_audio_is_cut(media, tmp_path):
+    short = make_speech(tmp_path / "short.wav", 0.9)
+    pipe = Pipeline(StubGenerator(), device="cpu", batch_size=4)
+    res = pipe.run(media["video16"], short, tmp_path / "cut.mp4", GenerateOptions(box=FACE_BOX))
+    assert res.n_frames == 9 and len(decode(tmp_path / "cut.mp4")) == 9
+
+
+def test_resize_factor_halves_the_output(media, tmp_path):
+    pipe = Pipeline(StubGenerator(), device="cpu", batch_size=8)
+    res = pipe.run(media["video16"], media["wav14"], tmp_path / "half.mp4",
+                   GenerateOptions(box=FACE_BOX, resize_factor=2))
+    assert res.size == (FRAME_W // 2, FRAME_H // 2)
+    info = probe(tmp_path / "half.mp4")
+    assert (info.width, info.height) == (FRAME_W // 2, FRAME_H // 2)
+
+
+# ------------------------------------------------------------------------- timing policy
+@pytest.mark.parametrize("policy,expected", [
+    ("pingpong", [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2]),
+    ("loop", [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]),
+    ("hold", [0, 1, 2, 3, 3, 3, 3, 3, 3, 3, 3]),
+])
+def test_source_indices(policy, expected):
+    assert list(source_indices(11, 4, policy)) == expected
+    assert [source_index(t, 4, policy) for t in range(11)] == expected
+    assert list(source_indices(3, 4, policy)) == [0, 1, 2]  # video longer than audio: cut
+    assert list(source_indices(5, 1, policy)) == [0] * 5    # still image
+
+
+def test_random_access_only_for_pingpong_past_the_end():
+    assert needs_random_access(10, 4, "pingpong")
+    assert not needs_random_access(4, 4, "pingpong")
+    assert not needs_random_access(10, 4, "loop")
+    with pytest.raises(ValueError, match="pingpong"):
+        source_indices(3, 2, "bounce")
+
+
+@pytest.mark.parametrize("policy", ["pingpong", "loop", "hold"])
+def test_looped_source_streams_frames_in_policy_order(media, tmp_path, policy):
+    src = decode(media["video16"], fps=FPS)
+    info = probe(media["video16"])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with LoopedSource(info, FPS, 37, policy, chunk_size=5, temp_dir=tmp) as source:
+        chunks = list(source.frames())
+        if policy == "pingpong":
+            assert source.cache_path is not None and source.cache_path.exists()
+        else:
+            assert source.cache_path is None
+    assert list(tmp.iterdir()) == []  # cache removed on close
+    frames = np.concatenate([c[0] for c in chunks])
+    idx = np.concatenate([c[1] for c in chunks])
+    assert all(len(c[0]) <= 5 for c in chunks)
+    assert list(idx) == list(source_indices(37, 16, policy))
+    np.testing.assert_array_equal(frames, src[idx])
+    assert source.n_src == 16
+
+
+def test_pingpong_falls_back_to_loop_when_temp_disk_is_full(media, tmp_path, monkeypatch):
+    import ladtalk.framesource as fs
+    from collections import namedtuple
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(fs.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))
+    msgs = []
+    info = probe(media["video16"])
+    with LoopedSource(info, FPS, 20, "pingpong", chunk_size=8, temp_dir=tmp_path,
+                      warn=msgs.append) as source:
+        idx = np.concatenate([c[1] for c in source.frames()])
+    assert list(idx) == list(source_indices(20, 16, "loop"))
+    assert len(msgs) == 1 and "not enough free space" in msgs[0] and "TMPDIR" in msgs[0]
+
+
+# ------------------------------------------------------------------------- blending
+def test_lower_face_mask_shape():
+    m = lower_face_mask(96)
+    assert m.shape == (96, 96) and m.dtype == np.float32
+    assert m[0].max() == m[-1].max() == m[:, 0].max() == m[:, -1].max() == 0.0
+    assert m[: int(0.45 * 96)].max() == 0.0          # eyes and above untouched
+    assert m[int(0.75 * 96), 48] == pytest.approx(1.0)  # mouth fully replaced
+    assert np.all(np.diff(m[:, 48][: int(0.62 * 96)]) >= 0)  # smooth rise, no step
+    assert np.abs(np.diff(m, axis=0)).max() < 0.2 and np.abs(np.diff(m, axis=1)).max() < 0.2
+
+
+def test_colour_match_moves_generated_tone_to_the_original():
+    rng = np.random.default_rng(0)
+    orig = rng.integers(80, 160, (64, 64, 3)).astype(np.uint8)
+    gen = np.clip(orig.astype(np.float32) * 0.9 + np.array([30, -20, 10]), 0, 255)
+    out = match_colour(gen.astype(np.uint8), orig)
+    band = (slice(8, 29), slice(13, 51))
+    assert np.abs(out[band].mean((0, 1)) - orig[band].mean((0, 1))).max() < 1.0
+    assert np.abs(gen[band].mean((0, 1)) - orig[band].mean((0, 1))).max() > 9
+
+
+def test_blend_face_changes_only_masked_pixels_inside_region():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (120, 160, 3)).astype(np.uint8)
+    region = face_region((30, 20, 110, 100), (160, 120))
+    before = frame.copy()
+    gen = np.full((96, 96, 3), 255, np.uint8)
+    blend_face(frame, gen, region, original=None, config=BlendConfig(colour_match=False))
+    changed = (frame != before).any(axis=-1)
+    inside = np.zeros_like(changed)
+    x1, y1, x2, y2 = region.clipped()
+    inside[y1:y2, x1:x2] = True
+    assert changed.any() and not changed[~inside].any()
+    assert not changed[y1:y1 + int(0.45 * region.height)].any()
+
+
+# ------------------------------------------------------------------------- CLI
+def test_cli_generate(media, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import save_file
+    from ladtalk.cli import main
+    from ladtalk.models.wav2lip import Wav2Lip
+    torch.manual_seed(0)
+    ckpt = tmp_path / "w2l.safetensors"
+    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(ckpt))
+    out = tmp_path / "cli out.mp4"
+    argv = ["generate", "--face", str(media["video16"]), "--audio", str(media["wav14"]),
+            "--out", str(out), "--no-enhance", "--wav2lip", str(ckpt),
+            "--box", *map(str, FACE_BOX), "--device", "cpu", "--batch-size", "8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "14 frames" in printed and "Wav2Lip only" in printed
+    assert len(decode(out)) == 14
+    # neither --identity nor --no-enhance: argparse refuses (explicit choice required)
+    with pytest.raises(SystemExit) as exc:
+        main([a for a in argv if a != "--no-enhance"])
+    assert exc.value.code == 2
+    assert "--identity" in capsys.readouterr().err
+    # a user error is reported as "error: ..." with exit status 2
+    assert main(argv[:argv.index("--box")] + ["--box", "500", "600", "500", "600"]) == 2
+    assert "outside" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- bench
+def test_bench_reports_stage_fps_and_peak_rss(media, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "ladtalk.bench", "--face", str(media["video16"]),
+           "--audio", str(media["wav14"]), "--no-enhance", "--box", *map(str, FACE_BOX),
+           "--lengths", "0.5", "1.0", "--batch-size", "8", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert [r["length_s"] for r in data["runs"]] == [0.5, 1.0]
+    for r in data["runs"]:
+        assert r["frames"] == round(r["length_s"] * FPS)
+        assert r["peak_rss_mb"]["self"] > 50
+        for stage in ("decode", "lipsync", "blend", "encode", "end_to_end"):
+            assert r["fps"][stage] > 0
+        assert r["realtime_factor"] > 0
+    assert "rss_ratio_longest_vs_shortest" in data
+    assert "frames/s" in proc.stdout
