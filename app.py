@@ -826,7 +826,7 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                             g_loop = gr.Dropdown(LOOPS, value="pingpong",
                                                  label="When the audio is longer than the video")
                         with gr.Row():
-                            g_box = gr.Textbox(label="Fixed face box Y1 Y2 X1 X2 (optional)",
+                            g_box = gr.Textbox("", label="Fixed face box Y1 Y2 X1 X2 (optional)",
                                                placeholder="empty = detect the face")
                             g_rf = gr.Number(1, label="resize factor", precision=0, minimum=1)
                     g_btn = gr.Button("Generate", variant="primary",
@@ -889,8 +889,10 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                                          label="PSNR vs degradation strength", elem_id="rob-plot",
                                          x_title="strength (blur/noise sigma, or 128/size "
                                                  "for down-up)",
-                                         y_title="PSNR (dB)", height=280)
-                    r_cert_md = gr.Markdown(elem_id="rob-cert")
+                                         y_title="PSNR (dB)", height=280,
+                                         color_map={"degraded": "#d62728",
+                                                    "restored": "#2ca02c"})
+                    r_cert_md = gr.Markdown(label="Certificate", elem_id="rob-cert")
                     r_json = gr.JSON(label="Raw numbers")
             r_inputs = [r_image, r_video, r_time, r_identity, r_blur, r_noise, r_down, r_sweep,
                         r_cert, r_is_crop, r_det]
@@ -927,13 +929,13 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                                                     "of this name)", value=False)
                     with gr.Accordion("Push to your own Hugging Face Hub repo (optional)",
                                       open=False):
-                        e_repo = gr.Textbox(label="Repository", placeholder="your-user/ladtalk-alice")
-                        e_token = gr.Textbox(label="Write token (used once, never stored)",
+                        e_repo = gr.Textbox("", label="Repository", placeholder="your-user/ladtalk-alice")
+                        e_token = gr.Textbox("", label="Write token (used once, never stored)",
                                              type="password")
                         e_private = gr.Checkbox(label="Private repository", value=True)
                     e_btn = gr.Button("Enroll", variant="primary")
                 with gr.Column():
-                    e_md = gr.Markdown()
+                    e_md = gr.Markdown(label="Summary")
                     e_meta = gr.JSON(label="Identity metrics (meta.json)")
                     e_file = gr.File(label="Download the identity weights (safetensors)")
             e_inputs = [e_video, e_name, e_budget, e_config, e_det, e_fresh, e_repo, e_token,

@@ -45,6 +45,7 @@ import queue
 import tempfile
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -429,9 +430,10 @@ class Pipeline:
 
             def produce() -> None:
                 try:
-                    for item in source.frames():
-                        if not _put(q_in, item, stop):
-                            return
+                    with closing(source.frames()) as chunks:  # closing kills ffmpeg early
+                        for item in chunks:
+                            if not _put(q_in, item, stop):
+                                return
                     _put(q_in, _END, stop)
                 except BaseException as exc:  # handed to the main thread
                     _put(q_in, _Failure(exc), stop)

@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,15 +189,34 @@ def test_robustness_matches_library(server, app_home):
     assert "certified radius" in cert_md and "d_C" in cert_md
 
 
+def test_robustness_on_a_video_frame(server, tmp_path):
+    from gradio_client import handle_file
+
+    from ladtalk.video import ffmpeg_exe
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i",
+                    str(EXAMPLES / "astronaut.mp4"), "-t", "1.5", "-an", str(clip)], check=True)
+    gallery, table, plot, cert_md, raw = server.predict(
+        None, handle_file(str(clip)), 1.0, "tiny", 0, 0.1, 0, "blur", False, False, "dlib",
+        api_name="/robustness")
+    assert raw["input"].endswith("@ 1 s") and list(raw["degradations"]) == ["noise:0.1"]
+    r = raw["degradations"]["noise:0.1"]
+    assert 15 < r["psnr_degraded"] < 25 and raw["certificate"] is None
+    assert "not computed" in cert_md
+
+
 def test_enroll_then_identity_is_usable(server, short_audio):
     from gradio_client import handle_file
     from safetensors.torch import load_file
 
+    token = "hf_NotARealTokenButSecret123"
     md, meta, weights = server.predict(
         handle_file(str(EXAMPLES / "astronaut.mp4")), "alice", 3, "tiny", "dlib",
-        False, "", "", True, api_name="/enroll")
+        False, "someone/ladtalk-alice", token, True, api_name="/enroll")
     assert meta["name"] == "alice" and meta["steps"] >= 1
     assert meta["holdout_psnr"] is not None and "alice" in md
+    # offline: the push fails, the identity is kept, and the token is never echoed
+    assert "Push to the Hub failed" in md and token not in md and token not in json.dumps(meta)
     assert "encoder.conv_in.weight" in load_file(weights)
     names = [i["name"] for i in server.predict(api_name="/identities")]
     assert "alice" in names
@@ -275,3 +295,54 @@ def test_zerogpu_helpers_and_spaces_noop():
         sup.parse_box("1 2 3")
     msg = sup.user_message(RuntimeError("token hf_secret leaked"), ["hf_secret"])
     assert "hf_secret" not in msg and "***" in msg
+
+
+def test_python_app_py_starts_offline_and_serves_robustness(tmp_path):
+    """The acceptance check: ``python app.py`` with no Hub access starts, reports the missing
+    Wav2Lip checkpoint (Generate answers with how to supply it) and serves Robustness with the
+    shipped demo identity."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    if not (ROOT / "checkpoints" / "identities" / "demo" / "model.safetensors").is_file():
+        pytest.fail("shipped demo identity missing; run scripts/make_demo_identity.py")
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LADTALK_HOME=str(tmp_path / "home"),
+               HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    for var in ("LADTALK_WAV2LIP", "LADTALK_S3FD"):
+        env.pop(var, None)
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=str(tmp_path), env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+                assert time.time() < deadline, "app.py did not start within 120 s"
+                time.sleep(1)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        st = client.predict(api_name="/status")
+        assert st["generate_available"] is False and "LADTALK_WAV2LIP" in st["wav2lip_error"]
+        assert "demo" in st["identities"]
+        with pytest.raises(AppError, match="LADTALK_WAV2LIP"):
+            client.predict(face=handle_file(str(EXAMPLES / "astronaut.png")),
+                           audio=handle_file(str(EXAMPLES / "hello.wav")),
+                           api_name="/generate")
+        *_, raw = client.predict(image=handle_file(str(EXAMPLES / "astronaut.png")),
+                                 identity="demo", certificate=False, detector="dlib",
+                                 api_name="/robustness")
+        assert raw["identity"] == "demo" and raw["resolution"] == 128
+        assert set(raw["degradations"]) == {"blur:2.0", "noise:0.1", "down:96"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

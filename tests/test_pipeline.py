@@ -19,7 +19,6 @@ import torch
 import ladtalk.pipeline as pipeline_mod
 from ladtalk.audio import load_audio
 from ladtalk.blend import BlendConfig, blend_face, lower_face_mask, match_colour
-from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig, face_region
 from ladtalk.framesource import LoopedSource
 from ladtalk.pipeline import GenerateOptions, Pipeline

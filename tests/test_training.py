@@ -279,7 +279,7 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
     from ladtalk.training.enroll import enroll
 
     events = []
-    budget = 50.0  # ~200 steps take ~30 s on 2 idle cores; the step cap keeps it short there
+    budget = 80.0  # 200 steps take ~30 s on 2 idle cores; the step cap ends the run there
     t0 = time.time()
     path = enroll(face_video, "astro", seconds=budget, detector="dlib", holdout=0.15,
                   config=get_config("tiny", attn_resolutions=()), device="cpu",
@@ -308,21 +308,22 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
     _, hold = split_holdout(len(crops), 0.15)
     x = to_tensor01(crops.crops[hold])
     model = SOVQAE.from_pretrained(path)
-    xb = gaussian_blur(x, 1.0)
+    xb = gaussian_blur(x, 2.0)
     with torch.no_grad():
         y = ((model(xb * 2 - 1)[0] + 1) / 2).clamp(0, 1)
     p_deg, p_res = _psnr(xb, x), _psnr(y, x)
-    assert p_res >= p_deg + 1.0, (p_deg, p_res)
-    blur_meta = meta["restoration"]["blur:2.0"]
-    assert blur_meta["psnr_restored"] >= blur_meta["psnr_degraded"] + 1.0, blur_meta
+    assert p_res >= p_deg + 1.5, (p_deg, p_res, meta["steps"])
+    blur_meta = meta["restoration"]["blur:2.0"]  # the same probe through ladtalk.robustness
+    assert abs(blur_meta["psnr_restored"] - p_res) < 0.05
+    assert abs(blur_meta["psnr_degraded"] - p_deg) < 0.05
 
     # resume: the step count continues from the saved state
     steps1 = meta["steps"]
-    enroll(face_video, "astro", seconds=4, detector="dlib", holdout=0.15, device="cpu",
-           show_progress=False)
+    enroll(face_video, "astro", seconds=20, detector="dlib", holdout=0.15, device="cpu",
+           show_progress=False, train_overrides={"max_steps": 5})
     meta2 = json.loads((path / "meta.json").read_text())
     assert meta2["resumed"] and meta2["steps"] > steps1
-    assert meta2["steps"] == steps1 + meta2["run_steps"]
+    assert meta2["steps"] == steps1 + meta2["run_steps"] and meta2["run_steps"] <= 5
     assert meta2["training_seconds"] > meta["training_seconds"]
 
     # an abort mid-training leaves the previous identity byte-for-byte intact

@@ -91,7 +91,7 @@ class VectorQuantizer(nn.Module):
         return z_q, loss, indices
 
     def lookup(self, indices: torch.Tensor, shape: Tuple[int, int, int]) -> torch.Tensor:
-        """Codes for flat or (B, H, W) ``indices`` as a (B, C, H, W) tensor; ``shape`` = (B, H, W)."""
+        """Codes for flat or (B, H, W) ``indices`` as (B, C, H, W); ``shape`` = (B, H, W)."""
         b, h, w = (int(s) for s in shape)
         if indices.numel() != b * h * w:
             raise ValueError(f"{indices.numel()} indices do not fill a {b}x{h}x{w} latent grid")

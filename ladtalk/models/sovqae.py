@@ -17,7 +17,8 @@ Named configs (:func:`get_config`)
 ``base``  the paper's model: 256 px, ch 128, ch_mult (1,1,2,2,4) (f=16), 2 res blocks,
           attention at 16, z 256, codebook 1024 x 256 (72.1 M parameters; taming's ImageNet
           f16/n1024 layout, so public weights initialise it). Default on CUDA.
-``cpu``   sized to enroll an identity in minutes on 2 CPU cores; default on CPU. See
+``cpu``   sized to enroll an identity in minutes on 2 CPU cores (128 px, f=8, 3.2 M
+          parameters); default on CPU. ``cpu-f4`` is its f=4 variant. See
           :data:`CPU_CONFIG_NOTES` for the design and the measured step times.
 ``tiny``  a few-hundred-k-parameter model for unit tests.
 
@@ -90,7 +91,8 @@ class SOVQAEConfig:
             setattr(self, name, int(getattr(self, name)))
         for name in ("dropout", "beta", "ema_decay", "ema_eps"):
             setattr(self, name, float(getattr(self, name)))
-        self.double_z, self.legacy, self.ema = bool(self.double_z), bool(self.legacy), bool(self.ema)
+        for name in ("double_z", "legacy", "ema"):
+            setattr(self, name, bool(getattr(self, name)))
         problems = []
         if self.double_z:
             problems.append("double_z must be False for a VQ model (taming's VQModel feeds "
@@ -149,9 +151,20 @@ CONFIGS: Dict[str, SOVQAEConfig] = {
 }
 
 CPU_CONFIG_NOTES = """\
-cpu config: 128 px, ch 32, ch_mult (1, 2, 2, 4) -> f = 8 (16 x 16 latent grid), 1 res block per
-level, no attention inside the levels (the mid blocks keep theirs), z = embed_dim = 64,
-1024 codes. Measured on this 2-core machine (shared): see the README/report for the table.
+cpu     128 px, ch 32, ch_mult (1, 2, 2, 4) -> f = 8 (16 x 16 latent grid), 1 res block per level,
+        no attention inside the levels (the mid blocks keep theirs), z = embed_dim = 64,
+        1024 codes; 3.21 M parameters. It is the layout of the team's first CPU probe with
+        one res block per level, to keep a training step near 3 CPU-seconds.
+cpu-f4  the same with ch_mult (1, 2, 2) -> f = 4 (32 x 32 grid); 1.10 M parameters. Four times
+        the latent positions for the same compute: the alternative when reconstruction quality
+        is the bottleneck (the enrollment experiments pick between the two).
+Measured with scripts/bench_sovqae_step.py (batch 8, 128 px, L2 + VQ loss, Adam, fp32) on the
+2-core development machine while ~6 other jobs were running: CPU time per step with 1 thread
+cpu 2.95 s, cpu-f4 3.08 s, tiny 0.29 s (ch_mult (1, 2, 4) f4: 5.1 s, (1, 1, 2, 4) f8: 2.1 s);
+that is ~1.5-2 s wall per step on two idle cores, i.e. ~300-400 full-size steps in 10 minutes
+(4x more when training on 64 px crops, which the fully convolutional model allows). With two
+threads on the loaded machine the wall time rose to 11-13 s per step: OpenMP spin-waiting,
+so on a shared CPU use one thread per process.
 """
 
 

@@ -55,7 +55,8 @@ import torch
 
 from ..device import DeviceLike, resolve_device
 from ..errors import CheckpointError
-from .sovqae import CONFIG_NAME, GENERATOR_PREFIXES, MODEL_TYPE, SOVQAE, WEIGHTS_NAME, SOVQAEConfig
+from .sovqae import (CONFIG_NAME, GENERATOR_PREFIXES, MODEL_TYPE, SOVQAE, WEIGHTS_NAME,
+                     SOVQAEConfig)
 
 StateDict = Dict[str, torch.Tensor]
 ConfigLike = Union[SOVQAEConfig, Mapping[str, Any], str, Path, None]
@@ -129,7 +130,8 @@ def config_from_taming_yaml(path_or_dict: Union[str, Path, Mapping[str, Any]],
 # state-dict helpers
 
 
-def generator_state_dict(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> StateDict:
+def generator_state_dict(state: Mapping[str, torch.Tensor],
+                         source: str = "checkpoint") -> StateDict:
     """Keep only VQModel generator keys (dropping ``loss.*`` etc.), after stripping any prefix
     in front of ``encoder.conv_in.weight``. Raises CheckpointError if there is no generator."""
     anchor = "encoder.conv_in.weight"
@@ -231,8 +233,8 @@ def diffusers_to_taming(state: Mapping[str, torch.Tensor]) -> StateDict:
         new, val = key, v
         m = re.match(r"(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)"
                      r"\.(\d+)\.(.+)$", key)
-        m2 = re.match(r"(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.(downsamplers|upsamplers)"
-                      r"\.0\.(.+)$", key)
+        m2 = re.match(r"(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\."
+                      r"(downsamplers|upsamplers)\.0\.(.+)$", key)
         m3 = re.match(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)$", key)
         if m:
             part, _, i, sub, j, rest = m.groups()
