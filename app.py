@@ -145,7 +145,6 @@ def _generate_duration(key, face, audio, out_dir, options, baseline, n_frames, n
 def _generate_on_gpu(key, face, audio, out_dir, options, baseline, n_frames, n_src,
                      progress=None):
     """Model work of one generation (+ the Wav2Lip-only baseline): runs on the GPU."""
-    from ladtalk.pipeline import GenerateOptions  # noqa: F401 - unpickling on ZeroGPU
     st = _state(key)
     passes = [("ladtalk", options)]
     if baseline:
@@ -846,9 +845,14 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                              sup.NONE_IDENTITY]]
             gen_examples = [e for e in gen_examples if all(e)]
             if gen_examples:
+                # cached lazily (on first use) only when Wav2Lip is there to make them
+                can_cache = bool(cache_examples) and st.wav2lip_error is None
                 gr.Examples(gen_examples, [g_face, g_audio, g_identity],
-                            cache_examples=False, label="Examples (public-domain face, "
-                            "synthetic speech)")
+                            outputs=[g_out, g_base, g_report] if can_cache else None,
+                            fn=(lambda face, audio, ident: h["generate"](face, audio, ident))
+                            if can_cache else None,
+                            cache_examples=can_cache, cache_mode="lazy" if can_cache else None,
+                            label="Examples (public-domain face, synthetic speech)")
 
         # ------------------------------------------------------------------ Robustness
         with gr.Tab("Robustness", id="robustness"):
@@ -887,9 +891,11 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                                            interactive=False)
                     r_plot = gr.LinePlot(x="strength", y="PSNR (dB)", color="curve",
                                          label="PSNR vs degradation strength", elem_id="rob-plot",
-                                         x_title="strength (blur/noise sigma, or 128/size "
-                                                 "for down-up)",
+                                         x_title="sigma (blur, noise) or crop px / size "
+                                                 "(down-up)",
                                          y_title="PSNR (dB)", height=280,
+                                         caption="red: degraded input, green: restored by "
+                                                 "the SOVQAE (PSNR against the clean crop)",
                                          color_map={"degraded": "#d62728",
                                                     "restored": "#2ca02c"})
                     r_cert_md = gr.Markdown(label="Certificate", elem_id="rob-cert")
@@ -944,7 +950,8 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                                   api_name="enroll", **gpu_kw)
             if _example("astronaut.mp4"):
                 gr.Examples([[_example("astronaut.mp4"), "astronaut", 60]],
-                            [e_video, e_name, e_budget], cache_examples=False,
+                            [e_video, e_name, e_budget],
+                            cache_examples=False,  # enrolling writes an identity: never cached
                             label="Example (public-domain face)")
 
         # ------------------------------------------------------------------ pickers + API

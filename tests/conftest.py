@@ -13,6 +13,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# huggingface_hub reads HF_HUB_OFFLINE once, at import: set it before any test module imports it,
+# so no test ever tries the network (CI has none; a DNS timeout would only slow the suite down).
+os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/formula.py importable
 
 

@@ -145,7 +145,6 @@ def test_generate_photo_side_by_side(server, short_audio):
 
 
 def test_robustness_matches_library(server, app_home):
-    import torch
     from gradio_client import handle_file
 
     from ladtalk.face import CropConfig, crop_face, face_region, make_detector, select_largest
@@ -227,6 +226,23 @@ def test_enroll_then_identity_is_usable(server, short_audio):
     assert report["identity"] == "alice" and base is None
 
 
+def test_generate_enroll_from_this_video_first(server, tmp_path, short_audio):
+    from gradio_client import handle_file
+
+    from ladtalk.video import ffmpeg_exe, probe
+    clip = tmp_path / "talk.mp4"  # within the test server's 2 s limit
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i",
+                    str(EXAMPLES / "astronaut.mp4"), "-t", "1.6", str(clip)], check=True)
+    main, base, report = server.predict(
+        handle_file(str(clip)), handle_file(str(short_audio)), "none (Wav2Lip only)", True, 2,
+        False, 0, 10, 0, 0, True, "dlib", "pingpong", "", 1, api_name="/generate")
+    ident = report["identity"]
+    assert ident.startswith("video-") and report["enhanced"] is True and base is None
+    assert probe(_video_path(main)).has_audio
+    ids = {i["name"]: i for i in server.predict(api_name="/identities")}
+    assert ids[ident]["steps"] >= 1 and ids[ident]["config"] == "tiny"
+
+
 def test_bad_inputs_give_specific_errors_and_server_survives(server, tmp_path, short_audio):
     import soundfile as sf
     from gradio_client import handle_file
@@ -278,6 +294,16 @@ def test_zerogpu_helpers_and_spaces_noop():
     assert app.ZERO_GPU is False
     assert app._generate_on_gpu.__name__ == "_generate_on_gpu"
     assert not hasattr(app._generate_on_gpu, "zerogpu")
+    # each duration callable takes exactly the GPU function's arguments (ZeroGPU calls it so)
+    import inspect
+    for fn, dur in ((app._generate_on_gpu, app._generate_duration),
+                    (app._enroll_on_gpu, app._enroll_duration),
+                    (app._robustness_on_gpu, app._robustness_duration)):
+        assert list(inspect.signature(fn).parameters) == list(inspect.signature(dur).parameters)
+    from ladtalk.pipeline import GenerateOptions
+    assert app._generate_duration(-1, "f", "a", "o", GenerateOptions(identity="x"), True,
+                                  10_000, 10_000) == 120  # unknown key: default cap
+    assert app._enroll_duration(-1, "v", "n", 30.0, None, "auto", False) == 75
     # dynamic durations grow with the work and stay within [min, cap]
     small = sup.generate_gpu_seconds(25, 1, True, False, cap=120)
     big = sup.generate_gpu_seconds(1500, 1500, True, True, cap=120)

@@ -317,6 +317,28 @@ def test_blend_face_changes_only_masked_pixels_inside_region():
     assert not changed[y1:y1 + int(0.45 * region.height)].any()
 
 
+def test_fold_batchnorm_matches_the_original_in_eval():
+    from torch import nn
+    from ladtalk.models.fuse import fold_batchnorm
+    from ladtalk.models.wav2lip import Wav2Lip
+    torch.manual_seed(1)
+    model = Wav2Lip().eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):  # non-trivial statistics and affine parameters
+            mod.running_mean.normal_(0, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.normal_(0, 0.1)
+    fused = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 50  # untouched
+    mel, face = torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96)
+    with torch.inference_mode():
+        ref, got = model(mel, face), fused(mel, face)
+    assert (ref - got).abs().max() < 1e-5
+    assert (ref - model(mel, face * 0.5)).abs().max() > 1e-3  # the comparison can fail
+
+
 # ------------------------------------------------------------------------- CLI
 def test_cli_generate(media, tmp_path, monkeypatch, capsys):
     from safetensors.torch import save_file

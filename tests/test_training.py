@@ -369,3 +369,22 @@ def test_killing_enroll_leaves_previous_identity_intact(face_video, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert {f.name: f.read_bytes() for f in target.iterdir()} == before
+
+
+def test_init_from_a_saved_sovqae_directory(face_video, tmp_path):
+    """--init: a fresh identity starts from given weights (config taken from them)."""
+    from ladtalk.models.sovqae import SOVQAE, get_config
+    from ladtalk.training.enroll import enroll
+    torch.manual_seed(1)
+    src = SOVQAE(get_config("tiny", attn_resolutions=(), n_embed=64))
+    src.save_pretrained(tmp_path / "init")
+    path = enroll(face_video, "from_init", seconds=30, init=str(tmp_path / "init"),
+                  detector="dlib", holdout=0.15, device="cpu", show_progress=False,
+                  train_overrides={"max_steps": 2, "final_frames": 2})
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["init"] == str(tmp_path / "init") and meta["steps"] == 2 and not meta["resumed"]
+    got = SOVQAE.from_pretrained(path)
+    assert got.config.n_embed == 64 and got.config.resolution == 32
+    # two small Adam steps: close to, but not equal to, the initial weights
+    w0, w1 = src.decoder.conv_out.weight.detach(), got.decoder.conv_out.weight.detach()
+    assert not torch.equal(w0, w1) and float((w0 - w1).abs().max()) < 0.05

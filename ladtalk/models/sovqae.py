@@ -142,8 +142,11 @@ class SOVQAEConfig:
 CONFIGS: Dict[str, SOVQAEConfig] = {
     "base": SOVQAEConfig(),
     # See CPU_CONFIG_NOTES.
-    "cpu": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
-                        attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
+    "cpu": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
+                        attn_resolutions=(), z_channels=16, embed_dim=16, n_embed=1024,
+                        ema=True),
+    "cpu-f8": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
+                           attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
     "cpu-f4": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                            attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
     "tiny": SOVQAEConfig(resolution=32, ch=32, ch_mult=(1, 2), num_res_blocks=1,
@@ -151,20 +154,27 @@ CONFIGS: Dict[str, SOVQAEConfig] = {
 }
 
 CPU_CONFIG_NOTES = """\
-cpu     128 px, ch 32, ch_mult (1, 2, 2, 4) -> f = 8 (16 x 16 latent grid), 1 res block per level,
-        no attention inside the levels (the mid blocks keep theirs), z = embed_dim = 64,
-        1024 codes; 3.21 M parameters. It is the layout of the team's first CPU probe with
-        one res block per level, to keep a training step near 3 CPU-seconds.
+cpu     the enrollment recipe (docs/enrollment.md): 128 px, ch 32, ch_mult (1, 1, 2) -> f = 4
+        (32 x 32 latent grid), 1 res block per level, no attention inside the levels (the mid
+        blocks keep theirs), z = embed_dim = 16, 1024 codes, EMA codebook; 0.76 M parameters.
+        Chosen by A/B runs on a real video: f = 4 reconstructs held-out frames far better than
+        f = 8 at the same compute, and the narrow (1, 1, 2) channel plan keeps a batch-4 step
+        near 1 s on two shared cores.
+cpu-f8  the team's first CPU probe layout with one res block per level: ch_mult (1, 2, 2, 4)
+        -> f = 8 (16 x 16 latent grid), z = embed_dim = 64, 1024 codes; 3.21 M parameters
+        (the previous ``cpu`` config).
 cpu-f4  the same with ch_mult (1, 2, 2) -> f = 4 (32 x 32 grid); 1.10 M parameters. Four times
         the latent positions for the same compute: the alternative when reconstruction quality
         is the bottleneck (the enrollment experiments pick between the two).
 Measured with scripts/bench_sovqae_step.py (batch 8, 128 px, L2 + VQ loss, Adam, fp32) on the
 2-core development machine while ~6 other jobs were running: CPU time per step with 1 thread
-cpu 2.95 s, cpu-f4 3.08 s, tiny 0.29 s (ch_mult (1, 2, 4) f4: 5.1 s, (1, 1, 2, 4) f8: 2.1 s);
-that is ~1.5-2 s wall per step on two idle cores, i.e. ~300-400 full-size steps in 10 minutes
-(4x more when training on 64 px crops, which the fully convolutional model allows). With two
-threads on the loaded machine the wall time rose to 11-13 s per step: OpenMP spin-waiting,
-so on a shared CPU use one thread per process.
+cpu-f8 2.95 s, cpu-f4 3.08 s, tiny 0.29 s (ch_mult (1, 2, 4) f4: 5.1 s, (1, 1, 2, 4) f8: 2.1 s);
+that is ~1.5-2 s wall per step on two idle cores, i.e. ~300-400 full-size steps in 10 minutes.
+Training on 64 px patches is 4x cheaper but does not transfer: GroupNorm statistics (and the
+mid attention) of a patch differ from a whole crop's, and a patch-trained model reconstructs
+whole held-out crops at ~15 dB (docs/enrollment.md). With two threads on the loaded machine
+the wall time rose to 11-13 s per step: OpenMP spin-waiting; OMP_WAIT_POLICY=PASSIVE (set by
+``python -m ladtalk`` and the tests) removes it.
 """
 
 

@@ -80,15 +80,15 @@ class TrainConfig:
 
     seconds: float = 600.0          # training-loop wall-clock budget of one enroll run
     max_steps: int = 0              # also stop after this many steps in one run (0: no limit)
-    batch_size: int = 8
+    batch_size: int = 4
     lr: float = 1e-3                # Adam, generator
     disc_lr: float = 2e-4           # Adam, discriminator
     betas: Tuple[float, float] = (0.5, 0.9)
     warmup_steps: int = 20          # linear LR warm-up (fresh runs only)
     decay_start: float = 0.6        # fraction of the run's budget after which the LR decays
     lr_end: float = 0.1             # ... linearly to this fraction of ``lr`` at the budget end
-    patch: int = 64                 # train on random patches of this size (0: full crops)
-    full_every: int = 4             # ... but every k-th step on full crops (0: never)
+    patch: int = 0                  # train on random patches of this size (0: full crops)
+    full_every: int = 0             # ... but every k-th step on full crops (0: never)
     l1: float = 1.0
     l2: float = 1.0
     face_weight: float = 0.0        # extra loss weight inside the face ellipse (0: uniform)
@@ -130,11 +130,13 @@ class TrainConfig:
 #: Per model-config defaults (see docs/enrollment.md for how the cpu recipe was chosen).
 TRAIN_PRESETS: Dict[str, TrainConfig] = {
     "cpu": TrainConfig(),
-    "base": TrainConfig(seconds=3600.0, batch_size=8, lr=2e-4, patch=0, full_every=0,
-                        perceptual_weight=1.0, disc_start=5000, disc_weight=0.8, disc_ndf=64,
-                        restore_prob=0.5, kmeans_at=0, restart_every=200,
+    "cpu-f8": TrainConfig(),
+    "cpu-f4": TrainConfig(),
+    "base": TrainConfig(seconds=3600.0, batch_size=8, lr=2e-4, perceptual_weight=1.0,
+                        disc_start=5000, disc_weight=0.8, disc_ndf=64, restore_prob=0.5,
+                        kmeans_at=100, restart_every=200, max_frames=2000,
                         checkpoint_seconds=900.0),
-    "tiny": TrainConfig(seconds=60.0, batch_size=4, lr=3e-3, patch=0, full_every=0,
+    "tiny": TrainConfig(seconds=60.0, batch_size=4, lr=3e-3,
                         disc_start=10 ** 9, restore_prob=0.7, restore_start=10, kmeans_at=10,
                         restart_every=25, eval_seconds=15.0, eval_frames=16, final_frames=16),
 }
@@ -227,7 +229,7 @@ class Trainer:
         x = sampler.sample(full=full).to(dev)
         degraded = (cfg.restore_prob > 0 and self.step_count >= cfg.restore_start
                     and float(torch.rand(1, generator=self.gen)) < cfg.restore_prob)
-        xin = random_degradation(x.cpu(), self.gen, DegradationRanges()).to(dev) if degraded else x
+        xin = random_degradation(x, self.gen, DegradationRanges()) if degraded else x
         target = x * 2 - 1
         use_gan = self.step_count >= cfg.disc_start
         terms: Dict[str, float] = {}
