@@ -9,8 +9,9 @@ subprocess**, so each peak RSS belongs to one run. Printed and written as JSON (
   and end to end (``end_to_end``: inside the pipeline call; ``process``: the whole child
   process including Python start-up, imports and model construction);
 * real-time factor = pipeline seconds / output seconds (< 1 is faster than real time);
-* peak RSS in MiB of the child process itself and of its largest ffmpeg child
-  (``resource.getrusage``), and their sum (an upper bound for the run's peak);
+* peak RSS in MiB: ``self`` = the Python process (``getrusage`` ru_maxrss, exact);
+  ``children`` = its ffmpeg processes together and ``sum`` = Python + ffmpeg at the same
+  moment, both sampled every 50 ms from ``/proc`` (:class:`RssSampler`);
 * the ratio of the longest run's peak RSS to the shortest run's (memory flatness).
 
 Without ``--wav2lip`` the generator has random weights: real checkpoints are not needed to
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0], metavar="SECONDS",
                    help="audio lengths to run, one fresh process each (default: 10 60)")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="model threads (default: the pipeline's choice, 2 on CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--loop", default="pingpong", choices=("pingpong", "loop", "hold"))
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the results here")
@@ -60,26 +63,86 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the generated videos in DIR (default: discarded)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_weights_note", default=None, help=argparse.SUPPRESS)
     return p
 
 
 # --------------------------------------------------------------------------- child
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class RssSampler:
+    """Samples (every ``interval`` s) the resident memory of this process plus its direct
+    children (the ffmpeg decoders / encoder) from ``/proc``, and keeps the peak of the sum.
+
+    ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is not used for ffmpeg: it counts the forked
+    copy of the Python process before ``exec``, so it reports the parent's size, not
+    ffmpeg's. On systems without ``/proc`` the sampler reports zeros.
+    """
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+        self.interval = interval
+        self.peak_total_kib = 0
+        self.peak_children_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _children(self) -> List[int]:
+        me, out = os.getpid(), []
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return out
+        for name in names:
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    stat = fh.read()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                    out.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            kids = sum(_rss_kib(pid) for pid in self._children())
+            self.peak_children_kib = max(self.peak_children_kib, kids)
+            self.peak_total_kib = max(self.peak_total_kib, _rss_kib(os.getpid()) + kids)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _child(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     import torch
     from .pipeline import DEFAULT_BATCH_SIZE, GenerateOptions, Pipeline
-    if args.wav2lip:
-        wav2lip, weights = args.wav2lip, str(args.wav2lip)
-    else:
-        from .models.wav2lip import Wav2Lip
-        torch.manual_seed(0)
-        wav2lip, weights = Wav2Lip(), "random init (throughput-equivalent; output not meaningful)"
+    weights = args._weights_note or str(args.wav2lip)
     bs = args.batch_size or DEFAULT_BATCH_SIZE
-    pipe = Pipeline(wav2lip, device=args.device, batch_size=bs)
+    # the checkpoint is loaded exactly as the CLI loads it (same memory footprint)
+    pipe = Pipeline(args.wav2lip, device=args.device, batch_size=bs, workers=args.workers)
     opts = GenerateOptions(identity=None if args.no_enhance else args.identity,
                            detector=args.detector, box=tuple(args.box) if args.box else None,
                            loop=args.loop, batch_size=bs)
-    res = pipe.run(args.face, args.audio, args._out, opts)
+    with RssSampler() as sampler:
+        res = pipe.run(args.face, args.audio, args._out, opts)
     self_ru = resource.getrusage(resource.RUSAGE_SELF)
     child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = {
@@ -87,30 +150,49 @@ def _child(args: argparse.Namespace) -> int:
         "size": list(res.size), "enhanced": res.enhanced, "n_source_frames": res.n_source_frames,
         "timings_s": res.timings, "weights": weights, "batch_size": bs,
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
+        "model_workers": list(pipe._worker_plan()),
         "child_wall_s": time.perf_counter() - t_start,
-        # ru_maxrss is KiB on Linux
-        "peak_rss_mb": {"self": self_ru.ru_maxrss / 1024, "children": child_ru.ru_maxrss / 1024},
+        # ru_maxrss is KiB on Linux; "children" / "sum" are sampled from /proc (see RssSampler)
+        "peak_rss_mb": {"self": self_ru.ru_maxrss / 1024,
+                        "children": sampler.peak_children_kib / 1024,
+                        "sum": max(sampler.peak_total_kib / 1024, self_ru.ru_maxrss / 1024)},
         "cpu_s": {"self": self_ru.ru_utime + self_ru.ru_stime,
                   "children": child_ru.ru_utime + child_ru.ru_stime},
         "warnings": res.warnings,
     }
-    out["peak_rss_mb"]["sum"] = out["peak_rss_mb"]["self"] + out["peak_rss_mb"]["children"]
     Path(args._child).write_text(json.dumps(out))
     return 0
 
 
 # --------------------------------------------------------------------------- parent
-def _child_argv(args: argparse.Namespace, audio: Path, out: Path, result: Path) -> List[str]:
+RANDOM_WEIGHTS_NOTE = "random init (throughput-equivalent; output not meaningful)"
+
+
+def _random_wav2lip(path: Path) -> Path:
+    """Random (seed 0) Wav2Lip weights as a safetensors file, so the child loads a checkpoint
+    exactly like the CLI does."""
+    import torch
+    from safetensors.torch import save_file
+    from .models.wav2lip import Wav2Lip
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(path))
+    return path
+
+
+def _child_argv(args: argparse.Namespace, audio: Path, out: Path, result: Path,
+                wav2lip: str) -> List[str]:
     argv = [sys.executable, "-m", "ladtalk.bench", "--face", str(args.face),
             "--audio", str(audio), "--_out", str(out), "--_child", str(result),
-            "--loop", args.loop, "--detector", args.detector]
+            "--loop", args.loop, "--detector", args.detector, "--wav2lip", wav2lip]
     argv += ["--no-enhance"] if args.no_enhance else ["--identity", str(args.identity)]
-    if args.wav2lip:
-        argv += ["--wav2lip", str(args.wav2lip)]
+    if not args.wav2lip:
+        argv += ["--_weights_note", RANDOM_WEIGHTS_NOTE]
     if args.box:
         argv += ["--box", *[str(v) for v in args.box]]
     if args.batch_size:
         argv += ["--batch-size", str(args.batch_size)]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
     if args.device:
         argv += ["--device", str(args.device)]
     return argv
@@ -134,7 +216,8 @@ def _summarise(length: float, child: dict, process_wall: float) -> dict:
         "process_wall_s": process_wall, "pipeline_s": t["total"],
         "fps": fps, "realtime_factor": t["total"] / child["duration_s"],
         "peak_rss_mb": child["peak_rss_mb"], "cpu_s": child["cpu_s"],
-        "timings_s": t, "batch_size": child["batch_size"], "warnings": child["warnings"],
+        "timings_s": t, "batch_size": child["batch_size"],
+        "model_workers_x_threads": child["model_workers"], "warnings": child["warnings"],
     }
 
 
@@ -143,7 +226,7 @@ def _print(report: dict) -> None:
           f"weights: {report['weights']}; device {report['device']}, {report['cpus']} CPUs, "
           f"load average at start {report['load_average_start']}")
     head = (f"{'length':>7} {'frames':>6} {'wall':>7} {'e2e':>6} {'decode':>7} {'lipsync':>7} "
-            f"{'restore':>7} {'blend':>7} {'encode':>7} {'RTF':>5} {'RSS self':>9} {'+ffmpeg':>8}")
+            f"{'restore':>7} {'blend':>7} {'encode':>7} {'RTF':>5} {'RSS py':>9} {'py+ffmpeg':>10}")
     print(f"{'':>22}frames/s per stage")
     print(head)
     for r in report["runs"]:
@@ -154,10 +237,10 @@ def _print(report: dict) -> None:
         print(f"{r['length_s']:6.1f}s {r['frames']:6d} {r['process_wall_s']:6.1f}s "
               f"{f['end_to_end']:6.1f} {c('decode')} {c('lipsync')} {c('restore')} "
               f"{c('blend')} {c('encode')} {r['realtime_factor']:5.2f} "
-              f"{r['peak_rss_mb']['self']:7.0f}MB {r['peak_rss_mb']['children']:6.0f}MB")
+              f"{r['peak_rss_mb']['self']:7.0f}MB {r['peak_rss_mb']['sum']:8.0f}MB")
     if "rss_ratio_longest_vs_shortest" in report:
         print(f"peak RSS, longest / shortest run: {report['rss_ratio_longest_vs_shortest']:.3f} "
-              f"(self), {report['rss_sum_ratio_longest_vs_shortest']:.3f} (self + ffmpeg)")
+              f"(Python), {report['rss_sum_ratio_longest_vs_shortest']:.3f} (Python + ffmpeg)")
     print("frames/s: output frames / seconds in the stage (stages overlap); wall: whole "
           "process; RTF: pipeline seconds / video seconds")
 
@@ -179,6 +262,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     weights = device = None
     with tempfile.TemporaryDirectory(prefix="ladtalk-bench-") as tmp:
         tmpd = Path(tmp)
+        wav2lip = str(args.wav2lip) if args.wav2lip else str(
+            _random_wav2lip(tmpd / "random_wav2lip.safetensors"))
         for length in args.lengths:
             import soundfile as sf
             n = max(1, int(round(length * SAMPLE_RATE)))
@@ -189,8 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             out = keep / f"bench_{length:g}s.mp4"
             result = tmpd / f"result_{length:g}s.json"
             t0 = time.perf_counter()
-            proc = subprocess.run(_child_argv(args, audio, out, result), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(_child_argv(args, audio, out, result, wav2lip),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             wall = time.perf_counter() - t0
             if proc.returncode != 0 or not result.exists():
                 print(proc.stderr, file=sys.stderr)

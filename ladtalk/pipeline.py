@@ -21,11 +21,12 @@ Stages
    pass through unchanged.
 3. **Pass 2, generation**, streamed in chunks of ``batch_size`` frames through three threads
    joined by bounded queues: decode (producer, :class:`ladtalk.framesource.LoopedSource`, which
-   applies the loop policy of :mod:`ladtalk.timing`) -> models (this thread: square crop at
-   96 px, Wav2Lip, optionally bicubic upsampling to the identity's resolution and SOVQAE
-   restoration, colour-matched feathered lower-face paste, :mod:`ladtalk.blend`) -> encode
-   (consumer, :class:`ladtalk.video.VideoWriter`, frames piped into ffmpeg once). Peak memory
-   is a few chunks, independent of the video and audio length.
+   applies the loop policy of :mod:`ladtalk.timing`) -> models (``workers`` threads that take
+   consecutive chunks, results written in order: square crop at 96 px, Wav2Lip, optionally
+   bicubic upsampling to the identity's resolution and SOVQAE restoration, colour-matched
+   feathered lower-face paste, :mod:`ladtalk.blend`) -> encode (consumer,
+   :class:`ladtalk.video.VideoWriter`, frames piped into ffmpeg once). Peak memory is a few
+   chunks, independent of the video and audio length.
 
 Files: every call works in its own ``tempfile.TemporaryDirectory`` (removed afterwards, also on
 error); the output is written to a temp file beside ``out`` and moved into place only when
@@ -45,10 +46,12 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -68,7 +71,7 @@ PathLike = Union[str, os.PathLike]
 ProgressFn = Callable[[str, int, int], None]
 
 WAV2LIP_SIZE = 96
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = 16
 STILL_FPS = 25.0
 QUEUE_DEPTH = 1  # chunks waiting between two stages (bounded memory)
 
@@ -199,11 +202,18 @@ class Pipeline:
     and cached. ``restorer``: an object with ``resolution`` and ``restore(crops)`` used for
     every enhanced call instead of loading ``GenerateOptions.identity`` (tests, custom
     models). Identities are loaded on first use and cached by directory.
+
+    ``workers``: model threads that process consecutive chunks in parallel (output order is
+    kept). Default: 2 on CPU, each with half of torch's intra-op threads, 1 on CUDA. On a
+    2-core CPU that is two single-threaded workers: both cores stay busy without the
+    OpenMP barrier waits of one 2-thread convolution, which stalls whenever ffmpeg or
+    another process takes one of the cores. ``torch.set_num_threads`` is called in the
+    worker threads only; the default that later threads inherit is put back afterwards.
     """
 
     def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, detector: Any = None,
-                 restorer: Any = None):
+                 restorer: Any = None, workers: Optional[int] = None):
         from .device import resolve_device
         self.device = resolve_device(device)
         self.dtype = dtype
@@ -216,7 +226,20 @@ class Pipeline:
         self._detectors: Dict[str, Any] = {}
         self._restorer = restorer
         self._restorers: Dict[Tuple[str, float], Any] = {}
+        if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
+            raise InputError(f"workers must be a positive whole number, got {workers!r}")
+        self.workers = workers
         self._lock = threading.RLock()
+
+    def _worker_plan(self) -> Tuple[int, int]:
+        """``(model threads, intra-op threads each)`` for a run (see the class doc)."""
+        import torch
+        total = max(1, torch.get_num_threads())
+        if self.workers is not None:
+            n = int(self.workers)
+        else:
+            n = 1 if self.device.type != "cpu" or total < 2 else 2
+        return n, max(1, total // n)
 
     # ------------------------------------------------------------------ models
     @property
@@ -225,11 +248,13 @@ class Pipeline:
         with self._lock:
             if self._lipsync is None:
                 self._lipsync = self._load_lipsyncer(self._wav2lip_spec)
+                self._wav2lip_spec = None  # the caller's module is not kept alive twice
             return self._lipsync
 
     def _load_lipsyncer(self, spec: Any):
         import torch
         from .lipsync import LipSyncer
+        injected = isinstance(spec, (LipSyncer, torch.nn.Module))
         if isinstance(spec, LipSyncer):
             syncer = spec
         elif isinstance(spec, torch.nn.Module):
@@ -242,7 +267,7 @@ class Pipeline:
         # inference-only speed-ups (outputs equal up to float rounding): BatchNorm folded
         # into the convolutions (~15% less CPU), and NHWC convolutions on CPU (~2x faster)
         from .models.fuse import fold_batchnorm
-        syncer.model = fold_batchnorm(syncer.model)
+        syncer.model = fold_batchnorm(syncer.model, copy_model=injected)
         if syncer.device.type == "cpu":
             syncer.use_channels_last(True)
         return syncer
@@ -373,7 +398,12 @@ class Pipeline:
 
         # -- pass 2: decode -> models -> encode
         stage = {"lipsync": 0.0, "restore": 0.0, "blend": 0.0, "encode": 0.0}
+        stage_lock = threading.Lock()
         passthrough = 0
+
+        def spent(name: str, since: float) -> None:
+            with stage_lock:
+                stage[name] += time.perf_counter() - since
 
         def box_of(s: int) -> Optional[np.ndarray]:
             if fixed is not None:
@@ -399,11 +429,11 @@ class Pipeline:
             ta = time.perf_counter()
             chosen = frames[sel]
             crops = crop_faces(chosen, regions, WAV2LIP_SIZE)
-            stage["blend"] += time.perf_counter() - ta
+            spent("blend", ta)
             ta = time.perf_counter()
             mels = mel_windows(mel, starts[t_first + np.asarray(sel)])
             gen = syncer(crops, mels)
-            stage["lipsync"] += time.perf_counter() - ta
+            spent("lipsync", ta)
             originals = crops
             if restorer is not None:
                 import cv2
@@ -411,14 +441,14 @@ class Pipeline:
                 up = np.stack([cv2.resize(g, (res, res), interpolation=cv2.INTER_CUBIC)
                                for g in gen])
                 gen = np.asarray(restorer.restore(up), dtype=np.uint8)
-                stage["restore"] += time.perf_counter() - ta
+                spent("restore", ta)
                 ta = time.perf_counter()
                 originals = crop_faces(chosen, regions, res)
-                stage["blend"] += time.perf_counter() - ta
+                spent("blend", ta)
             ta = time.perf_counter()
             for j, i in enumerate(sel):
                 blend_face(frames[i], gen[j], regions[j], originals[j], opts.blend)
-            stage["blend"] += time.perf_counter() - ta
+            spent("blend", ta)
             return len(frames) - len(sel)
 
         with tempfile.TemporaryDirectory(prefix="ladtalk-gen-", dir=opts.temp_dir) as tmp:
@@ -450,13 +480,28 @@ class Pipeline:
                             return
                         ta = time.perf_counter()
                         writer.write(item)
-                        stage["encode"] += time.perf_counter() - ta
+                        spent("encode", ta)
                 except BaseException as exc:
                     errors.append(exc)
                     stop.set()
 
             producer = threading.Thread(target=produce, name="ladtalk-decode", daemon=True)
             consumer = threading.Thread(target=consume, name="ladtalk-encode", daemon=True)
+            workers, intra = self._worker_plan()
+            pool = _model_pool(workers, intra)
+            pending: Deque[Tuple[np.ndarray, Future]] = deque()
+            emitted = 0
+
+            def emit() -> bool:
+                nonlocal emitted, passthrough
+                frames, fut = pending.popleft()
+                passthrough += fut.result()  # re-raises a worker's exception
+                emitted += len(frames)
+                if not _put(q_out, frames, stop):
+                    return False
+                report("generate", emitted, n_out)
+                return True
+
             t_gen = time.perf_counter()
             writer.open()
             try:
@@ -464,34 +509,39 @@ class Pipeline:
                 consumer.start()
                 done = 0
                 report("generate", 0, n_out)
-                while True:
+                ok = True
+                while ok:
                     item = _get(q_in, stop)
                     if item is _END:
                         break
                     if isinstance(item, _Failure):
                         raise item.exc
                     frames, src = item
-                    passthrough += process(frames, src, done)
+                    # chunks are processed by `workers` model threads, written in order
+                    pending.append((frames, pool.submit(process, frames, src, done)))
                     done += len(frames)
-                    if not _put(q_out, frames, stop):
-                        break
-                    report("generate", done, n_out)
+                    while ok and len(pending) >= workers:
+                        ok = emit()
+                while ok and pending:
+                    ok = emit()
                 if not errors and not stop.is_set():
                     _put(q_out, _END, stop)
                 consumer.join()
                 if errors:
                     raise errors[0]
-                if done != n_out:
-                    raise RuntimeError(f"internal error: produced {done} of {n_out} frames")
+                if emitted != n_out:
+                    raise RuntimeError(f"internal error: produced {emitted} of {n_out} frames")
                 ta = time.perf_counter()
                 writer.close()
-                stage["encode"] += time.perf_counter() - ta
+                spent("encode", ta)
             except BaseException:
                 stop.set()
                 writer.abort()
                 raise
             finally:
                 stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                _restore_threads(workers, intra)
                 producer.join(timeout=30)
                 consumer.join(timeout=30)
                 source.close()
@@ -511,6 +561,24 @@ class Pipeline:
             missing_face_timestamps=[float(t) for t in missing_ts],
             passthrough_frames=passthrough, audio_copied=writer.audio_copied,
             warnings=warnings, timings=timings)
+
+
+def _model_pool(workers: int, intra: int) -> ThreadPoolExecutor:
+    """Threads that run the per-chunk model work; each uses ``intra`` intra-op threads."""
+    def init() -> None:
+        if workers > 1:
+            import torch
+            torch.set_num_threads(intra)
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ladtalk-model",
+                              initializer=init)
+
+
+def _restore_threads(workers: int, intra: int) -> None:
+    """``torch.set_num_threads`` in a worker also changes the default that threads started
+    later inherit; put the caller's value back (the calling thread's own is unchanged)."""
+    if workers > 1:
+        import torch
+        torch.set_num_threads(torch.get_num_threads())
 
 
 def _estimate_frames(info: MediaInfo, fps: float) -> int:

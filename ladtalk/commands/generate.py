@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--device", default=None, metavar="cpu|cuda",
                       help="default: CUDA when available, else CPU")
     run_.add_argument("--batch-size", type=int, default=None, metavar="N",
-                      help="frames per chunk / model batch (default: 32)")
+                      help="frames per chunk / model batch (default: 16)")
     run_.add_argument("--quiet", action="store_true", help="print only warnings and errors")
 
 

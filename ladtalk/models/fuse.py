@@ -22,13 +22,15 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .blocks import ConvBNReLU, ConvTransposeBNReLU
 
 
-def fold_batchnorm(model: nn.Module, inplace_relu: bool = True) -> nn.Module:
-    """An eval-mode copy of ``model`` with conv+BatchNorm pairs folded (see module doc).
+def fold_batchnorm(model: nn.Module, inplace_relu: bool = True,
+                   copy_model: bool = True) -> nn.Module:
+    """``model`` in eval mode with its conv+BatchNorm pairs folded (see the module doc).
 
-    The input model is not modified. Only ``nn.Sequential(conv, BatchNorm2d)`` pairs are
-    folded; anything else is copied unchanged.
+    ``copy_model=True`` (default) works on a deep copy and leaves ``model`` untouched;
+    ``False`` rewrites ``model`` itself (no second copy of the weights in memory). Only
+    ``nn.Sequential(conv, BatchNorm2d)`` pairs are folded; everything else is kept.
     """
-    out = copy.deepcopy(model).eval()
+    out = (copy.deepcopy(model) if copy_model else model).eval()
     for mod in out.modules():
         if (isinstance(mod, nn.Sequential) and len(mod) == 2
                 and isinstance(mod[0], (nn.Conv2d, nn.ConvTranspose2d))
