@@ -225,6 +225,34 @@ def test_resize_factor_halves_the_output(media, tmp_path):
     assert (info.width, info.height) == (FRAME_W // 2, FRAME_H // 2)
 
 
+def test_parallel_model_workers_keep_frame_order_and_content(media, tmp_path, recording):
+    """Two model threads on consecutive chunks hand the encoder exactly the frames (and the
+    order) that one thread does; the default on a multi-core CPU is 2 workers."""
+    from ladtalk.models.wav2lip import Wav2Lip
+    torch.manual_seed(0)
+    model = Wav2Lip()
+    runs = {}
+    before = torch.get_num_threads()
+    for workers in (1, 2):
+        pipe = Pipeline(model, device="cpu", batch_size=4, workers=workers)
+        assert pipe._worker_plan()[0] == workers
+        pipe.run(media["video14_gap"], media["wav14"], tmp_path / f"w{workers}.mp4",
+                 GenerateOptions(box=FACE_BOX))
+        runs[workers] = recording.last.all_frames()
+    assert runs[1].shape == runs[2].shape and len(runs[1]) == 14
+    # frames differ from chunk to chunk (the face drifts), so a swapped chunk would show
+    np.testing.assert_allclose(runs[1].astype(int), runs[2].astype(int), atol=1)
+    # worker threads set their own intra-op count; threads started later get the old one
+    import threading
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert torch.get_num_threads() == before and seen == [before]
+    with pytest.raises(Exception, match="workers"):
+        Pipeline(model, device="cpu", workers=0)
+
+
 # ------------------------------------------------------------------------- timing policy
 @pytest.mark.parametrize("policy,expected", [
     ("pingpong", [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2]),
