@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="model threads (default: the pipeline's choice, 2 on CPU)")
     p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="Wav2Lip arithmetic, as generate --precision (default: auto)")
     p.add_argument("--loop", default="pingpong", choices=("pingpong", "loop", "hold"))
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the results here")
     p.add_argument("--keep-outputs", default=None, metavar="DIR",
@@ -137,7 +139,8 @@ def _child(args: argparse.Namespace) -> int:
     weights = args._weights_note or str(args.wav2lip)
     bs = args.batch_size or DEFAULT_BATCH_SIZE
     # the checkpoint is loaded exactly as the CLI loads it (same memory footprint)
-    pipe = Pipeline(args.wav2lip, device=args.device, batch_size=bs, workers=args.workers)
+    pipe = Pipeline(args.wav2lip, device=args.device, dtype=args.precision, batch_size=bs,
+                    workers=args.workers)
     opts = GenerateOptions(identity=None if args.no_enhance else args.identity,
                            detector=args.detector, box=tuple(args.box) if args.box else None,
                            loop=args.loop, batch_size=bs)
@@ -149,6 +152,7 @@ def _child(args: argparse.Namespace) -> int:
         "frames": res.n_frames, "fps": res.fps, "duration_s": res.duration,
         "size": list(res.size), "enhanced": res.enhanced, "n_source_frames": res.n_source_frames,
         "timings_s": res.timings, "weights": weights, "batch_size": bs,
+        "precision": res.precision,
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
         "model_workers": list(pipe._worker_plan()),
         "child_wall_s": time.perf_counter() - t_start,
@@ -195,6 +199,7 @@ def _child_argv(args: argparse.Namespace, audio: Path, out: Path, result: Path,
         argv += ["--workers", str(args.workers)]
     if args.device:
         argv += ["--device", str(args.device)]
+    argv += ["--precision", args.precision]
     return argv
 
 
@@ -223,7 +228,8 @@ def _summarise(length: float, child: dict, process_wall: float) -> dict:
 
 def _print(report: dict) -> None:
     print(f"ladtalk bench: {report['face']} + {report['audio']} ({report['mode']}); "
-          f"weights: {report['weights']}; device {report['device']}, {report['cpus']} CPUs, "
+          f"weights: {report['weights']}; device {report['device']}, Wav2Lip in "
+          f"{report['precision']}, {report['cpus']} CPUs, "
           f"load average at start {report['load_average_start']}")
     head = (f"{'length':>7} {'frames':>6} {'wall':>7} {'e2e':>6} {'decode':>7} {'lipsync':>7} "
             f"{'restore':>7} {'blend':>7} {'encode':>7} {'RTF':>5} {'RSS py':>9} {'py+ffmpeg':>10}")
@@ -259,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     runs = []
     load_start = [round(v, 2) for v in os.getloadavg()]
-    weights = device = None
+    weights = device = precision = None
     with tempfile.TemporaryDirectory(prefix="ladtalk-bench-") as tmp:
         tmpd = Path(tmp)
         wav2lip = str(args.wav2lip) if args.wav2lip else str(
@@ -284,12 +290,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return proc.returncode or 1
             child = json.loads(result.read_text())
             weights, device = child["weights"], child["device"]
+            precision = child["precision"]
             runs.append(_summarise(length, child, wall))
     report = {
         "face": str(args.face), "audio": str(args.audio),
         "mode": "Wav2Lip only (--no-enhance)" if args.no_enhance else f"identity {args.identity}",
         "box": list(args.box) if args.box else None, "weights": weights, "device": device,
-        "cpus": os.cpu_count(), "load_average_start": load_start,
+        "precision": precision, "cpus": os.cpu_count(), "load_average_start": load_start,
         "load_average_end": [round(v, 2) for v in os.getloadavg()], "runs": runs,
     }
     if len(runs) > 1:

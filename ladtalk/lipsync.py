@@ -64,8 +64,9 @@ def build_generator_input(faces: torch.Tensor,
 class LipSyncer:
     """Batched Wav2Lip inference on RGB face crops; see the module docstring for conventions.
 
-    ``device``: None/"auto" picks CUDA when available. ``dtype``: None/"fp32", or
-    "fp16"/"bf16" for autocast on CUDA (ignored on CPU). ``batch_size``: crops per forward.
+    ``device``: None/"auto" picks CUDA when available. ``dtype``: None/"fp32" (default,
+    upstream's arithmetic), "fp16"/"bf16" autocast on CUDA, "bf16" autocast on CPU, or
+    "auto" (see :func:`ladtalk.device.resolve_dtype`). ``batch_size``: crops per forward.
     """
 
     def __init__(self, model: nn.Module, device: DeviceLike = None,

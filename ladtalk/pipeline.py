@@ -135,9 +135,9 @@ class GenerateResult:
 
     ``missing_face_timestamps`` are source-video times (seconds) of frames without a face;
     ``passthrough_frames`` counts output frames written unchanged because of that.
-    ``timings`` holds seconds per stage ("audio", "detect", "load", "decode", "lipsync",
-    "restore", "blend", "encode", "total"); decode / models / encode overlap, so their sum
-    exceeds "total".
+    ``precision`` is the Wav2Lip stage's arithmetic. ``timings`` holds seconds per stage
+    ("audio", "detect", "load", "decode", "lipsync", "restore", "blend", "encode", "total");
+    decode / models / encode overlap, so their sum exceeds "total".
     """
 
     out: Path
@@ -154,6 +154,7 @@ class GenerateResult:
     audio_copied: Optional[bool]
     warnings: List[str]
     timings: Dict[str, float]
+    precision: str = "fp32"  # the Wav2Lip stage's arithmetic ("fp32", "bf16", "fp16")
 
     def stage_fps(self) -> Dict[str, float]:
         """Frames per second of each stage (output frames / stage seconds)."""
@@ -203,6 +204,12 @@ class Pipeline:
     every enhanced call instead of loading ``GenerateOptions.identity`` (tests, custom
     models). Identities are loaded on first use and cached by directory.
 
+    ``dtype``: the Wav2Lip stage's precision (:func:`ladtalk.device.resolve_dtype`). The
+    default "auto" runs it under bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX:
+    about 2x the fp32 speed; the 96 px output moves by well under one grey level on average,
+    see ``docs/performance.md``) and fp16 autocast on CUDA; "fp32" keeps upstream's exact
+    arithmetic. The SOVQAE restoration stays in fp32 on CPU.
+
     ``workers``: model threads that process consecutive chunks in parallel (output order is
     kept). Default: 2 on CPU, each with half of torch's intra-op threads, 1 on CUDA. On a
     2-core CPU that is two single-threaded workers: both cores stay busy without the
@@ -211,7 +218,7 @@ class Pipeline:
     worker threads only; the default that later threads inherit is put back afterwards.
     """
 
-    def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = None,
+    def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = "auto",
                  batch_size: int = DEFAULT_BATCH_SIZE, detector: Any = None,
                  restorer: Any = None, workers: Optional[int] = None):
         from .device import resolve_device
@@ -393,6 +400,8 @@ class Pipeline:
         if restorer is None:
             log.info("no identity given: writing the Wav2Lip-only result (as --no-enhance)")
         res = int(restorer.resolution) if restorer is not None else 0
+        from .device import precision_name
+        precision = precision_name(syncer.dtype)
         timings["load"] = time.perf_counter() - t0
         report("load", 1, 1)
 
@@ -560,7 +569,8 @@ class Pipeline:
             identity=identity_dir, n_source_frames=n_src,
             missing_face_timestamps=[float(t) for t in missing_ts],
             passthrough_frames=passthrough, audio_copied=writer.audio_copied,
-            warnings=warnings, timings=timings)
+            warnings=warnings, timings=timings,
+            precision=precision)
 
 
 def _model_pool(workers: int, intra: int) -> ThreadPoolExecutor:

@@ -228,3 +228,39 @@ def test_from_checkpoint_lists_bad_keys(tmp_path):
 def test_from_checkpoint_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="nope.safetensors"):
         LipSyncer.from_checkpoint(tmp_path / "nope.safetensors", device="cpu")
+
+
+# ------------------------------------------------------------------ precision
+def test_precision_names_resolve_per_device(monkeypatch):
+    import ladtalk.device as dev
+    cpu = torch.device("cpu")
+    assert dev.resolve_dtype(None, cpu) == torch.float32
+    assert dev.resolve_dtype("fp32", cpu) == torch.float32
+    assert dev.resolve_dtype("fp16", cpu) == torch.float32  # no fast fp16 convs on CPU
+    assert dev.resolve_dtype("bf16", cpu) == torch.bfloat16
+    for native, expect in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: native)
+        assert dev.resolve_dtype("auto", cpu) == expect
+    cuda = torch.device("cuda")  # a device object only: nothing is allocated
+    assert dev.resolve_dtype("auto", cuda) == torch.float16
+    assert dev.resolve_dtype("bf16", cuda) == torch.bfloat16
+    assert dev.precision_name(torch.bfloat16) == "bf16"
+    with pytest.raises(InputError, match="unknown precision 'int3'"):
+        dev.resolve_dtype("int3", cpu)
+    with dev.autocast(cpu, torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+    with dev.autocast(cpu, torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(wav2lip):
+    """bf16 autocast (the pipeline's default on CPUs with native bf16) moves the 96 px
+    output by less than a grey level on average, even with the golden formula weights,
+    whose activations are far larger than trained weights'."""
+    faces, mels = _crops(4, seed=3), _mels(4, seed=4)
+    exact = LipSyncer(wav2lip, device="cpu")(faces, mels).astype(int)
+    fast = LipSyncer(wav2lip, device="cpu", dtype="bf16")
+    assert fast.dtype == torch.bfloat16
+    diff = np.abs(fast(faces, mels).astype(int) - exact)
+    assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
+    assert diff.max() > 0  # bf16 really ran (fp32 would match to the last bit)
