@@ -135,7 +135,7 @@ class GenerateResult:
 
     ``missing_face_timestamps`` are source-video times (seconds) of frames without a face;
     ``passthrough_frames`` counts output frames written unchanged because of that.
-    ``precision`` is the Wav2Lip stage's arithmetic. ``timings`` holds seconds per stage
+    ``precision`` is the models' arithmetic. ``timings`` holds seconds per stage
     ("audio", "detect", "load", "decode", "lipsync", "restore", "blend", "encode", "total");
     decode / models / encode overlap, so their sum exceeds "total".
     """
@@ -154,7 +154,7 @@ class GenerateResult:
     audio_copied: Optional[bool]
     warnings: List[str]
     timings: Dict[str, float]
-    precision: str = "fp32"  # the Wav2Lip stage's arithmetic ("fp32", "bf16", "fp16")
+    precision: str = "fp32"  # the models' arithmetic ("fp32", "bf16", "fp16")
 
     def stage_fps(self) -> Dict[str, float]:
         """Frames per second of each stage (output frames / stage seconds)."""
@@ -204,11 +204,11 @@ class Pipeline:
     every enhanced call instead of loading ``GenerateOptions.identity`` (tests, custom
     models). Identities are loaded on first use and cached by directory.
 
-    ``dtype``: the Wav2Lip stage's precision (:func:`ladtalk.device.resolve_dtype`). The
-    default "auto" runs it under bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX:
-    about 2x the fp32 speed; the 96 px output moves by well under one grey level on average,
-    see ``docs/performance.md``) and fp16 autocast on CUDA; "fp32" keeps upstream's exact
-    arithmetic. The SOVQAE restoration stays in fp32 on CPU.
+    ``dtype``: the models' precision (:func:`ladtalk.device.resolve_dtype`). The default
+    "auto" runs Wav2Lip and the SOVQAE under bf16 autocast on a CPU with native bf16
+    (AVX512-BF16 / AMX: about 2x the fp32 speed; outputs move by well under one grey level
+    on average, see ``docs/performance.md``) and fp16 autocast on CUDA; "fp32" keeps
+    upstream's exact arithmetic. (Robustness and enrollment metrics use fp32 on CPU.)
 
     ``workers``: model threads that process consecutive chunks in parallel (output order is
     kept). Default: 2 on CPU, each with half of torch's intra-op threads, 1 on CUDA. On a
@@ -313,7 +313,8 @@ class Pipeline:
             if key not in self._restorers:
                 from .restore import Restorer
                 self._restorers = {k: v for k, v in self._restorers.items() if k[0] != key[0]}
-                self._restorers[key] = Restorer.from_identity(path, device=self.device)
+                self._restorers[key] = Restorer.from_identity(
+                    path, device=self.device, precision=self.dtype)
             return self._restorers[key], str(path)
 
     # ------------------------------------------------------------------ run

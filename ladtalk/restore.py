@@ -50,8 +50,9 @@ class Restorer:
     """Batched, no-grad SOVQAE restoration of face crops on one device.
 
     ``model``: an :class:`ladtalk.models.sovqae.SOVQAE` (moved to ``device`` and set to eval).
-    ``precision``: ``None``/"fp16" (default: fp16 autocast on CUDA, fp32 on CPU), "bf16" or
-    "fp32". The quantizer always measures distances in float32.
+    ``precision``: ``None``/"fp16" (default: fp16 autocast on CUDA, fp32 on CPU), "bf16",
+    "fp32", or "auto" (as "fp16", plus bf16 on a CPU with native bf16; the generation
+    pipeline's default). The quantizer always measures distances in float32.
     """
 
     def __init__(self, model: torch.nn.Module, device: DeviceLike = None, batch_size: int = 16,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import ladtalk.device
 import ladtalk.pipeline as pipeline_mod
 from ladtalk.audio import load_audio
 from ladtalk.blend import BlendConfig, blend_face, lower_face_mask, match_colour
@@ -189,6 +190,11 @@ def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, mon
     pipe.run(media["video16"], media["wav14"], tmp_path / "c.mp4",
              GenerateOptions(identity="tiny_person", **opts))
     assert len(pipe._restorers) == 1
+    # both models follow the pipeline's precision (default "auto"; "fp32" = exact arithmetic)
+    assert res.precision == ladtalk.device.precision_name(pipe.lipsyncer.dtype)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        p = Pipeline(StubGenerator(), device="cpu", dtype=name)
+        assert p.restorer_for("tiny_person")[0].dtype == dtype == p.lipsyncer.dtype
 
 
 def test_still_image_gives_25fps_and_audio_length(media, tmp_path, recording):
