@@ -174,8 +174,8 @@ def _result_report(res, gpu_s: int) -> Dict[str, Any]:
             "enhanced": res.enhanced, "identity": Path(res.identity).name if res.identity else None,
             "frames_without_face": res.passthrough_frames,
             "missing_face_timestamps": res.missing_face_timestamps[:50],
-            "audio_copied": res.audio_copied, "warnings": res.warnings,
-            "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
+            "audio_copied": res.audio_copied, "precision": res.precision,
+            "warnings": res.warnings, "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
             "gpu_seconds_requested": gpu_s}
 
 

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model threads (default: the pipeline's choice, 2 on CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="Wav2Lip arithmetic, as generate --precision (default: auto)")
+                   help="model arithmetic, as generate --precision (default: auto)")
     p.add_argument("--loop", default="pingpong", choices=("pingpong", "loop", "hold"))
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the results here")
     p.add_argument("--keep-outputs", default=None, metavar="DIR",
@@ -228,7 +228,7 @@ def _summarise(length: float, child: dict, process_wall: float) -> dict:
 
 def _print(report: dict) -> None:
     print(f"ladtalk bench: {report['face']} + {report['audio']} ({report['mode']}); "
-          f"weights: {report['weights']}; device {report['device']}, Wav2Lip in "
+          f"weights: {report['weights']}; device {report['device']}, models in "
           f"{report['precision']}, {report['cpus']} CPUs, "
           f"load average at start {report['load_average_start']}")
     head = (f"{'length':>7} {'frames':>6} {'wall':>7} {'e2e':>6} {'decode':>7} {'lipsync':>7} "

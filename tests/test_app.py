@@ -142,6 +142,7 @@ def test_generate_photo_side_by_side(server, short_audio):
     assert report["baseline"]["enhanced"] is False
     assert report["frames"] == round(audio_s * 25)
     assert 15 <= report["gpu_seconds_requested"] <= 120
+    assert report["precision"] in ("fp32", "bf16")  # the models' arithmetic is reported
 
 
 def test_robustness_matches_library(server, app_home):

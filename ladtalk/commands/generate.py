@@ -60,9 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--device", default=None, metavar="cpu|cuda",
                       help="default: CUDA when available, else CPU")
     run_.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                      help="Wav2Lip arithmetic. auto (default): bf16 on a CPU with native bf16 "
-                           "(about 2x faster), fp16 on CUDA, else fp32; fp32: upstream's "
-                           "exact numbers")
+                      help="arithmetic of Wav2Lip and the SOVQAE. auto (default): bf16 on a CPU "
+                           "with native bf16 (about 2x faster), fp16 on CUDA, else fp32; "
+                           "fp32: upstream's exact numbers")
     run_.add_argument("--batch-size", type=int, default=None, metavar="N",
                       help="frames per chunk / model batch (default: 16)")
     run_.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         mode = f"identity {result.identity}" if result.enhanced else "Wav2Lip only"
         print(f"wrote {result.out}: {result.n_frames} frames, {result.size[0]}x{result.size[1]} "
               f"@ {result.fps:g} fps, {result.duration:.2f} s (audio {result.audio_duration:.2f} "
-              f"s, {'copied' if result.audio_copied else 'AAC'}), {mode}, Wav2Lip in "
+              f"s, {'copied' if result.audio_copied else 'AAC'}), {mode}, models in "
               f"{result.precision}")
         print(f"took {t['total']:.1f} s ({result.n_frames / max(t['total'], 1e-9):.1f} frames/s, "
               f"{t['total'] / max(result.duration, 1e-9):.2f}x real time)")
