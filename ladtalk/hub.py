@@ -35,7 +35,9 @@ lists them.
 
 Hub downloads go through ``huggingface_hub.hf_hub_download`` into the normal HF cache
 (``HF_HUB_CACHE``, else ``HF_HOME/hub``, read at call time). With ``HF_HUB_OFFLINE=1`` only
-the cache is consulted. A ``#sha256=`` suffix is verified after download.
+the cache is consulted, and likewise when the Hub endpoint does not accept a connection
+(:func:`hub_reachable`: an offline machine gets its answer at once instead of after
+huggingface_hub's retries). A ``#sha256=`` suffix is verified after download.
 
 Safe loading
 ------------
@@ -51,6 +53,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +278,45 @@ def hub_offline() -> bool:
     return val.strip().lower() in ("1", "true", "yes", "on")
 
 
+#: endpoint -> (monotonic time of the probe, reachable); see :func:`hub_reachable`
+_REACHABLE: Dict[str, Tuple[float, bool]] = {}
+REACHABILITY_TTL_S = 60.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_endpoint() -> str:
+    """The Hub endpoint huggingface_hub talks to (``HF_ENDPOINT``, read at its import)."""
+    from huggingface_hub import constants
+    return str(constants.ENDPOINT)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint accepts a TCP connection (probed once a minute at most).
+
+    On a machine without network huggingface_hub retries every download for ~25 s before it
+    gives up; this probe lets :func:`resolve_checkpoint` go straight to the cache there. With
+    a proxy configured a direct connection says nothing, so the answer is True and
+    huggingface_hub decides.
+    """
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    endpoint = hub_endpoint()
+    now = time.monotonic()
+    seen = _REACHABLE.get(endpoint)
+    if seen is not None and now - seen[0] < REACHABILITY_TTL_S:
+        return seen[1]
+    from urllib.parse import urlsplit
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            ok = True
+    except OSError:
+        ok = False
+    _REACHABLE[endpoint] = (now, ok)
+    return ok
+
+
 def resolve_checkpoint(name_or_spec: Union[str, PathLike, CheckpointSpec], *,
                        override: Optional[Union[PathLike, CheckpointSpec]] = None) -> Path:
     """Return a local file for a named default, a reference string, or a spec.
@@ -331,23 +374,29 @@ def _download(spec: CheckpointSpec, entry: Optional[DefaultCheckpoint], origin: 
     from huggingface_hub import hf_hub_download
 
     offline = hub_offline()
+    unreachable = not offline and not hub_reachable()
     cache = hub_cache_dir()
     try:
         return Path(hf_hub_download(repo_id=spec.repo_id, filename=spec.filename,
                                     revision=spec.revision, cache_dir=cache,
-                                    local_files_only=offline))
+                                    local_files_only=offline or unreachable))
     except Exception as exc:  # network, auth, missing entry, offline cache miss ...
-        raise CheckpointError(_missing_message(spec, entry, origin, offline, cache, exc)) from exc
+        raise CheckpointError(_missing_message(spec, entry, origin, offline, cache, exc,
+                                               unreachable)) from exc
 
 
 def _missing_message(spec: CheckpointSpec, entry: Optional[DefaultCheckpoint], origin: str,
-                     offline: bool, cache: Optional[Path], exc: BaseException) -> str:
+                     offline: bool, cache: Optional[Path], exc: BaseException,
+                     unreachable: bool = False) -> str:
     label = f"the {entry.name} checkpoint ({entry.description})" if entry else "checkpoint"
     rev = spec.revision or "default branch"
     where = cache if cache is not None else "the default Hugging Face cache"
     if offline:
         why = (f"HF_HUB_OFFLINE is set and the file is not in the Hugging Face cache at "
                f"{where}")
+    elif unreachable:
+        why = (f"the Hub ({hub_endpoint()}) cannot be reached from this machine and the file "
+               f"is not in the Hugging Face cache at {where}")
     else:
         text = str(exc).strip()
         why = f"download failed ({type(exc).__name__}: {text.splitlines()[0] if text else '-'})"

@@ -394,3 +394,31 @@ def test_wav2lip_upstream_checkpoint_roundtrip_matches_golden(golden_dir, tmp_pa
     err = float(np.abs(out - expected).max())
     print(f"wav2lip golden max abs error after convert: {err:.3g}")
     assert err < 1e-4
+
+
+def test_unreachable_hub_uses_the_cache_at_once(monkeypatch):
+    """Without HF_HUB_OFFLINE but with no network, a cached file resolves and a missing one
+    fails fast with a message that says the Hub cannot be reached (no ~25 s of retries)."""
+    import time
+    from huggingface_hub import constants
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in hub._PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(hub, "_REACHABLE", {})
+    assert hub.hub_reachable() is False
+    data = b"cached while online"
+    make_hf_cache(hf_cache(), "owner/repo", {"w.pth": data})
+    assert resolve_checkpoint("hf://owner/repo/w.pth").read_bytes() == data
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint("wav2lip")
+    assert time.monotonic() - t0 < 5
+    msg = str(err.value)
+    for needle in ("cannot be reached", "http://127.0.0.1:9", "LADTALK_WAV2LIP", "--wav2lip"):
+        assert needle in msg, (needle, msg)
+    assert "unset HF_HUB_OFFLINE" not in msg
+    # the probe is remembered for a while; a proxy leaves the decision to huggingface_hub
+    assert list(hub._REACHABLE) == ["http://127.0.0.1:9"]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub.hub_reachable() is True
