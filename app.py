@@ -439,9 +439,11 @@ def _fmt(v, digits: int = 4) -> str:
 def _certificate_md(cert: Optional[Dict[str, Any]], specs: List[str]) -> str:
     if not cert:
         return "*Certificate not computed (tick 'compute the Theorem 3.3 certificate').*"
-    lines = ["### Theorem 3.3 certificate", "", "| quantity | value | meaning |", "|---|---|---|"]
-    for key, label, text in CERT_EXPLAIN:
-        lines.append(f"| {label} | {_fmt(cert.get(key))} | {text} |")
+    # values in a narrow table (a wide "meaning" column squeezed them into wrapped digits),
+    # the one-line explanations below it
+    lines = ["### Theorem 3.3 certificate", "", "| quantity | value |", "|---|---|"]
+    lines += [f"| {label} | {_fmt(cert.get(key))} |" for key, label, _ in CERT_EXPLAIN]
+    lines += [""] + [f"- **{label}**: {text}" for _, label, text in CERT_EXPLAIN]
     pres = cert.get("codes_preserved") or {}
     certf = cert.get("certified_fraction") or {}
     norms = cert.get("degradation_norms") or {}
