@@ -176,6 +176,9 @@ def _result_report(res, gpu_s: int) -> Dict[str, Any]:
             "missing_face_timestamps": res.missing_face_timestamps[:50],
             "audio_copied": res.audio_copied, "precision": res.precision,
             "warnings": res.warnings, "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
+            "identity_match": (res.identity_match.to_dict()
+                               if getattr(res, "identity_match", None) is not None else None),
+            "fusion": getattr(res, "fusion", None),
             "gpu_seconds_requested": gpu_s}
 
 
@@ -235,6 +238,9 @@ def _prepare_enroll_crops(st: AppState, video: str, name: str, config: Optional[
     else:
         cname = config or st.enroll_config or default_config_name(st.pipeline.device)
         cfg = get_config(cname)
+    from ladtalk.models.sovqae import AUTO_RESOLUTION_CONFIGS
+    fresh_auto = cname in AUTO_RESOLUTION_CONFIGS and not (
+        (target / "config.json").is_file() and not fresh)
     overrides = st.enroll_kwargs.get("train_overrides") or {}
     max_frames = overrides.get("max_frames", train_preset(cname).max_frames)
 
@@ -243,8 +249,9 @@ def _prepare_enroll_crops(st: AppState, video: str, name: str, config: Optional[
             progress(0.0, desc=f"{'finding the face' if phase == 'detect' else 'cropping'}: "
                                f"frame {done}/{total}")
 
-    extract_crops(video, cfg.resolution, detector, device="cpu", max_frames=max_frames,
-                  progress=report)
+    # a new identity's resolution follows the measured face size, as in enroll()
+    extract_crops(video, "auto" if fresh_auto else cfg.resolution, detector, device="cpu",
+                  max_frames=max_frames, progress=report)
 
 
 def run_enrollment(st: AppState, video: str, name: str, budget: float, config: Optional[str],
@@ -289,7 +296,34 @@ def _identity_summary_md(meta: Dict[str, Any], name: str) -> str:
             pd_, pr = r.get("psnr_degraded"), r.get("psnr_restored")
             if pd_ is not None and pr is not None:
                 lines.append(f"| `{spec}` | {pd_:.2f} dB | {pr:.2f} dB | {pr - pd_:+.2f} dB |")
+    lines += quality_md(meta)
     return "\n".join(lines)
+
+
+def quality_md(meta: Dict[str, Any]) -> list:
+    """Markdown lines: LaDTalk (L) against the Wav2Lip proxy (W) on held-out frames."""
+    q = meta.get("quality")
+    if not q:
+        return []
+    fusion = meta.get("fusion") or {}
+    lines = ["", f"**LaDTalk vs Wav2Lip** on {q.get('frames')} held-out frames (face "
+             f"{q.get('face_px', 0):.0f} px, identity {q.get('resolution')} px). W: the true "
+             "face reduced to 96 px (the best a Wav2Lip output can be), optionally softened "
+             "like a real Wav2Lip output (sigma in px at 96 px); L: that face restored by this "
+             "identity. Scores against the real frame, in the pasted lower-face region.", "",
+             "| softened | PSNR W | PSNR L | gain | sharpness W | sharpness L | mouth PSNR W | "
+             "mouth PSNR L |", "|---|---|---|---|---|---|---|---|"]
+    for sigma, r in (q.get("soften") or {}).items():
+        w, l_ = r["W"], r["L"]
+        lines.append(f"| {sigma} | {w['psnr']:.2f} dB | {l_['psnr']:.2f} dB | "
+                     f"{r['gain_db']:+.2f} dB | {w['sharpness']:.2f} | {l_['sharpness']:.2f} | "
+                     f"{w['mouth_psnr']:.2f} dB | {l_['mouth_psnr']:.2f} dB |")
+    if fusion:
+        lines += ["", f"Restore strength calibrated on the holdout: low band "
+                  f"{fusion.get('low_strength'):g}, detail {fusion.get('high_strength'):g} "
+                  "(1 = the identity's decode, 0 = Wav2Lip's face). Sharpness: fine detail "
+                  "relative to the real frame (1.0 = as sharp as the truth)."]
+    return lines
 
 
 def _push_to_hub(path: Path, repo_id: str, token: str, private: bool) -> str:
@@ -470,12 +504,14 @@ def make_handlers(st: AppState) -> Dict[str, Callable]:
 
     limits = st.limits
 
-    def generate(face, audio, identity=sup.DEMO_IDENTITY, enroll_first=False,
+    def generate(face, audio, identity=sup.NONE_IDENTITY, enroll_first=False,
                  enroll_seconds=None, compare=True, pad_top=0, pad_bottom=10, pad_left=0,
                  pad_right=0, smooth=True, detector="auto", loop="pingpong", box="",
-                 resize_factor=1, progress=gr.Progress()):
+                 resize_factor=1, restore_strength="", progress=gr.Progress()):
         """Lip-sync a face video or photo to speech; returns (LaDTalk video, Wav2Lip-only
-        video or None, report)."""
+        video or None, report). Default identity: none (Wav2Lip only); an identity that does
+        not match the uploaded face (``ladtalk.identity_match``) is refused with the measured
+        PSNRs and the fix."""
         with _user_errors():
             from ladtalk.pipeline import GenerateOptions
             if st.wav2lip_error:
@@ -496,7 +532,8 @@ def make_handlers(st: AppState) -> Dict[str, Callable]:
                                  f"{resize_factor!r}") from None
             opts = GenerateOptions(detector=detector, box=sup.parse_box(box),
                                    pads=sup.parse_pads(pad_top, pad_bottom, pad_left, pad_right),
-                                   smooth=bool(smooth), loop=loop, resize_factor=rf).validate()
+                                   smooth=bool(smooth), loop=loop, resize_factor=rf,
+                                   restore_strength=restore_strength).validate()
             if enroll_first:
                 if info.is_image:
                     raise InputError("'enroll from this video first' needs a video of the "
@@ -776,7 +813,6 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
     lim = st.limits
     choices = sup.identity_choices()
     rob_choices = sup.identity_choices(include_none=False)
-    default_id = sup.default_identity(choices)
     missing = [s.name for s in st.statuses if not s.ok] + (
         ["wav2lip"] if st.wav2lip_error and all(s.name != "wav2lip" for s in st.statuses) else [])
     gpu_kw = dict(concurrency_id="gpu", concurrency_limit=1)
@@ -801,11 +837,17 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                                      type="filepath")
                     g_audio = gr.Audio(label="Speech", sources=["upload", "microphone"],
                                        type="filepath")
-                    g_identity = gr.Dropdown(choices=choices, value=default_id,
+                    # default: Wav2Lip only. An identity is one person's codebook; on anyone
+                    # else's face it paints that person's detail, so it is never preselected
+                    # (the astronaut example row picks the shipped demo for its own face)
+                    g_identity = gr.Dropdown(choices=choices, value=sup.NONE_IDENTITY,
                                              allow_custom_value=True,
                                              label="Identity (stage 2)",
-                                             info="enrolled identities, the shipped demo, or "
-                                                  "none = Wav2Lip only")
+                                             info="default: none = Wav2Lip only. Pick the "
+                                                  "identity enrolled from this person (or tick "
+                                                  "'Enroll from this video first'); an identity "
+                                                  "of someone else is refused. The shipped demo "
+                                                  "is the astronaut of the examples")
                     with gr.Row():
                         g_enroll = gr.Checkbox(label="Enroll from this video first", value=False,
                                                info="fine-tune an identity on the uploaded "
@@ -830,6 +872,13 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                             g_box = gr.Textbox("", label="Fixed face box Y1 Y2 X1 X2 (optional)",
                                                placeholder="empty = detect the face")
                             g_rf = gr.Number(1, label="resize factor", precision=0, minimum=1)
+                        g_strength = gr.Textbox(
+                            "", label="Restore strength (optional)",
+                            placeholder="empty = calibrated for the identity at enrollment",
+                            info="S or LOW,HIGH in [0, 2]: how much of the identity's "
+                                 "restoration to use in the band Wav2Lip's 96 px face has "
+                                 "(LOW) and in the detail above it (HIGH); 1 = the identity's "
+                                 "decode, 0 = Wav2Lip's face unchanged")
                     g_btn = gr.Button("Generate", variant="primary",
                                       interactive=st.wav2lip_error is None)
                 with gr.Column():
@@ -838,7 +887,7 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
                         g_base = gr.Video(label="Wav2Lip only")
                     g_report = gr.JSON(label="Report")
             g_inputs = [g_face, g_audio, g_identity, g_enroll, g_enroll_s, g_compare, g_pt, g_pb,
-                        g_pl, g_pr, g_smooth, g_det, g_loop, g_box, g_rf]
+                        g_pl, g_pr, g_smooth, g_det, g_loop, g_box, g_rf, g_strength]
             g_btn.click(h["generate"], g_inputs, [g_out, g_base, g_report],
                         api_name="generate", **gpu_kw)
             gen_examples = [[_example("astronaut.mp4"), _example("hello.wav"),
@@ -861,7 +910,9 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
             gr.Markdown("Degrade a face the way Wav2Lip's output is degraded (blur, noise, "
                         "down to 96 px and back up), restore it with an identity's SOVQAE, "
                         "and see how much comes back. Use a picture of the identity's own "
-                        "person (the demo identity was trained on the astronaut example).")
+                        "person: the identity preselected here (the first enrolled one, else "
+                        "the shipped `demo`) is only a demonstration on its own face, and the "
+                        "demo identity was trained on the astronaut example.")
             with gr.Row():
                 with gr.Column():
                     r_image = gr.Image(label="Face image", type="filepath", format="png", elem_id="rob-image",
@@ -919,8 +970,14 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
         with gr.Tab("Enroll", id="enroll"):
             gr.Markdown("Train an identity (SOVQAE) on a video of one person. Ten seconds to a "
                         "few minutes of frontal, well-lit video work best; the last 10 % of "
-                        "the frames are held out to measure quality. Running it again with the "
-                        "same name continues the training.")
+                        "the frames are held out to measure quality. The identity works at the "
+                        "face's own size (256 px for faces of 200 px or more, else 128 px) and "
+                        "learns to restore exactly what Wav2Lip produces (the face reduced to "
+                        "96 px and softened). At the end, how much of its restoration to mix "
+                        "into Wav2Lip's face is calibrated on the held-out frames, so that it "
+                        "never does worse than Wav2Lip alone there, and the result shows "
+                        "LaDTalk against the Wav2Lip proxy on those frames. Running it again "
+                        "with the same name continues the training.")
             with gr.Row():
                 with gr.Column():
                     e_video = gr.Video(label="Video of the person", sources=["upload"])
@@ -959,7 +1016,7 @@ def _build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -
         # ------------------------------------------------------------------ pickers + API
         def refresh_pickers(g_value, r_value):
             c, rc = sup.identity_choices(), sup.identity_choices(include_none=False)
-            gv = g_value if g_value in [v for _, v in c] else sup.default_identity(c)
+            gv = g_value if g_value in [v for _, v in c] else sup.NONE_IDENTITY
             rv = r_value if r_value in [v for _, v in rc] else sup.default_identity(rc)
             return gr.update(choices=c, value=gv), gr.update(choices=rc, value=rv)
 

@@ -36,6 +36,10 @@ existing one. One :class:`Pipeline` may serve several calls at once from differe
 Enhancement policy: :class:`GenerateOptions` ``identity=None`` means Wav2Lip only (the
 ``--no-enhance`` baseline, same crop and blending) and is logged as such; the CLI requires
 ``--identity`` or ``--no-enhance`` explicitly so that nobody gets the baseline by accident.
+With an identity, the input's face is first checked against it (after detection, before
+pass 2; :mod:`ladtalk.identity_match`): ``GenerateOptions.identity_check`` "refuse" (default;
+the app) raises :class:`InputError` when the identity belongs to someone else, "warn" (the
+CLI's default) adds the message to ``warnings``, "off" skips the check.
 """
 
 from __future__ import annotations
@@ -107,12 +111,25 @@ class GenerateOptions:
     audio_mode: str = "copy-or-aac"
     blend: BlendConfig = field(default_factory=BlendConfig)
     temp_dir: Optional[Union[str, os.PathLike]] = None  # parent of the per-call temp dir
+    #: "refuse" / "warn" / "off": does the identity reconstruct this input's face as well as
+    #: its own (:mod:`ladtalk.identity_match`)? [--identity-check; CLI default "warn"]
+    identity_check: str = "refuse"
+    #: fusion strengths ``S`` or ``(LOW, HIGH)`` instead of the identity's calibrated ones
+    #: (:mod:`ladtalk.fusion`; 1 = plain SOVQAE decode, 0 = Wav2Lip unchanged) [--restore-strength]
+    restore_strength: Optional[Union[str, float, Sequence[float]]] = None
 
     def validate(self) -> "GenerateOptions":
         try:
             self.loop = check_policy(self.loop)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+        from .identity_match import check_mode
+        self.identity_check = check_mode(self.identity_check)
+        from .fusion import parse_strength
+        try:
+            self.restore_strength = parse_strength(self.restore_strength)
+        except ValueError as exc:
+            raise InputError(f"--restore-strength: {exc}") from None
         if not isinstance(self.resize_factor, (int, np.integer)) or self.resize_factor < 1:
             raise InputError(f"--resize-factor must be a whole number >= 1, got "
                              f"{self.resize_factor!r}")
@@ -155,6 +172,12 @@ class GenerateResult:
     warnings: List[str]
     timings: Dict[str, float]
     precision: str = "fp32"  # the models' arithmetic ("fp32", "bf16", "fp16")
+    #: :class:`ladtalk.identity_match.IdentityMatch` of the identity on this input (None:
+    #: Wav2Lip only or ``identity_check="off"``)
+    identity_match: Optional[Any] = None
+    #: the fusion strengths the restoration used (``FusionConfig.to_dict()``; None: plain
+    #: decode or Wav2Lip only)
+    fusion: Optional[Dict[str, Any]] = None
 
     def stage_fps(self) -> Dict[str, float]:
         """Frames per second of each stage (output frames / stage seconds)."""
@@ -405,6 +428,27 @@ class Pipeline:
         precision = precision_name(syncer.dtype)
         timings["load"] = time.perf_counter() - t0
         report("load", 1, 1)
+        identity_match = None
+        if restorer is not None and opts.identity_check != "off":
+            # never one person's identity on another's face: refuse / warn before pass 2
+            from .identity_match import run_identity_check
+            t0 = time.perf_counter()
+            identity_match = run_identity_check(
+                restorer, identity_dir, opts.identity_check, info=info, fps=fps,
+                frame_size=size, boxes=boxes, fixed=fixed, crop_cfg=crop_cfg, resize=resize,
+                source=str(face), warn=warn, chunk_size=bs)
+            timings["identity_check"] = time.perf_counter() - t0
+
+        fusion_kw = {}
+        if restorer is not None and opts.restore_strength is not None:
+            from dataclasses import replace as _replace
+            from .fusion import FusionConfig
+            base = getattr(restorer, "fusion", None) or FusionConfig()
+            fusion_kw["fusion"] = _replace(base, low_strength=opts.restore_strength[0],
+                                           high_strength=opts.restore_strength[1])
+        fusion_used = fusion_kw.get("fusion", getattr(restorer, "fusion", None))
+        # strength 0 for both bands is Wav2Lip's face: paste it directly (no resampling detour)
+        restore_on = restorer is not None and not getattr(fusion_used, "identity_off", False)
 
         # -- pass 2: decode -> models -> encode
         stage = {"lipsync": 0.0, "restore": 0.0, "blend": 0.0, "encode": 0.0}
@@ -445,12 +489,12 @@ class Pipeline:
             gen = syncer(crops, mels)
             spent("lipsync", ta)
             originals = crops
-            if restorer is not None:
+            if restore_on:
                 import cv2
                 ta = time.perf_counter()
                 up = np.stack([cv2.resize(g, (res, res), interpolation=cv2.INTER_CUBIC)
                                for g in gen])
-                gen = np.asarray(restorer.restore(up), dtype=np.uint8)
+                gen = np.asarray(restorer.restore(up, **fusion_kw), dtype=np.uint8)
                 spent("restore", ta)
                 ta = time.perf_counter()
                 originals = crop_faces(chosen, regions, res)
@@ -571,7 +615,8 @@ class Pipeline:
             missing_face_timestamps=[float(t) for t in missing_ts],
             passthrough_frames=passthrough, audio_copied=writer.audio_copied,
             warnings=warnings, timings=timings,
-            precision=precision)
+            precision=precision, identity_match=identity_match,
+            fusion=fusion_used.to_dict() if hasattr(fusion_used, "to_dict") else None)
 
 
 def _model_pool(workers: int, intra: int) -> ThreadPoolExecutor:

@@ -8,6 +8,13 @@ non-square size; they are resized to the model's resolution (area-averaging when
 bicubic when enlarging, like :mod:`ladtalk.face.crop`), mapped to [-1, 1], run through the
 model in batches under ``torch.no_grad`` (and fp16 autocast on CUDA), clamped, mapped back to
 [0, 1] and resized to the input size. The tensor API works on float NCHW in [0, 1].
+
+Fusion: with a :class:`ladtalk.fusion.FusionConfig` (the restorer's ``fusion``, or one passed
+per call) the decode is fused with its input at model resolution (:func:`ladtalk.fusion.fuse`:
+the input's 96 px band kept in proportion, the identity's detail above it). ``None`` is the
+plain decode (robustness and certificate measure the SOVQAE itself).
+:meth:`Restorer.from_identity` uses the strengths calibrated at enrollment (``meta.json``
+``fusion``) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ import torch.nn.functional as F
 
 from .degrade import area_resize
 from .device import DeviceLike, autocast, resolve_device, resolve_dtype
+from .fusion import FusionConfig, fuse
+
+_UNSET = object()
 
 
 @dataclass
@@ -56,20 +66,32 @@ class Restorer:
     """
 
     def __init__(self, model: torch.nn.Module, device: DeviceLike = None, batch_size: int = 16,
-                 precision: Optional[str] = None) -> None:
+                 precision: Optional[str] = None,
+                 fusion: Optional[FusionConfig] = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = max(1, int(batch_size))
         self.dtype = resolve_dtype(precision or "fp16", self.device)
+        self.fusion = fusion
+        self.meta: dict = {}
 
     @classmethod
     def from_identity(cls, identity: Union[str, Path], device: DeviceLike = None,
+                      fusion: Optional[FusionConfig] = _UNSET,  # type: ignore[assignment]
                       **kwargs) -> "Restorer":
-        """Load an identity (store name or directory) and wrap it."""
-        from .identity import resolve_identity
+        """Load an identity (store name or directory) and wrap it. ``fusion``: default the
+        identity's calibrated strengths from ``meta.json`` (plain decode for identities
+        enrolled before fusion existed); ``None`` for the plain decode."""
+        from .identity import read_meta, resolve_identity
         from .models.sovqae import SOVQAE
         dev = resolve_device(device)
-        return cls(SOVQAE.from_pretrained(resolve_identity(identity), device=dev), dev, **kwargs)
+        path = resolve_identity(identity)
+        meta = read_meta(path)
+        if fusion is _UNSET:
+            fusion = FusionConfig.from_dict(meta["fusion"]) if meta.get("fusion") else None
+        restorer = cls(SOVQAE.from_pretrained(path, device=dev), dev, fusion=fusion, **kwargs)
+        restorer.meta = meta
+        return restorer
 
     @property
     def resolution(self) -> int:
@@ -89,20 +111,29 @@ class Restorer:
                              h=enc.h.float())
 
     @torch.no_grad()
-    def restore01(self, x01: torch.Tensor) -> torch.Tensor:
-        """NCHW [0, 1] images of any size -> restored, same size, on the CPU, in batches."""
+    def restore01(self, x01: torch.Tensor, fusion: Optional[FusionConfig] = _UNSET  # type: ignore[assignment]
+                  ) -> torch.Tensor:
+        """NCHW [0, 1] images of any size -> restored (and fused: ``fusion``, default the
+        restorer's own), same size, on the CPU, in batches."""
+        fusion = self.fusion if fusion is _UNSET else fusion
         outs = []
         size = tuple(x01.shape[-2:])
         for s in range(0, x01.shape[0], self.batch_size):
-            y = self.restore_tensor(x01[s:s + self.batch_size]).images
+            xb = resize01(x01[s:s + self.batch_size].to(self.device).float(), self.resolution)
+            y = self.restore_tensor(xb).images
+            if fusion is not None:
+                y = fuse(y, xb, fusion)
             y = resize01(y, size)
             outs.append(y.cpu())
         if not outs:
             return x01.new_zeros(x01.shape)
         return torch.cat(outs)
 
-    def restore(self, crops: np.ndarray) -> np.ndarray:
-        """uint8 RGB crops (N, H, W, 3) or (H, W, 3) -> restored uint8 crops of the same shape."""
+    def restore(self, crops: np.ndarray,
+                fusion: Optional[FusionConfig] = _UNSET  # type: ignore[assignment]
+                ) -> np.ndarray:
+        """uint8 RGB crops (N, H, W, 3) or (H, W, 3) -> restored uint8 crops of the same shape
+        (fused as :meth:`restore01`)."""
         arr = np.asarray(crops)
         if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
             raise ValueError(f"restore expects uint8 RGB crops (N, H, W, 3), got {arr.dtype} "
@@ -110,7 +141,7 @@ class Restorer:
         single = arr.ndim == 3
         batch = arr[None] if single else arr
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
-        y = self.restore01(x)
+        y = self.restore01(x, fusion)
         out = (y.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         return out[0] if single else out
 

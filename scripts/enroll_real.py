@@ -1,5 +1,6 @@
-"""Reproduce the real-video enrollment check: enroll on a real video, then run robustness on
-the frames it never trained on, and print the numbers.
+"""Reproduce the real-video enrollment check: enroll on a real video, then score LaDTalk
+against the Wav2Lip proxy (``eval quality``) and run robustness on the frames it never trained
+on, and print the numbers.
 
 Default: ``../shared/data/dfrf_cnn2.mp4`` (71 s CNN anchor, 25 fps). Enrollment holds out the
 last 10 % of the frames (~7 s, by time); ``robustness`` recognises the enrollment video and
@@ -7,7 +8,7 @@ evaluates only those held-out frames (``--frames-from auto``).
 
 Usage::
 
-    python scripts/enroll_real.py [--video V] [--name cnn2] [--seconds 760] [--config cpu]
+    python scripts/enroll_real.py [--video V] [--name cnn2] [--seconds S] [--config cpu]
                                   [--detector dlib] [--home DIR] [--json OUT]
 
 ``--seconds`` is the *training* budget; face detection / cropping (about a minute for 71 s of
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "dfrf_cnn2.mp4"))
     ap.add_argument("--name", default="cnn2")
-    ap.add_argument("--seconds", type=float, default=760.0, help="training budget (s)")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="training budget (s; default: the config's, 735 s for cpu)")
     ap.add_argument("--config", default="cpu")
     ap.add_argument("--detector", default="dlib", choices=("auto", "s3fd", "dlib"))
     ap.add_argument("--home", default=None, help="LADTALK_HOME for this run")
@@ -54,9 +56,14 @@ def main(argv=None) -> int:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     py = sys.executable
     rob_json = home / f"robustness_{args.name}.json"
+    budget = ["--seconds", str(args.seconds)] if args.seconds else []
     t_enroll = _run([py, "-m", "ladtalk", "enroll", "--video", args.video, "--name", args.name,
-                     "--seconds", str(args.seconds), "--config", args.config, "--detector",
+                     *budget, "--config", args.config, "--detector",
                      args.detector, "--device", "cpu", "--fresh", "--quiet"], env)
+    q_json = home / f"quality_{args.name}.json"
+    t_q = _run([py, "-m", "ladtalk", "eval", "quality", "--identity", args.name, "--video",
+                args.video, "--detector", args.detector, "--device", "cpu", "--json",
+                str(q_json)], env)
     t_rob = _run([py, "-m", "ladtalk", "robustness", "--identity", args.name, "--video",
                   args.video, "--detector", args.detector, "--device", "cpu", "--max-frames", "0",
                   "--json", str(rob_json), "--quiet"], env)
@@ -70,6 +77,15 @@ def main(argv=None) -> int:
     print(f"enroll: {t_enroll:.0f} s wall in total (crops {meta['crop_seconds']:.0f} s, training "
           f"{meta['training_seconds']:.0f} s, {meta['steps']} steps, evaluation "
           f"{meta['evaluation_seconds']:.0f} s); config {meta['config_name']}")
+    quality = json.loads(q_json.read_text())
+    print(f"eval quality ({t_q:.0f} s) on {quality['frames']} held-out frames (identity "
+          f"{quality['resolution']} px, face {quality['face_px']:.0f} px, fusion "
+          f"{quality['fusion']['low_strength']:g}/{quality['fusion']['high_strength']:g}):")
+    for sigma, r in quality["soften"].items():
+        print(f"  sigma {sigma:>3}: W {r['W']['psnr']:.2f} dB -> L {r['L']['psnr']:.2f} dB "
+              f"({r['gain_db']:+.2f}); sharpness {r['W']['sharpness']:.3f} -> "
+              f"{r['L']['sharpness']:.3f}; mouth {r['W']['mouth_psnr']:.2f} -> "
+              f"{r['L']['mouth_psnr']:.2f}; sync MAD {r['sync']['mouth_mad_96']:.2f}")
     rec = rob.get("reconstruction", {})
     print(f"robustness ({t_rob:.0f} s) on {rob['frames']} held-out frames; clean reconstruction "
           f"PSNR {rec.get('psnr', float('nan')):.2f} dB, SSIM {rec.get('ssim', float('nan')):.4f}")
@@ -88,7 +104,8 @@ def main(argv=None) -> int:
                                               (cert.get("codes_preserved") or {}).items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"enroll_wall_seconds": t_enroll, "meta": meta,
-                                               "robustness": rob}, indent=2))
+                                               "quality": quality, "robustness": rob},
+                                              indent=2))
     return 0
 
 

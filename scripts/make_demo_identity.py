@@ -6,15 +6,14 @@ robustness``) work on a fresh, offline machine. It is trained by LaDTalk's own e
 from the public-domain NASA portrait bundled with scikit-image (see
 ``scripts/make_examples.py``), so the weights may be redistributed.
 
-Model: the ``cpu`` config at 128 px with ``ch_mult (1, 1, 2)`` (f = 4, a 32x32 latent grid),
-a 1024 x 16 codebook with EMA updates (0.76 M parameters), registered here as config ``demo``,
-trained with batch 4 on full crops at lr 1e-3 (the small-f recipe the enrollment experiments
-found to reconstruct best per CPU second). The weights are stored in float16 (about 1.5 MB;
-they load into a float32 model unchanged in shape). The
-trainer state (optimiser moments, discriminator) is not shipped, so enrolling more on top of
-the demo starts a fresh optimiser.
+Model and training: exactly the default CPU enrollment (``cpu`` config: normalisation-free,
+f = 4, 1024 x 16 EMA codebook, 0.72 M parameters; the resolution chosen from the measured face
+size; patches, the lipsync-path degradations, the fusion calibration and the quality measure
+of docs/enrollment.md). The weights are stored in float16 (about 1.5 MB; they load into a
+float32 model unchanged in shape). The trainer state (optimiser moments, discriminator) is not
+shipped, so enrolling more on top of the demo starts a fresh optimiser.
 
-Usage: ``python scripts/make_demo_identity.py [--seconds 300] [--out DIR]``. Training is
+Usage: ``python scripts/make_demo_identity.py [--seconds 600] [--out DIR]``. Training is
 time-budgeted, so the result depends on the machine's speed; ``meta.json`` records the steps,
 losses, holdout PSNR and the robustness / certificate numbers of the run.
 """
@@ -31,17 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEMO_CONFIG = "demo"
-DEMO_MODEL = dict(ch_mult=(1, 1, 2), z_channels=16, embed_dim=16, ema=True)
-DEMO_BATCH = 4
-DEMO_TRAIN = dict(patch=0, full_every=0, lr=1e-3)
 SOURCE_NOTE = ("examples/astronaut.mp4: synthetic head motion over skimage.data.astronaut() "
                "(NASA portrait of Eileen Collins, public domain)")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=900.0, help="training budget (s)")
+    ap.add_argument("--seconds", type=float, default=600.0, help="training budget (s)")
     ap.add_argument("--video", default=str(ROOT / "examples" / "astronaut.mp4"))
     ap.add_argument("--out", default=str(ROOT / "checkpoints" / "identities" / "demo"))
     ap.add_argument("--device", default="cpu")
@@ -51,14 +46,12 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file, save_file
 
     from ladtalk.identity import atomic_identity_dir, write_json_atomic
-    from ladtalk.models import sovqae
     from ladtalk.training.enroll import enroll
 
     video = Path(args.video)
     if not video.is_file():
         import subprocess
         subprocess.run([sys.executable, str(ROOT / "scripts" / "make_examples.py")], check=True)
-    sovqae.CONFIGS[DEMO_CONFIG] = sovqae.get_config("cpu", **DEMO_MODEL)
     torch.manual_seed(0)
 
     def show(info):
@@ -67,13 +60,11 @@ def main(argv=None) -> int:
                   f"holdout {info['holdout_psnr']:.2f} dB", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ladtalk-demo-") as tmp:
-        work = enroll(video, "demo", seconds=args.seconds, config=DEMO_CONFIG,
+        work = enroll(video, "demo", seconds=args.seconds, config="cpu",
                       out=Path(tmp) / "demo", detector="dlib", device=args.device,
-                      on_progress=show, show_progress=False, batch_size=DEMO_BATCH,
-                      train_overrides=DEMO_TRAIN)
+                      on_progress=show, show_progress=False)
         meta = json.loads((work / "meta.json").read_text())
         meta.pop("history", None)
-        meta["config_name"] = DEMO_CONFIG
         meta["shipped"] = {"weights_dtype": "float16", "source": SOURCE_NOTE,
                            "script": "scripts/make_demo_identity.py",
                            "trainer_state": "not shipped (fresh optimiser when enrolling on top)"}

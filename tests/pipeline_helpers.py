@@ -3,6 +3,7 @@
 * Face frames: scikit-image's bundled astronaut portrait (public-domain NASA photo, read from
   the installed wheel), cropped and scaled so dlib's HOG detector finds the face (~80 px),
   with a slow horizontal drift; "no face" frames are a flat grey gradient.
+* A second real person (:func:`other_person_photo`): scikit-image's ``camera()`` (CC0).
 * Speech: a 16 kHz harmonic tone with a 4 Hz syllable-like envelope and a little noise,
   loud enough for :func:`ladtalk.audio.check_has_speech`.
 * :class:`StubGenerator`: a Wav2Lip-shaped module (same inputs / output) that costs nothing,
@@ -31,6 +32,27 @@ FACE_BOX = (45, 140, 75, 165)  # Y1 Y2 X1 X2 around the face in a 240x180 frame 
 def astronaut() -> np.ndarray:
     from skimage import data
     return data.astronaut()
+
+
+#: face box (Y1 Y2 X1 X2, --box order) of :func:`other_person_photo` (where dlib finds it)
+OTHER_FACE_BOX = (157, 307, 211, 349)
+
+
+def other_person_photo() -> np.ndarray:
+    """A second real person: scikit-image's ``camera()`` (CC0, photographer Lav Varshney;
+    bundled in the wheel), the cameraman's head cropped and upscaled 2x to a 480x440 RGB
+    picture (greyscale)."""
+    import cv2
+    from skimage import data
+    img = np.stack([data.camera()] * 3, axis=-1)
+    return np.ascontiguousarray(cv2.resize(img[40:260, 100:340], None, fx=2, fy=2,
+                                           interpolation=cv2.INTER_CUBIC))
+
+
+def write_png(path: Path, img: np.ndarray) -> Path:
+    import cv2
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return Path(path)
 
 
 def face_frame(i: int, size: Tuple[int, int] = (FRAME_W, FRAME_H)) -> np.ndarray:

@@ -35,13 +35,19 @@ def _free_port() -> int:
 
 
 def _write_tiny_identity(home: Path, name: str) -> Path:
+    """A random tiny SOVQAE posing as an identity of the astronaut: its meta.json records its
+    reconstruction PSNR on the astronaut photo as the holdout PSNR, so the identity check
+    (ladtalk.identity_match) lets it restore the astronaut, and only the astronaut."""
     import torch
+    from ladtalk.identity_match import check_identity, video_face_crops
     from ladtalk.models.sovqae import SOVQAE, get_config
     torch.manual_seed(0)
     path = home / "identities" / name
-    SOVQAE(get_config("tiny")).save_pretrained(path)
+    model = SOVQAE(get_config("tiny"))
+    model.save_pretrained(path)
+    own = check_identity(model, video_face_crops(EXAMPLES / "astronaut.png", 32), {})
     (path / "meta.json").write_text(json.dumps({"name": name, "config_name": "tiny",
-                                                "steps": 0, "holdout_psnr": None}))
+                                                "steps": 0, "holdout_psnr": own.psnr_input}))
     return path
 
 
@@ -143,6 +149,44 @@ def test_generate_photo_side_by_side(server, short_audio):
     assert report["frames"] == round(audio_s * 25)
     assert 15 <= report["gpu_seconds_requested"] <= 120
     assert report["precision"] in ("fp32", "bf16")  # the models' arithmetic is reported
+    assert report["identity_match"]["matches"] is True and report["identity_match"]["frames"] == 1
+
+
+def test_generate_defaults_to_wav2lip_only(server, short_audio):
+    api = server.view_api(print_info=False, return_format="dict")
+    params = {p["parameter_name"]: p for p in api["named_endpoints"]["/generate"]["parameters"]}
+    assert params["identity"]["parameter_has_default"]
+    assert params["identity"]["parameter_default"] == "none (Wav2Lip only)"
+    from gradio_client import handle_file
+    main, base, report = server.predict(face=handle_file(str(EXAMPLES / "astronaut.png")),
+                                        audio=handle_file(str(short_audio)), detector="dlib",
+                                        api_name="/generate")
+    assert report["enhanced"] is False and report["identity"] is None and base is None
+    assert report["identity_match"] is None
+
+
+def test_generate_refuses_another_persons_identity(server, short_audio, tmp_path):
+    """Person B's face (scikit-image's cameraman) with person A's identity (the shipped
+    astronaut demo): the specific error, with the measured PSNRs and the fix."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from ladtalk.identity import SHIPPED_DIR, read_meta
+    from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
+    face = write_png(tmp_path / "cameraman.png", other_person_photo())
+    with pytest.raises(AppError) as err:
+        server.predict(face=handle_file(str(face)), audio=handle_file(str(short_audio)),
+                       identity="demo", box=" ".join(map(str, OTHER_FACE_BOX)),
+                       api_name="/generate")
+    msg = str(err.value)
+    hold = read_meta(SHIPPED_DIR / "demo")["holdout_psnr"]
+    assert "identity 'demo' does not match the face in 'cameraman.png'" in msg
+    assert "dB PSNR" in msg and f"{hold:.2f} dB" in msg
+    assert "Enroll from this video first" in msg and "none (Wav2Lip only)" in msg
+    # and the astronaut with its own (demo) identity goes through
+    _, _, report = server.predict(face=handle_file(str(EXAMPLES / "astronaut.png")),
+                                  audio=handle_file(str(short_audio)), identity="demo",
+                                  compare=False, detector="dlib", api_name="/generate")
+    assert report["identity"] == "demo" and report["identity_match"]["matches"] is True
 
 
 def test_robustness_matches_library(server, app_home):

@@ -173,7 +173,9 @@ def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, mon
     store.parent.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(store)
     pipe = Pipeline(StubGenerator(), device="cpu", batch_size=8)
-    opts = dict(box=FACE_BOX)
+    # a random model has no holdout PSNR and matches no face: the identity check (its own
+    # tests: test_identity_match.py) is off here, this test is about the restoration path
+    opts = dict(box=FACE_BOX, identity_check="off")
     base = pipe.run(media["video16"], media["wav14"], tmp_path / "a.mp4", GenerateOptions(**opts))
     plain = recording.last.all_frames()
     res = pipe.run(media["video16"], media["wav14"], tmp_path / "b.mp4",
@@ -397,6 +399,32 @@ def test_cli_generate(media, tmp_path, monkeypatch, capsys):
     # a user error is reported as "error: ..." with exit status 2
     assert main(argv[:argv.index("--box")] + ["--box", "500", "600", "500", "600"]) == 2
     assert "outside" in capsys.readouterr().err
+
+
+def test_cli_generate_identity_check_warns_by_default(tmp_path, capsys):
+    """``generate --identity`` on another person's face: a warning with the measured numbers
+    (the output is still written); ``--identity-check refuse`` stops with exit status 2."""
+    from safetensors.torch import save_file
+    from ladtalk.cli import main
+    from ladtalk.models.wav2lip import Wav2Lip
+    from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
+    torch.manual_seed(0)
+    ckpt = tmp_path / "w2l.safetensors"
+    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(ckpt))
+    face = write_png(tmp_path / "cameraman.png", other_person_photo())
+    out = tmp_path / "out.mp4"
+    argv = ["generate", "--face", str(face), "--audio", str(make_speech(tmp_path / "s.wav", 0.4)),
+            "--out", str(out), "--identity", "demo", "--wav2lip", str(ckpt),
+            "--box", *map(str, OTHER_FACE_BOX), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0 and out.is_file()
+    err = capsys.readouterr().err
+    assert "warning: identity 'demo' does not match the face in 'cameraman.png'" in err
+    assert "dB PSNR" in err and "--no-enhance" in err
+    out.unlink()
+    assert main(argv + ["--identity-check", "refuse"]) == 2 and not out.exists()
+    assert "does not match" in capsys.readouterr().err
+    assert main(argv + ["--identity-check", "off"]) == 0
+    assert "does not match" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- bench

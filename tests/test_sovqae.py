@@ -118,7 +118,11 @@ def test_golden_full_config_manifest(golden_dir: Path):
 
 def test_named_configs_and_defaults():
     assert default_config_name("cpu") == "cpu"
-    assert get_config("cpu").resolution == 128
+    cpu = get_config("cpu")
+    assert cpu.resolution == 256 and cpu.norm == "none" and not cpu.mid_attn
+    assert get_config("cpu-gn128").resolution == 128 and get_config("cpu-gn128").norm == "group"
+    with pytest.raises(ValueError, match="norm"):
+        SOVQAEConfig(norm="batch")
     assert get_config("base").downsample_factor == 16 and get_config("base").latent_size == 16
     assert get_config("cpu", n_embed=512).n_embed == 512
     with pytest.raises(InputError, match="unknown SOVQAE config"):
@@ -130,6 +134,26 @@ def test_named_configs_and_defaults():
     # both construction styles give the same architecture
     a, b = SOVQAE(**SMALL), SOVQAE(SOVQAEConfig(**SMALL))
     assert a.config == b.config and list(a.state_dict()) == list(b.state_dict())
+
+
+def test_normfree_model_is_patch_consistent():
+    """Without normalisation a model trained on patches computes the same function on whole
+    crops: away from the patch border, patch and whole-image outputs agree. GroupNorm does not."""
+    torch.manual_seed(0)
+    outs = {}
+    for norm in ("none", "group"):
+        model = SOVQAE(resolution=32, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                       attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=64,
+                       norm=norm, mid_attn=(norm == "group")).eval()
+        with torch.no_grad():
+            for p in model.parameters():  # leave the zero-initialised identity start
+                p.add_(0.05 * torch.randn_like(p))
+            x = torch.rand(1, 3, 96, 96) * 2 - 1
+            full = model(x)[0]
+            patch = model(x[..., 16:80, 16:80])[0]
+        outs[norm] = float((full[..., 36:60, 36:60] - patch[..., 20:44, 20:44]).abs().max())
+    assert outs["none"] < 1e-2, outs  # float rounding of different conv paths
+    assert outs["group"] > 0.2, outs
 
 
 def test_quantizer_loss_conventions_and_straight_through():

@@ -300,6 +300,13 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
     train_ev = [e for e in events if e["phase"] == "train"]
     assert train_ev[-1]["step"] == meta["steps"] and any("holdout_psnr" in e for e in train_ev)
     assert meta["frames"]["holdout"] >= 5 and meta["certificate"]["d_C"] > 0
+    # the fusion strengths calibrated on the holdout, and the W-vs-L quality measure
+    fusion = meta["fusion"]
+    assert 0 <= fusion["low_strength"] <= 2 and 0 <= fusion["high_strength"] <= 2
+    q = meta["quality"]
+    assert q["resolution"] == 32 and q["frames"] >= 5 and set(q["soften"]) == {"0", "0.5", "1"}
+    for r in q["soften"].values():
+        assert r["L"]["psnr"] >= r["W"]["psnr"] - 1.0, q  # never much worse than Wav2Lip
     for key in ("steps", "training_seconds", "losses", "holdout_psnr", "restoration"):
         assert key in meta
 

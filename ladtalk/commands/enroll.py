@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, metavar="SPEC",
                         help="initialise a new identity from a checkpoint: taming .ckpt, "
                              "diffusers VQModel, SOVQAE directory, identity name, or hub ref")
+    parser.add_argument("--resolution", type=int, default=None, metavar="PX",
+                        help="identity crop side in px for a new identity (default for the cpu "
+                             "config: 256 for faces of 200 px or more, else 128; the measured "
+                             "face size decides)")
     parser.add_argument("--holdout", type=float, default=0.1,
                         help="fraction of frames at the END of the video never trained on (default 0.1)")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -41,12 +45,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def quality_summary(meta: dict) -> str:
+    """The held-out W (Wav2Lip proxy) vs L (LaDTalk) lines of an identity's meta.json."""
+    q = meta.get("quality")
+    if not q:
+        return "quality: not measured (no held-out frames)"
+    lines = [f"LaDTalk vs Wav2Lip proxy on {q['frames']} held-out frames (face "
+             f"{q['face_px']:.0f} px, identity {q['resolution']} px; PSNR in the pasted region):"]
+    for sigma, r in q["soften"].items():
+        lines.append(f"  softened sigma {sigma:>3}: W {r['W']['psnr']:.2f} dB -> L "
+                     f"{r['L']['psnr']:.2f} dB ({r['gain_db']:+.2f}), sharpness "
+                     f"{r['W']['sharpness']:.2f} -> {r['L']['sharpness']:.2f}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.enroll import enroll
 
     path = enroll(args.video, args.name, seconds=args.seconds, config=args.config, init=args.init,
                   holdout=args.holdout, out=args.out, detector=args.detector, device=args.device,
-                  batch_size=args.batch_size, fresh=args.fresh, show_progress=not args.quiet)
+                  batch_size=args.batch_size, fresh=args.fresh, show_progress=not args.quiet,
+                  resolution=args.resolution)
     meta = json.loads((path / "meta.json").read_text())
     print(f"identity '{args.name}' written to {path}")
     print(f"steps {meta['steps']} (this run {meta['run_steps']}), training "
@@ -55,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     for spec, r in (meta.get("restoration") or {}).items():
         print(f"  {spec:>10}: degraded {r['psnr_degraded']:.2f} dB -> restored "
               f"{r['psnr_restored']:.2f} dB ({r['psnr_restored'] - r['psnr_degraded']:+.2f} dB)")
+    fusion = meta.get("fusion")
+    if fusion:
+        print(f"restore strength (calibrated on the holdout): low {fusion['low_strength']:g}, "
+              f"high {fusion['high_strength']:g}")
+    print(quality_summary(meta))
     if args.json:
         from ..identity import write_json_atomic
         write_json_atomic(args.json, meta)

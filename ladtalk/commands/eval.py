@@ -14,6 +14,11 @@ reads ``method, generated, reference[, audio]`` rows and prints method rows x me
 (means over clips), like Table 1 of the LaDTalk paper. Metrics whose weights are missing are
 reported as ``needs weights``; asking explicitly (``--metrics``) only for metrics that cannot
 be computed is an error.
+
+LaDTalk against Wav2Lip on held-out frames of an enrolled person (:mod:`ladtalk.quality`)::
+
+    python -m ladtalk eval quality --identity NAME --video HELDOUT.mp4 [--soften 0 0.5 1]
+        [--holdout 0.1] [--max-frames N] [--restore-strength S|LOW,HIGH] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,6 +32,23 @@ from ..errors import InputError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation import METRICS
+
+    parser.add_argument("mode", nargs="?", choices=("quality",), default=None,
+                        help="'quality': frame-level LaDTalk vs Wav2Lip-proxy scores on the "
+                        "held-out frames of an enrolled person (--identity, --video)")
+    q = parser.add_argument_group("quality (eval quality)")
+    q.add_argument("--identity", metavar="NAME", help="enrolled identity (name or directory)")
+    q.add_argument("--video", metavar="V", help="the person's video; its last --holdout "
+                   "fraction (by time) is scored")
+    q.add_argument("--soften", type=float, nargs="+", default=None, metavar="SIGMA",
+                   help="Wav2Lip-proxy softening sigmas in px at 96 px (default: 0 0.5 1)")
+    q.add_argument("--holdout", type=float, default=0.1, help="held-out tail fraction "
+                   "(default 0.1, as enrollment)")
+    q.add_argument("--max-frames", type=int, default=0, metavar="N",
+                   help="score only the first N held-out frames (default: all)")
+    q.add_argument("--restore-strength", metavar="S|LOW,HIGH", default=None,
+                   help="fusion strengths instead of the identity's calibrated ones "
+                   "(1 = plain SOVQAE decode, 0 = Wav2Lip input unchanged)")
 
     src = parser.add_argument_group("inputs (one pair, or --pairs)")
     src.add_argument("--generated", metavar="G", help="generated video")
@@ -65,9 +87,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def run_quality(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..evaluation import jsonable, write_json
+    from ..fusion import FusionConfig, parse_strength
+    from ..identity import read_meta, resolve_identity
+    from ..quality import DEFAULT_SOFTEN, quality_for_video
+
+    if not args.identity or not args.video:
+        raise InputError("eval quality needs --identity NAME and --video V (the person's "
+                         "video; its held-out tail is scored)")
+    fusion = None
+    try:
+        strength = parse_strength(args.restore_strength)
+    except ValueError as exc:
+        raise InputError(f"--restore-strength: {exc}") from None
+    if strength is not None:
+        base = FusionConfig.from_dict(read_meta(resolve_identity(args.identity)).get("fusion"))
+        fusion = replace(base, low_strength=strength[0], high_strength=strength[1])
+    rep = quality_for_video(args.identity, args.video, args.soften or DEFAULT_SOFTEN,
+                            holdout=args.holdout, max_frames=args.max_frames,
+                            detector=args.detector, device=args.device, fusion=fusion)
+    to_stdout = args.json == "-"
+    out = sys.stderr if to_stdout else sys.stdout
+    print(rep.format_table(), file=out)
+    if to_stdout:
+        print(json.dumps(jsonable(rep.to_dict()), indent=2, allow_nan=False))
+    elif args.json:
+        print(f"json: {write_json(rep.to_dict(), args.json)}", file=out)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import (EvalConfig, evaluate_batch, evaluate_pair, single_table,
                               write_json)
+
+    if getattr(args, "mode", None) == "quality":
+        return run_quality(args)
 
     single = args.generated is not None or args.reference is not None
     if args.pairs and single:

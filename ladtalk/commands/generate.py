@@ -6,7 +6,10 @@ Example::
     python -m ladtalk generate --face photo.jpg --audio speech.m4a --out out.mp4 --no-enhance
 
 One of ``--identity`` (Wav2Lip + that person's SOVQAE restoration) and ``--no-enhance``
-(Wav2Lip only, the baseline) is required, so the choice is always explicit. The output lasts
+(Wav2Lip only, the baseline) is required, so the choice is always explicit. With an identity the
+face is checked against it first (``--identity-check warn``, the default, prints a warning when
+the identity reconstructs this face much worse than its own held-out frames, i.e. it belongs
+to someone else; ``refuse`` stops instead, ``off`` skips the check). The output lasts
 exactly as long as the audio (looping the video per ``--loop`` when the audio is longer) and
 carries the original audio track. See :mod:`ladtalk.pipeline` for the stages.
 """
@@ -37,6 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="enrolled identity whose SOVQAE restores the generated face")
     which.add_argument("--no-enhance", action="store_true",
                        help="Wav2Lip only (the baseline; same crop and blending)")
+    enh.add_argument("--identity-check", default="warn", choices=("refuse", "warn", "off"),
+                     help="is the identity this person? Its reconstruction PSNR on 8 face "
+                          "crops of --face is compared with its own holdout PSNR "
+                          "(ladtalk.identity_match). warn (default): print a warning and "
+                          "restore anyway; refuse: stop with an error; off: skip the check")
+    enh.add_argument("--restore-strength", default=None, metavar="S|LOW,HIGH",
+                     help="how much of the identity's restoration to use: S for both bands or "
+                          "LOW,HIGH (the band the 96 px Wav2Lip face has / the detail above "
+                          "it), each in [0, 2]; 1 = the plain SOVQAE decode, 0 = Wav2Lip's face "
+                          "unchanged. Default: the strengths calibrated at enrollment "
+                          "(meta.json 'fusion')")
     add_checkpoint_argument(parser, "wav2lip")
     face = parser.add_argument_group("face detection")
     face.add_argument("--detector", default="auto", choices=("auto", "s3fd", "dlib"),
@@ -75,7 +89,9 @@ def options_from_args(args: argparse.Namespace):
         identity=None if args.no_enhance else args.identity,
         detector=args.detector, box=tuple(args.box) if args.box else None,
         pads=tuple(args.pads), smooth=not args.no_smooth, resize_factor=args.resize_factor,
-        fps=args.fps, loop=args.loop, batch_size=args.batch_size)
+        fps=args.fps, loop=args.loop, batch_size=args.batch_size,
+        identity_check=getattr(args, "identity_check", "warn"),
+        restore_strength=getattr(args, "restore_strength", None))
 
 
 class _Progress:
@@ -116,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
               f"@ {result.fps:g} fps, {result.duration:.2f} s (audio {result.audio_duration:.2f} "
               f"s, {'copied' if result.audio_copied else 'AAC'}), {mode}, models in "
               f"{result.precision}")
+        if result.identity_match is not None and result.identity_match.matches:
+            print(result.identity_match.message())
         print(f"took {t['total']:.1f} s ({result.n_frames / max(t['total'], 1e-9):.1f} frames/s, "
               f"{t['total'] / max(result.duration, 1e-9):.2f}x real time)")
     for w in result.warnings:

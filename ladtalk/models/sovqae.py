@@ -17,9 +17,9 @@ Named configs (:func:`get_config`)
 ``base``  the paper's model: 256 px, ch 128, ch_mult (1,1,2,2,4) (f=16), 2 res blocks,
           attention at 16, z 256, codebook 1024 x 256 (72.1 M parameters; taming's ImageNet
           f16/n1024 layout, so public weights initialise it). Default on CUDA.
-``cpu``   sized to enroll an identity in minutes on 2 CPU cores (128 px, f=8, 3.2 M
-          parameters); default on CPU. ``cpu-f4`` is its f=4 variant. See
-          :data:`CPU_CONFIG_NOTES` for the design and the measured step times.
+``cpu``   sized to enroll an identity in minutes on 2 CPU cores: normalisation-free, f=4,
+          0.72 M parameters, patch-trained, 256 px (128 px for small faces); default on CPU.
+          See :data:`CPU_CONFIG_NOTES` for the design and the other CPU layouts.
 ``tiny``  a few-hundred-k-parameter model for unit tests.
 
 Saving / loading
@@ -73,6 +73,9 @@ class SOVQAEConfig:
     num_res_blocks: int = 2
     attn_resolutions: Tuple[int, ...] = (16,)
     dropout: float = 0.0
+    # ours: patch-consistent variant (see ladtalk.models.vqgan); "group" is taming's
+    norm: str = "group"
+    mid_attn: bool = True
     # taming VQModel params / VectorQuantizer2
     embed_dim: int = 256
     n_embed: int = 1024
@@ -91,7 +94,8 @@ class SOVQAEConfig:
             setattr(self, name, int(getattr(self, name)))
         for name in ("dropout", "beta", "ema_decay", "ema_eps"):
             setattr(self, name, float(getattr(self, name)))
-        for name in ("double_z", "legacy", "ema"):
+        self.norm = str(self.norm)
+        for name in ("double_z", "legacy", "ema", "mid_attn"):
             setattr(self, name, bool(getattr(self, name)))
         problems = []
         if self.double_z:
@@ -99,8 +103,10 @@ class SOVQAEConfig:
                             "z_channels, not 2*z_channels, into quant_conv)")
         if not self.ch_mult:
             problems.append("ch_mult must list at least one level")
+        if self.norm not in ("group", "none"):
+            problems.append(f"norm must be 'group' or 'none', got {self.norm!r}")
         bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % 32]
-        if bad or self.ch % 32:
+        if self.norm == "group" and (bad or self.ch % 32):
             problems.append(f"channel counts {sorted(set(bad + [self.ch]))} must be multiples of "
                             "32 (GroupNorm uses 32 groups)")
         if self.ch_mult and self.resolution % self.downsample_factor:
@@ -142,9 +148,12 @@ class SOVQAEConfig:
 CONFIGS: Dict[str, SOVQAEConfig] = {
     "base": SOVQAEConfig(),
     # See CPU_CONFIG_NOTES.
-    "cpu": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
+    "cpu": SOVQAEConfig(resolution=256, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
                         attn_resolutions=(), z_channels=16, embed_dim=16, n_embed=1024,
-                        ema=True),
+                        ema=True, norm="none", mid_attn=False),
+    "cpu-gn128": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
+                              attn_resolutions=(), z_channels=16, embed_dim=16, n_embed=1024,
+                              ema=True),
     "cpu-f8": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
                            attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
     "cpu-f4": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
@@ -153,28 +162,25 @@ CONFIGS: Dict[str, SOVQAEConfig] = {
                          attn_resolutions=(16,), z_channels=32, embed_dim=32, n_embed=128),
 }
 
+#: configs whose resolution enrollment chooses from the measured face size
+AUTO_RESOLUTION_CONFIGS = ("cpu",)
+
 CPU_CONFIG_NOTES = """\
-cpu     the enrollment recipe (docs/enrollment.md): 128 px, ch 32, ch_mult (1, 1, 2) -> f = 4
-        (32 x 32 latent grid), 1 res block per level, no attention inside the levels (the mid
-        blocks keep theirs), z = embed_dim = 16, 1024 codes, EMA codebook; 0.76 M parameters.
-        Chosen by A/B runs on a real video: f = 4 reconstructs held-out frames far better than
-        f = 8 at the same compute, and the narrow (1, 1, 2) channel plan keeps a batch-4 step
-        near 1 s on two shared cores.
+cpu     the enrollment recipe (docs/enrollment.md): ch 32, ch_mult (1, 1, 2) -> f = 4, 1 res
+        block per level, z = embed_dim = 16, 1024 codes, EMA codebook, and *normalisation-free*
+        (norm "none", no mid attention; 0.72 M parameters). Nothing depends on whole-image
+        statistics, so it trains on 128 px patches of 256 px crops (4x cheaper per image) and
+        runs on whole crops. Its resolution follows the face: 256 px for faces of 200 px or
+        more, 128 px below (AUTO_RESOLUTION_CONFIGS; ladtalk.training.data.choose_resolution).
+cpu-gn128  the previous cpu recipe: the same layout with GroupNorm and mid attention at a fixed
+        128 px, trained on whole crops (identities enrolled before the change load as this).
 cpu-f8  the team's first CPU probe layout with one res block per level: ch_mult (1, 2, 2, 4)
-        -> f = 8 (16 x 16 latent grid), z = embed_dim = 64, 1024 codes; 3.21 M parameters
-        (the previous ``cpu`` config).
-cpu-f4  the same with ch_mult (1, 2, 2) -> f = 4 (32 x 32 grid); 1.10 M parameters. Four times
-        the latent positions for the same compute: the alternative when reconstruction quality
-        is the bottleneck (the enrollment experiments pick between the two).
-Measured with scripts/bench_sovqae_step.py (batch 8, 128 px, L2 + VQ loss, Adam, fp32) on the
-2-core development machine while ~6 other jobs were running: CPU time per step with 1 thread
-cpu-f8 2.95 s, cpu-f4 3.08 s, tiny 0.29 s (ch_mult (1, 2, 4) f4: 5.1 s, (1, 1, 2, 4) f8: 2.1 s);
-that is ~1.5-2 s wall per step on two idle cores, i.e. ~300-400 full-size steps in 10 minutes.
-Training on 64 px patches is 4x cheaper but does not transfer: GroupNorm statistics (and the
-mid attention) of a patch differ from a whole crop's, and a patch-trained model reconstructs
-whole held-out crops at ~15 dB (docs/enrollment.md). With two threads on the loaded machine
-the wall time rose to 11-13 s per step: OpenMP spin-waiting; OMP_WAIT_POLICY=PASSIVE (set by
-``python -m ladtalk`` and the tests) removes it.
+        -> f = 8 (16 x 16 latent grid), z = embed_dim = 64, 1024 codes; 3.21 M parameters.
+cpu-f4  the same with ch_mult (1, 2, 2) -> f = 4 (32 x 32 grid); 1.10 M parameters.
+GroupNorm models cannot train on patches: the statistics of a patch differ from a whole
+crop's, and a patch-trained GroupNorm model reconstructs whole held-out crops at ~15 dB
+(docs/enrollment.md). With two threads on a loaded machine OpenMP spin-waiting multiplied the
+step time; OMP_WAIT_POLICY=PASSIVE (set by ``python -m ladtalk`` and the tests) removes it.
 """
 
 
@@ -234,11 +240,13 @@ class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
         self.encoder = Encoder(ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
                                attn_resolutions=c.attn_resolutions, in_channels=c.in_channels,
                                resolution=c.resolution, z_channels=c.z_channels,
-                               double_z=c.double_z, dropout=c.dropout)
+                               double_z=c.double_z, dropout=c.dropout, norm=c.norm,
+                               mid_attn=c.mid_attn)
         self.decoder = Decoder(ch=c.ch, out_ch=c.out_ch, ch_mult=c.ch_mult,
                                num_res_blocks=c.num_res_blocks,
                                attn_resolutions=c.attn_resolutions, resolution=c.resolution,
-                               z_channels=c.z_channels, dropout=c.dropout)
+                               z_channels=c.z_channels, dropout=c.dropout, norm=c.norm,
+                               mid_attn=c.mid_attn)
         self.quantize = VectorQuantizer(c.n_embed, c.embed_dim, beta=c.beta, legacy=c.legacy,
                                         ema=c.ema, ema_decay=c.ema_decay, ema_eps=c.ema_eps)
         self.quant_conv = nn.Conv2d(c.z_channels, c.embed_dim, 1)

@@ -20,6 +20,13 @@ so that state dicts are interchangeable:
 
 Resolution only decides where attention sits (level i works at ``resolution / 2**i``); the
 networks are fully convolutional otherwise.
+
+Patch-consistent variant (ours, not in taming): ``norm="none"`` replaces every GroupNorm by
+the identity and ``mid_attn=False`` drops the mid-block attention. Nothing then depends on
+statistics of the whole image, so a model trained on random patches computes the same
+function on a whole crop (up to the zero padding at the patch border). Without normalisation
+each residual branch's last conv starts at zero (the block starts as the identity, as in
+Fixup / SkipInit), which keeps training stable at enrollment learning rates.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - upstream name
+NORMS = ("group", "none")
+
+
+def Normalize(channels: int, norm: str = "group") -> nn.Module:  # noqa: N802 - upstream name
+    if norm == "none":
+        return nn.Identity()
+    if norm != "group":
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
@@ -40,17 +54,21 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0,
+                 norm: str = "group") -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, norm)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, norm)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
+        if norm == "none":  # start each residual branch at zero (identity block)
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(swish(self.norm1(x)))
@@ -97,11 +115,11 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _mid(channels: int, dropout: float) -> nn.Module:
+def _mid(channels: int, dropout: float, norm: str = "group", attn: bool = True) -> nn.Module:
     mid = nn.Module()
-    mid.block_1 = ResnetBlock(channels, channels, dropout)
-    mid.attn_1 = AttnBlock(channels)
-    mid.block_2 = ResnetBlock(channels, channels, dropout)
+    mid.block_1 = ResnetBlock(channels, channels, dropout, norm)
+    mid.attn_1 = AttnBlock(channels) if attn else nn.Identity()
+    mid.block_2 = ResnetBlock(channels, channels, dropout, norm)
     return mid
 
 
@@ -110,7 +128,8 @@ class Encoder(nn.Module):
 
     def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
                  attn_resolutions: Sequence[int], in_channels: int, resolution: int,
-                 z_channels: int, double_z: bool = False, dropout: float = 0.0) -> None:
+                 z_channels: int, double_z: bool = False, dropout: float = 0.0,
+                 norm: str = "group", mid_attn: bool = True) -> None:
         super().__init__()
         self.num_resolutions = len(ch_mult)
         self.num_res_blocks = num_res_blocks
@@ -124,7 +143,7 @@ class Encoder(nn.Module):
             block_in = ch * in_mult[level]
             block_out = ch * ch_mult[level]
             for _ in range(num_res_blocks):
-                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout, norm))
                 block_in = block_out
                 if res in attn_resolutions:
                     attns.append(AttnBlock(block_in))
@@ -135,8 +154,8 @@ class Encoder(nn.Module):
                 down.downsample = Downsample(block_in)
                 res //= 2
             self.down.append(down)
-        self.mid = _mid(block_in, dropout)
-        self.norm_out = Normalize(block_in)
+        self.mid = _mid(block_in, dropout, norm, mid_attn)
+        self.norm_out = Normalize(block_in, norm)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,20 +176,20 @@ class Decoder(nn.Module):
 
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int], num_res_blocks: int,
                  attn_resolutions: Sequence[int], resolution: int, z_channels: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, norm: str = "group", mid_attn: bool = True) -> None:
         super().__init__()
         self.num_resolutions = len(ch_mult)
         self.num_res_blocks = num_res_blocks
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (self.num_resolutions - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
-        self.mid = _mid(block_in, dropout)
+        self.mid = _mid(block_in, dropout, norm, mid_attn)
         ups = []
         for level in reversed(range(self.num_resolutions)):
             blocks, attns = nn.ModuleList(), nn.ModuleList()
             block_out = ch * ch_mult[level]
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout, norm))
                 block_in = block_out
                 if res in attn_resolutions:
                     attns.append(AttnBlock(block_in))
@@ -182,7 +201,7 @@ class Decoder(nn.Module):
                 res *= 2
             ups.insert(0, up)
         self.up = nn.ModuleList(ups)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, norm)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -82,6 +82,13 @@ class FaceCrops:
     def timestamps(self) -> np.ndarray:
         return self.frame_indices / float(self.fps or 25.0)
 
+    @property
+    def face_px(self) -> float:
+        """Median crop side in source pixels (the measured face size)."""
+        if len(self.regions) == 0:
+            return 0.0
+        return float(np.median(self.regions[:, 2] - self.regions[:, 0]))
+
     def subset(self, idx: Sequence[int]) -> "FaceCrops":
         idx = np.asarray(idx, dtype=np.int64)
         return FaceCrops(self.crops[idx], self.frame_indices[idx], self.boxes[idx],
@@ -92,17 +99,36 @@ class FaceCrops:
         ts = self.timestamps()
         return {"crops": len(self), "resolution": self.resolution, "fps": self.fps,
                 "video_frames": self.n_video_frames, "frames_without_face": len(self.missing),
+                "face_px": round(self.face_px, 1),
                 "first_s": float(ts[0]) if len(ts) else None,
                 "last_s": float(ts[-1]) if len(ts) else None, "detector": self.detector}
 
 
 # -- extraction --------------------------------------------------------------------------------
-def _cache_key(video: Path, resolution: int, detector: str, crop_config, max_frames: int,
+def _cache_key(video: Path, resolution, detector: str, crop_config, max_frames: int,
                detect_every: int) -> str:
     st = video.stat()
-    text = repr((CACHE_VERSION, str(video.resolve()), st.st_size, st.st_mtime_ns, int(resolution),
+    text = repr((CACHE_VERSION, str(video.resolve()), st.st_size, st.st_mtime_ns, resolution,
                  detector, repr(crop_config), int(max_frames), int(detect_every)))
     return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+#: identity resolution by measured face size (median crop side in source pixels): the
+#: largest entry whose threshold the face reaches (see :func:`choose_resolution`)
+RESOLUTION_STEPS: Tuple[Tuple[float, int], ...] = ((200.0, 256), (0.0, 128))
+
+
+def choose_resolution(face_px: float, steps: Sequence[Tuple[float, int]] = RESOLUTION_STEPS
+                      ) -> int:
+    """The identity resolution for faces of ``face_px`` source pixels (median crop side):
+    256 px from 200 px up (restoring a 300 px face at 128 px throws its detail away), 128 px
+    below (upsampling a small face buys nothing but compute)."""
+    if not (face_px > 0 and np.isfinite(face_px)):
+        raise ValueError(f"face size must be a positive number of pixels, got {face_px}")
+    for threshold, res in sorted(steps, reverse=True):
+        if face_px >= threshold:
+            return int(res)
+    return int(min(r for _, r in steps))
 
 
 def crop_cache_dir() -> Path:
@@ -141,20 +167,33 @@ def select_frames(n_with_face: int, max_frames: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_with_face - 1, max_frames)).astype(np.int64))
 
 
-def extract_crops(video, resolution: int, detector="auto", *, device=None, crop_config=None,
-                  max_frames: int = 3000, detect_every: Optional[int] = None,
+def _load_boxes(path: Path):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["boxes"], float(z["fps"]), str(z["detector"])
+    except Exception as exc:  # noqa: BLE001 - a bad cache is just rebuilt
+        log.warning("ignoring unreadable box cache %s (%s)", path, exc)
+        return None
+
+
+def extract_crops(video, resolution: Union[int, str], detector="auto", *, device=None,
+                  crop_config=None, max_frames: int = 3000, detect_every: Optional[int] = None,
                   cache: bool = True,
                   progress: Optional[Callable[[str, int, int], None]] = None) -> FaceCrops:
     """Detect, track and crop the face in every (kept) frame of ``video`` (see module doc).
 
-    ``detector`` is a name for :func:`ladtalk.face.make_detector` (``dlib``, ``s3fd``,
-    ``auto``) or a detector object. ``detect_every`` (default: 1 up to 1500 frames, then 2)
-    runs the detector on every k-th frame and interpolates between. ``progress(phase, done,
-    total)`` is called with phase ``"detect"`` / ``"crop"``. Raises :class:`InputError` for a
-    missing / empty / undecodable video, a still image, no face, or fewer than
-    :data:`MIN_FRAMES` frames with a face.
+    ``resolution``: crop side in px, or ``"auto"``: :func:`choose_resolution` of the measured
+    face size (median crop side of the kept frames). ``detector`` is a name for
+    :func:`ladtalk.face.make_detector` (``dlib``, ``s3fd``, ``auto``) or a detector object.
+    ``detect_every`` (default: 1 up to 1500 frames, then 2) runs the detector on every k-th
+    frame and interpolates between. ``progress(phase, done, total)`` is called with phase
+    ``"detect"`` / ``"crop"``. The smoothed boxes and the crops are cached separately, so
+    cropping the same video at another resolution does not detect again. Raises
+    :class:`InputError` for a missing / empty / undecodable video, a still image, no face, or
+    fewer than :data:`MIN_FRAMES` frames with a face.
     """
     from ..face import CropConfig, crop_face, face_region, make_detector, track_faces
+    from ..face.track import FaceTrack
     from ..video import iter_frames, probe
 
     path = Path(video).expanduser()
@@ -163,6 +202,9 @@ def extract_crops(video, resolution: int, detector="auto", *, device=None, crop_
     if path.stat().st_size == 0:
         raise InputError(f"enrollment video {path} is empty (0 bytes); pass a video of the "
                          "person talking (ideally 1-5 minutes, frontal face)")
+    auto = isinstance(resolution, str)
+    if auto and resolution != "auto":
+        raise ValueError(f"resolution must be a number of pixels or 'auto', got {resolution!r}")
     info = probe(path)
     if info.is_image:
         raise InputError(f"{path} is a still image; enrollment needs a video of the person "
@@ -171,26 +213,49 @@ def extract_crops(video, resolution: int, detector="auto", *, device=None, crop_
     det_name = detector if isinstance(detector, str) else getattr(detector, "name", "custom")
     est = max(1, info.n_frames)
     k = int(detect_every) if detect_every else (1 if est <= 1500 else 2)
-    cache_path = None
-    if cache and isinstance(detector, str):
-        cache_path = crop_cache_dir() / (_cache_key(path, resolution, det_name, crop_config,
-                                                    max_frames, k) + ".npz")
-        if cache_path.is_file():
-            got = _load_cache(cache_path)
-            if got is not None and len(got) >= MIN_FRAMES:
-                log.info("using cached face crops %s", cache_path)
-                return got
-    det = make_detector(detector, device=device) if isinstance(detector, str) else detector
-    fps = float(info.fps or 25.0)
+    use_cache = cache and isinstance(detector, str)
 
-    def _detect_progress(n: int) -> None:
-        if progress is not None:
-            progress("detect", n, est)
+    def crops_cache(res: int) -> Path:
+        return crop_cache_dir() / (_cache_key(path, int(res), det_name, crop_config,
+                                              max_frames, k) + ".npz")
 
-    track = track_faces(iter_frames(path, chunk_size=16), det, fps=fps, detect_every=k,
-                        progress=_detect_progress)
-    if len(track) == 0:
-        raise InputError(f"no frames could be decoded from {path}")
+    def cached(res: int) -> Optional[FaceCrops]:
+        if not use_cache or not crops_cache(res).is_file():
+            return None
+        got = _load_cache(crops_cache(res))
+        if got is not None and len(got) >= MIN_FRAMES:
+            log.info("using cached face crops %s", crops_cache(res))
+            return got
+        return None
+
+    if not auto:
+        got = cached(int(resolution))
+        if got is not None:
+            return got
+    boxes_path = crop_cache_dir() / (_cache_key(path, "boxes", det_name, crop_config, 0, k)
+                                     + ".boxes.npz")
+    track = None
+    got_boxes = _load_boxes(boxes_path) if use_cache and boxes_path.is_file() else None
+    if got_boxes is not None:
+        boxes, fps, det_used = got_boxes
+        track = FaceTrack(boxes=boxes, raw_boxes=boxes, scores=np.zeros(len(boxes)), fps=fps,
+                          frame_size=(info.width, info.height), detector=det_used)
+    else:
+        det = make_detector(detector, device=device) if isinstance(detector, str) else detector
+        fps = float(info.fps or 25.0)
+
+        def _detect_progress(n: int) -> None:
+            if progress is not None:
+                progress("detect", n, est)
+
+        track = track_faces(iter_frames(path, chunk_size=16), det, fps=fps, detect_every=k,
+                            progress=_detect_progress)
+        if len(track) == 0:
+            raise InputError(f"no frames could be decoded from {path}")
+        track.detector = getattr(det, "name", det_name)
+        if use_cache:
+            _save_npz_atomic(boxes_path, {"boxes": track.boxes, "fps": np.float64(track.fps),
+                                          "detector": np.str_(track.detector)})
     track.require_face(str(path))
     has = ~np.isnan(track.boxes).any(axis=1)
     face_frames = np.flatnonzero(has)
@@ -199,6 +264,16 @@ def extract_crops(video, resolution: int, detector="auto", *, device=None, crop_
         raise InputError(f"{path}: only {len(keep)} frames with a detectable face (of "
                          f"{len(track)}); enrollment needs at least {MIN_FRAMES}. "
                          f"{track.report(str(path))}. Use a longer video with the face visible")
+    if auto:
+        sides = [face_region(track.boxes[n], (info.width, info.height), crop_config).width
+                 for n in keep]
+        resolution = choose_resolution(float(np.median(sides)))
+        log.info("face %.0f px -> identity resolution %d px", float(np.median(sides)),
+                 resolution)
+        got = cached(int(resolution))
+        if got is not None:
+            return got
+    resolution = int(resolution)
     keep_set = np.zeros(len(track), dtype=bool)
     keep_set[keep] = True
     crops = np.empty((len(keep), resolution, resolution, 3), dtype=np.uint8)
@@ -221,10 +296,10 @@ def extract_crops(video, resolution: int, detector="auto", *, device=None, crop_
     if track.missing_frames:
         log.warning(track.report(str(path)))
     out = FaceCrops(crops=crops, frame_indices=keep.astype(np.int64), boxes=track.boxes[keep],
-                    regions=regions, fps=fps, n_video_frames=len(track),
-                    missing=track.missing_frames, detector=getattr(det, "name", det_name))
-    if cache_path is not None:
-        _save_npz_atomic(cache_path, {
+                    regions=regions, fps=float(track.fps), n_video_frames=len(track),
+                    missing=track.missing_frames, detector=track.detector or det_name)
+    if use_cache:
+        _save_npz_atomic(crops_cache(resolution), {
             "crops": out.crops, "frame_indices": out.frame_indices, "boxes": out.boxes,
             "regions": out.regions, "fps": np.float64(out.fps),
             "n_video_frames": np.int64(out.n_video_frames),
@@ -313,28 +388,56 @@ class CropSampler:
 
 @dataclass(frozen=True)
 class DegradationRanges:
-    """Strength ranges of the degradation augmentation (uniform draws).
+    """Strength ranges of the degradation augmentation (uniform draws) and how often each
+    kind is drawn.
 
     Blur sigma in pixels at the crop resolution; noise sigma on the [0, 1] scale; down-up
-    target size as a fraction of the crop side (96 / 128 = 0.75 is the Wav2Lip case).
+    target size as a fraction of the crop side. ``lipsync`` is the generation path itself:
+    area-down to ``lipsync_size`` px (Wav2Lip's 96), a Gaussian of sigma drawn from
+    ``lipsync_sigma`` *at that size* (Wav2Lip's L1-trained output is softer than a plain
+    reduction), rounding to 8 bits (Wav2Lip writes uint8), then bicubic back up to the crop
+    side. ``weights`` are the relative frequencies of (blur, noise, down-up, lipsync).
     """
 
     blur: Tuple[float, float] = (0.5, 3.0)
     noise: Tuple[float, float] = (0.02, 0.15)
     down: Tuple[float, float] = (0.4, 0.9)
+    lipsync_sigma: Tuple[float, float] = (0.0, 1.5)
+    lipsync_size: int = 96
+    weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.0)
+
+
+def lipsync_degradation(x01: torch.Tensor, sigma: float, size: int = 96) -> torch.Tensor:
+    """What the identity stage is fed at generation: ``x01`` (B, 3, S, S) in [0, 1] reduced
+    to ``size`` px by area averaging, softened by a Gaussian of ``sigma`` px at that size,
+    rounded to 8 bits, and bicubic-upsampled back to S (clamped). For S <= ``size`` only the
+    softening and rounding apply."""
+    from ..degrade import _blur_canonical
+    from ..restore import resize01
+
+    side = x01.shape[-1]
+    small = resize01(x01, size) if side > size else x01
+    if sigma > 0:
+        small = _blur_canonical(small, float(sigma))
+    small = (small.clamp(0.0, 1.0) * 255.0).round() / 255.0
+    return resize01(small, side) if side > size else small
 
 
 def random_degradation(x01: torch.Tensor, gen: torch.Generator,
                        ranges: DegradationRanges = DegradationRanges()) -> torch.Tensor:
-    """Degrade each image of a [0, 1] batch with one randomly chosen degradation (blur, noise
-    or area-down / bicubic-up, equally likely) of random strength; returns a new tensor."""
+    """Degrade each image of a [0, 1] batch with one randomly chosen degradation (blur, noise,
+    area-down / bicubic-up, or the generation path :func:`lipsync_degradation`, drawn with
+    ``ranges.weights``) of random strength; returns a new tensor."""
     from ..degrade import _blur_canonical, _down_up_canonical
 
     out = torch.empty_like(x01)
     side = x01.shape[-1]
+    w = torch.tensor([max(0.0, float(v)) for v in ranges.weights], dtype=torch.float64)
+    if float(w.sum()) <= 0:
+        raise ValueError(f"degradation weights must not all be zero, got {ranges.weights}")
     for i in range(x01.shape[0]):
         xi = x01[i:i + 1]
-        kind = int(torch.randint(3, (1,), generator=gen))
+        kind = int(torch.multinomial(w, 1, generator=gen))
         u = float(torch.rand(1, generator=gen))
         if kind == 0:
             lo, hi = ranges.blur
@@ -343,11 +446,44 @@ def random_degradation(x01: torch.Tensor, gen: torch.Generator,
             lo, hi = ranges.noise
             noise = torch.randn(xi.shape, generator=gen).to(xi)
             out[i:i + 1] = (xi + (lo + (hi - lo) * u) * noise).clamp(0.0, 1.0)
-        else:
+        elif kind == 2:
             lo, hi = ranges.down
             size = max(4, min(side - 1, int(round(side * (lo + (hi - lo) * u)))))
             out[i:i + 1] = _down_up_canonical(xi, size)
+        else:
+            lo, hi = ranges.lipsync_sigma
+            out[i:i + 1] = lipsync_degradation(xi, lo + (hi - lo) * u, ranges.lipsync_size)
     return out
+
+
+def patch_windows(batch: int, side: int, patch: int, gen: torch.Generator,
+                  area: Tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+                  focus: float = 0.0) -> List[Tuple[int, int]]:
+    """Top-left corners ``(y, x)`` of ``batch`` random ``patch``-px windows in a ``side``-px
+    crop: with probability ``focus`` the window lies inside ``area`` (fractions ``x0, y0, x1,
+    y1`` of the crop, clipped to fit the patch), otherwise anywhere."""
+    out = []
+    x0, y0, x1, y1 = area
+    for _ in range(batch):
+        inside = focus > 0 and float(torch.rand(1, generator=gen)) < focus
+        if inside:
+            lo_y = min(int(round(y0 * side)), side - patch)
+            hi_y = max(lo_y, min(int(round(y1 * side)) - patch, side - patch))
+            lo_x = min(int(round(x0 * side)), side - patch)
+            hi_x = max(lo_x, min(int(round(x1 * side)) - patch, side - patch))
+        else:
+            lo_y = lo_x = 0
+            hi_y = hi_x = side - patch
+        oy = lo_y + int(torch.randint(hi_y - lo_y + 1, (1,), generator=gen))
+        ox = lo_x + int(torch.randint(hi_x - lo_x + 1, (1,), generator=gen))
+        out.append((oy, ox))
+    return out
+
+
+def take_patches(x: torch.Tensor, windows: Sequence[Tuple[int, int]], patch: int) -> torch.Tensor:
+    """Stack the ``patch``-px windows (one per image) of a (B, C, S, S) batch."""
+    return torch.stack([x[i, :, oy:oy + patch, ox:ox + patch] for i, (oy, ox) in
+                        enumerate(windows)]).contiguous()
 
 
 def face_weight_map(size: int, strength: float, device=None) -> Optional[torch.Tensor]:
@@ -371,6 +507,6 @@ def even_subset(n: int, k: int) -> np.ndarray:
 
 
 __all__ = ["FaceCrops", "extract_crops", "split_holdout", "CropSampler", "DegradationRanges",
-           "random_degradation", "face_weight_map", "to_tensor01", "even_subset", "MIN_FRAMES",
-           "crop_cache_dir", "select_frames"]
+           "random_degradation", "lipsync_degradation", "patch_windows", "take_patches", "face_weight_map", "to_tensor01", "even_subset", "MIN_FRAMES",
+           "crop_cache_dir", "select_frames", "choose_resolution", "RESOLUTION_STEPS"]
 

@@ -51,9 +51,11 @@ from ..device import autocast, resolve_device
 from ..errors import CheckpointError, InputError
 from ..identity import atomic_identity_dir, store_path, validate_name, write_json_atomic
 from ..models.quantizer import codebook_min_distance, dead_code_restart, kmeans_init
-from ..models.sovqae import CONFIGS, SOVQAE, SOVQAEConfig, default_config_name, get_config
+from ..models.sovqae import (AUTO_RESOLUTION_CONFIGS, CONFIGS, SOVQAE, SOVQAEConfig,
+                             default_config_name, get_config)
 from .data import (CropSampler, DegradationRanges, FaceCrops, even_subset, extract_crops,
-                   face_weight_map, random_degradation, split_holdout, to_tensor01)
+                   face_weight_map, patch_windows, random_degradation, split_holdout,
+                   take_patches, to_tensor01)
 from .discriminator import NLayerDiscriminator
 from .losses import (adaptive_weight, codebook_regularizer, codebook_regularizer_step,
                      generator_adv_loss, hinge_d_loss, load_perceptual, reconstruction_loss)
@@ -89,6 +91,14 @@ class TrainConfig:
     lr_end: float = 0.1             # ... linearly to this fraction of ``lr`` at the budget end
     patch: int = 0                  # train on random patches of this size (0: full crops)
     full_every: int = 0             # ... but every k-th step on full crops (0: never)
+    #: where patches come from: with probability ``patch_focus`` inside ``patch_area``
+    #: (x0, y0, x1, y1 fractions of the crop: the lower face that generation pastes back)
+    patch_area: Tuple[float, float, float, float] = (0.0, 0.4, 1.0, 1.0)
+    patch_focus: float = 0.0
+    #: degradation augmentation: relative frequency of (blur, noise, down-up, lipsync path)
+    #: and the lipsync path's softening sigma range at 96 px (see data.lipsync_degradation)
+    degrade_weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.0)
+    lipsync_sigma: Tuple[float, float] = (0.0, 1.5)
     l1: float = 1.0
     l2: float = 1.0
     face_weight: float = 0.0        # extra loss weight inside the face ellipse (0: uniform)
@@ -111,25 +121,34 @@ class TrainConfig:
     final_frames: int = 64          # holdout frames for the final robustness / certificate
     max_frames: int = 3000          # crops kept from a long video (evenly in time)
     checkpoint_seconds: float = 0.0  # also save the identity every N seconds (0: at the end)
+    calibration_frames: int = 16    # holdout frames the fusion strengths are calibrated on
+    quality_frames: int = 48        # holdout frames of the final W-vs-L quality measure
     seed: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
-        d["betas"] = list(self.betas)
+        for k in ("betas", "patch_area", "degrade_weights", "lipsync_sigma"):
+            d[k] = list(getattr(self, k))
         return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
+        for k in ("betas", "patch_area", "degrade_weights", "lipsync_sigma"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
         return cls(**kw)
 
 
 #: Per model-config defaults (see docs/enrollment.md for how the cpu recipe was chosen).
 TRAIN_PRESETS: Dict[str, TrainConfig] = {
-    "cpu": TrainConfig(),
+    # 256 px (or 128 for small faces), normalisation-free: trained on 96 px patches, mostly
+    # from the lower face, fed mostly what generation feeds it (docs/enrollment.md)
+    "cpu": TrainConfig(seconds=735.0, batch_size=8, patch=96, patch_focus=0.75,
+                       degrade_weights=(1.0, 1.0, 1.0, 8.0), restore_prob=0.9,
+                       final_frames=32, calibration_frames=16, quality_frames=32),
+    "cpu-gn128": TrainConfig(),
     "cpu-f8": TrainConfig(),
     "cpu-f4": TrainConfig(),
     "base": TrainConfig(seconds=3600.0, batch_size=8, lr=2e-4, perceptual_weight=1.0,
@@ -192,6 +211,8 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.wmap: Optional[torch.Tensor] = None
+        self.ranges = DegradationRanges(weights=tuple(cfg.degrade_weights),
+                                        lipsync_sigma=tuple(cfg.lipsync_sigma))
 
     # -- one step ---------------------------------------------------------------------------
     def _lr_scale(self, progress: float) -> float:
@@ -226,10 +247,19 @@ class Trainer:
         for group in self.opt_d.param_groups:
             group["lr"] = cfg.disc_lr * lr_scale
         full = cfg.full_every > 0 and self.step_count % cfg.full_every == 0
-        x = sampler.sample(full=full).to(dev)
+        x = sampler.sample(full=full)
         degraded = (cfg.restore_prob > 0 and self.step_count >= cfg.restore_start
                     and float(torch.rand(1, generator=self.gen)) < cfg.restore_prob)
-        xin = random_degradation(x, self.gen, DegradationRanges()) if degraded else x
+        # degrade whole crops (the lipsync path reduces the whole crop to 96 px), then cut
+        # the same patch window out of input and target
+        xin = random_degradation(x, self.gen, self.ranges) if degraded else x
+        patch = cfg.patch if (cfg.patch and not full and cfg.patch < x.shape[-1]
+                              and not sampler.patch) else 0
+        if patch:
+            win = patch_windows(x.shape[0], x.shape[-1], patch, self.gen, cfg.patch_area,
+                                cfg.patch_focus)
+            x, xin = take_patches(x, win, patch), take_patches(xin, win, patch)
+        x, xin = x.to(dev), xin.to(dev)
         target = x * 2 - 1
         use_gan = self.step_count >= cfg.disc_start
         terms: Dict[str, float] = {}
@@ -239,7 +269,7 @@ class Trainer:
                 self.wmap = face_weight_map(sampler.crops.shape[1], cfg.face_weight, dev)
             wmap = None
             if self.wmap is not None:
-                wmap = self.wmap if not (sampler.patch and not full) else torch.ones_like(y[:1, :1])
+                wmap = self.wmap if y.shape[-1] == self.wmap.shape[-1] else None
             rec = reconstruction_loss(y, target, cfg.l1, cfg.l2, wmap)
             nll = rec
             if self.perceptual is not None and cfg.perceptual_weight > 0:
@@ -485,14 +515,69 @@ def _evaluate_local(model: SOVQAE, x01: torch.Tensor, device: torch.device,
     return res
 
 
+def spread_runs(n: int, total: int, run: int = 8) -> np.ndarray:
+    """About ``total`` indices of ``range(n)`` as runs of ``run`` consecutive ones spread
+    evenly (consecutive frames for the flicker measure, spread for representativeness)."""
+    if n <= total:
+        return np.arange(n)
+    run = max(1, min(run, total))
+    k = max(1, total // run)
+    starts = np.round(np.linspace(0, n - run, k)).astype(np.int64)
+    return np.unique(np.concatenate([np.arange(s, s + run) for s in starts]))
+
+
+def calibrate_and_measure(model: SOVQAE, video: Union[str, Path], hold: FaceCrops,
+                          cfg: TrainConfig, device: torch.device) -> Dict[str, Any]:
+    """Calibrate the fusion strengths on held-out crops (:func:`ladtalk.quality.calibrate_fusion`)
+    and measure W against L on held-out frames of the video (:func:`ladtalk.quality.
+    measure_quality`); the ``meta.json`` keys ``fusion``, ``fusion_calibration``, ``quality``."""
+    from ..quality import DEFAULT_SOFTEN, calibrate_fusion, holdout_frames, measure_quality
+    from ..restore import Restorer
+
+    model.eval()
+    restorer = Restorer(model, device, precision="fp32")
+    q_idx = spread_runs(len(hold), cfg.quality_frames) if cfg.quality_frames > 0 else []
+    c_idx = even_subset(len(hold), cfg.calibration_frames)
+    want = np.union1d(np.asarray(q_idx, dtype=np.int64), c_idx)
+    # the held-out frames, decoded once (a few dozen frames)
+    got = {int(i): (frame.copy(), box, c) for i, (frame, box, c) in zip(want, holdout_frames(
+        video, hold.frame_indices[want], hold.boxes[want]))}
+    cal = calibrate_fusion(restorer, [got[int(i)] for i in c_idx if int(i) in got])
+    restorer.fusion = cal.fusion
+    out: Dict[str, Any] = {"fusion": cal.fusion.to_dict(), "fusion_calibration": cal.to_dict()}
+    if len(q_idx):
+        items, prev = [], None
+        for i in q_idx:
+            if int(i) in got:
+                frame, box, _ = got[int(i)]
+                items.append((frame, box, prev is not None and int(i) == prev + 1))
+                prev = int(i)
+        try:
+            rep = measure_quality(restorer, items, DEFAULT_SOFTEN)
+            rep.first_s = float(hold.timestamps()[0])
+            out["quality"] = rep.to_dict()
+        except InputError as exc:
+            log.warning("quality measure skipped: %s", exc)
+    model.train()
+    return out
+
+
 # -- the entry point ----------------------------------------------------------------------------
+def _crop_progress(on_progress: Optional[ProgressFn], t_start: float):
+    def crop_progress(phase: str, done: int, total: int) -> None:
+        _emit(on_progress, {"phase": phase, "done": done, "total": total,
+                            "elapsed": time.time() - t_start})
+    return crop_progress
+
+
 def _emit(on_progress: Optional[ProgressFn], info: Dict[str, Any]) -> None:
     if on_progress is not None:
         on_progress(dict(info))
 
 
 def _load_model(target: Path, fresh: bool, config: Optional[str], init: Optional[str],
-                device: torch.device, model_cfg: Optional[SOVQAEConfig] = None
+                device: torch.device, model_cfg: Optional[SOVQAEConfig] = None,
+                resolution: Optional[int] = None
                 ) -> Tuple[SOVQAE, str, bool, Optional[str]]:
     """``(model, config_name, resumed, init_source)``; ``model_cfg`` (an explicit config
     object) is used for a fresh identity instead of a named config."""
@@ -505,7 +590,10 @@ def _load_model(target: Path, fresh: bool, config: Optional[str], init: Optional
         except (OSError, ValueError):
             pass
         name = meta.get("config_name") or _config_name_of(model)
-        if config and config in CONFIGS and get_config(config).to_dict() != model.config.to_dict():
+        if name in CONFIGS and not _same_architecture(CONFIGS[name], model.config):
+            name = _config_name_of(model)  # e.g. an identity from before "cpu" changed
+        if config and config in CONFIGS and not _same_architecture(get_config(config),
+                                                                   model.config):
             raise InputError(f"identity at {target} was enrolled with config '{name}', not "
                              f"'{config}'; drop --config to continue training it, pass --fresh "
                              "to start it over, or use another --name")
@@ -528,7 +616,12 @@ def _load_model(target: Path, fresh: bool, config: Optional[str], init: Optional
         model = SOVQAE(model_cfg)
         return model, _config_name_of(model), False, None
     name = config or default_config_name(device)
-    return SOVQAE(get_config(name)), name, False, None
+    overrides = {"resolution": int(resolution)} if resolution else {}
+    try:
+        cfg = get_config(name, **overrides)
+    except ValueError as exc:
+        raise InputError(f"--resolution {resolution} does not fit config '{name}': {exc}") from None
+    return SOVQAE(cfg), name, False, None
 
 
 def _train_config(config_name: str, model: SOVQAE, prev_state: Optional[Path],
@@ -548,10 +641,19 @@ def _train_config(config_name: str, model: SOVQAE, prev_state: Optional[Path],
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
+_NON_ARCH = ("ema", "ema_decay", "ema_eps", "legacy", "resolution")
+
+
+def _same_architecture(a: SOVQAEConfig, b: SOVQAEConfig) -> bool:
+    """Equal up to the resolution (the networks are convolutional) and codebook options."""
+    da, db = a.to_dict(), b.to_dict()
+    return all(da[k] == db[k] for k in da if k not in _NON_ARCH)
+
+
 def _config_name_of(model: SOVQAE) -> str:
     for name, cfg in CONFIGS.items():
-        a, b = cfg.to_dict(), model.config.to_dict()
-        if all(a[k] == b[k] for k in a if k not in ("ema", "ema_decay", "ema_eps", "legacy")):
+        if _same_architecture(cfg, model.config) and (
+                name in AUTO_RESOLUTION_CONFIGS or cfg.resolution == model.config.resolution):
             return name
     return "custom"
 
@@ -561,13 +663,17 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
            out: Optional[Union[str, Path]] = None, detector: str = "auto", device=None,
            on_progress: Optional[ProgressFn] = None, batch_size: Optional[int] = None,
            fresh: bool = False, show_progress: bool = True,
-           train_overrides: Optional[Dict[str, Any]] = None) -> Path:
+           train_overrides: Optional[Dict[str, Any]] = None,
+           resolution: Optional[int] = None) -> Path:
     """Enroll (or continue enrolling) identity ``name`` from ``video``; returns its directory.
 
     ``seconds``: training budget of this run (default: the config preset, 600 s for ``cpu``).
     ``config``: model config name (default ``cpu`` on CPU, ``base`` on CUDA; an existing
     identity keeps its own) or an :class:`SOVQAEConfig` for a fresh identity. ``init``: checkpoint spec for a fresh identity. ``holdout``:
-    fraction of frames at the end of the video kept out of training. ``out``: write the
+    fraction of frames at the end of the video kept out of training. ``resolution``: the
+    identity's crop side for a fresh identity (default: chosen from the measured face size,
+    :func:`ladtalk.training.data.choose_resolution`, for the ``cpu`` config; the config's own
+    otherwise); an existing identity keeps its own. ``out``: write the
     identity here instead of the store (``$LADTALK_HOME/identities/NAME``). ``detector``:
     ``dlib`` / ``s3fd`` / ``auto``. ``on_progress(dict)`` receives ``phase`` ("detect",
     "crop", "train", "evaluate", "save", "done") and, while training, ``step``, ``elapsed``,
@@ -589,21 +695,41 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
     elif config is not None and config not in CONFIGS:
         raise InputError(f"unknown SOVQAE config '{config}'; choose one of "
                          f"{', '.join(sorted(CONFIGS))}")
+    if resolution is not None and (not isinstance(resolution, (int, np.integer))
+                                   or not 16 <= int(resolution) <= 1024):
+        raise InputError(f"--resolution must be a whole number of pixels in [16, 1024], got "
+                         f"{resolution!r}")
+    existing = (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+    t0 = time.time()
+    crops: Optional[FaceCrops] = None
+    will_build = not (existing and not fresh) and not init and model_cfg is None
+    auto_res = will_build and resolution is None and (
+        (config or default_config_name(dev)) in AUTO_RESOLUTION_CONFIGS)
+    if auto_res:
+        crops = extract_crops(video, "auto", detector, device=dev,
+                              max_frames=TRAIN_PRESETS["cpu"].max_frames,
+                              progress=_crop_progress(on_progress, t_start))
+        resolution = crops.resolution
     model, config_name, resumed, init_src = _load_model(target, fresh, config, init, dev,
-                                                        model_cfg)
+                                                        model_cfg, resolution)
+    if resolution is not None and int(resolution) != model.config.resolution:
+        raise InputError(f"--resolution {resolution} differs from the identity's "
+                         f"{model.config.resolution} px; pass --fresh to start it over at "
+                         f"{resolution} px, or drop --resolution")
+    f = model.downsample_factor
+    if model.config.resolution % f:
+        raise InputError(f"resolution {model.config.resolution} is not a multiple of the "
+                         f"model's downsampling factor {f}")
     prev_state = target if resumed and (target / STATE_JSON).is_file() else None
     cfg = _train_config(config_name, model, prev_state, seconds=seconds, batch_size=batch_size,
                         **(train_overrides or {}))
     if not (0.0 <= holdout < 1.0):
         raise InputError(f"--holdout must be in [0, 1), got {holdout}")
 
-    def crop_progress(phase: str, done: int, total: int) -> None:
-        _emit(on_progress, {"phase": phase, "done": done, "total": total,
-                            "elapsed": time.time() - t_start})
-
-    t0 = time.time()
-    crops = extract_crops(video, model.config.resolution, detector, device=dev,
-                          max_frames=cfg.max_frames, progress=crop_progress)
+    if crops is None or crops.resolution != model.config.resolution:
+        crops = extract_crops(video, model.config.resolution, detector, device=dev,
+                              max_frames=cfg.max_frames,
+                              progress=_crop_progress(on_progress, t_start))
     t_crops = time.time() - t0
     train_idx, hold_idx = split_holdout(len(crops), holdout)
     train_crops = crops.crops[train_idx]
@@ -616,8 +742,10 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
     if perceptual is not None:
         print(perceptual_status, file=sys.stderr)
 
-    patch = cfg.patch if cfg.patch and cfg.patch % model.downsample_factor == 0 else 0
-    sampler = CropSampler(train_crops, cfg.batch_size, patch=patch, seed=cfg.seed)
+    if cfg.patch and cfg.patch % model.downsample_factor:
+        cfg = replace(cfg, patch=0)
+    # the trainer cuts patches itself, after degrading whole crops
+    sampler = CropSampler(train_crops, cfg.batch_size, seed=cfg.seed)
     trainer = Trainer(model, cfg, dev, perceptual)
     if prev_state is not None:
         trainer.load_state(prev_state, sampler)
@@ -637,11 +765,14 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
     _emit(on_progress, {"phase": "evaluate", "step": trainer.step_count,
                         "elapsed": time.time() - t_start})
     evaluation: Dict[str, Any] = {}
+    fusion_info: Dict[str, Any] = {}
     if len(hold):
         hold_final = to_tensor01(hold.crops[even_subset(len(hold), cfg.final_frames)])
         evaluation = evaluate_identity(trainer.model, hold_final, dev)
+        fusion_info = calibrate_and_measure(trainer.model, video, hold, cfg, dev)
     meta = _meta(name, video, crops, hold, cfg, config_name, trainer, result, evaluation,
                  init_src, perceptual_status, t_crops, time.time() - t_eval, t_start, resumed)
+    meta.update(fusion_info)
     _emit(on_progress, {"phase": "save", "step": trainer.step_count,
                         "elapsed": time.time() - t_start})
     _save_identity(target, trainer, sampler, meta)
