@@ -140,11 +140,14 @@ def main() -> int:
         rows.append({"input": name, "frames": m.frames, "psnr": round(m.psnr_input, 2),
                      "psnr_raw": round(m.psnr_raw, 2),
                      "min": round(min(m.psnr_frames), 2), "max": round(max(m.psnr_frames), 2),
-                     "vs_holdout": round(gap, 2), "matches_default": m.matches})
-        print(f"{name:50s} {m.frames} crops  PSNR {m.psnr_input:6.2f} dB "
-              f"(min {min(m.psnr_frames):5.2f}, max {max(m.psnr_frames):5.2f}; "
-              f"without gains {m.psnr_raw:6.2f})  "
-              f"vs holdout {gap:+6.2f} dB  {'match' if m.matches else 'MISMATCH'}", flush=True)
+                     "vs_holdout": round(gap, 2), "gain": m.gain_input,
+                     "gain_reference": m.gain_reference, "matches_default": m.matches})
+        gain = ("" if m.gain_input is None else
+                f"  gain {m.gain_input:+6.2f} dB (own {m.gain_reference:+.2f}: "
+                f"{m.gain_input - m.gain_reference:+6.2f})")
+        print(f"{name:44s} {m.frames} crops  PSNR {m.psnr_input:6.2f} dB "
+              f"vs holdout {gap:+6.2f} dB{gain}  {'match' if m.matches else 'MISMATCH'}",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"identity": args.identity,
                                                "holdout_psnr": meta.get("holdout_psnr"),

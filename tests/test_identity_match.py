@@ -57,6 +57,9 @@ def test_demo_identity_matches_its_person_and_not_another(demo, media):
                            meta, identity="demo", source="cameraman.png")
     assert not other.matches and other.frames == 1
     assert other.psnr_input < own.psnr_input - 4.0
+    # the restoration test (generation path: 96 px and back) separates the two as well
+    assert own.gain_reference is not None and own.gain_ok and not other.gain_ok
+    assert other.gain_input < own.gain_input - 3.0
     msg = other.message()
     for text in (f"{other.psnr_input:.2f} dB", f"{hold:.2f} dB", "does not match",
                  "cameraman.png", "python -m ladtalk enroll --video", "Enroll from this video "

@@ -542,9 +542,16 @@ def calibrate_and_measure(model: SOVQAE, video: Union[str, Path], hold: FaceCrop
     # the held-out frames, decoded once (a few dozen frames)
     got = {int(i): (frame.copy(), box, c) for i, (frame, box, c) in zip(want, holdout_frames(
         video, hold.frame_indices[want], hold.boxes[want]))}
+    from ..identity_match import colour_reference, lipsync_gains
+    ref_crops = hold.crops[even_subset(len(hold), cfg.final_frames)]
+    mean_rgb = colour_reference(ref_crops)
+    ref = lipsync_gains(restorer, ref_crops, mean_rgb)
     cal = calibrate_fusion(restorer, [got[int(i)] for i in c_idx if int(i) in got])
     restorer.fusion = cal.fusion
-    out: Dict[str, Any] = {"fusion": cal.fusion.to_dict(), "fusion_calibration": cal.to_dict()}
+    out: Dict[str, Any] = {"fusion": cal.fusion.to_dict(), "fusion_calibration": cal.to_dict(),
+                           "identity_match_reference": {
+                               "lipsync_gain_db": round(float(ref.mean()), 4),
+                               "mean_rgb": mean_rgb, "frames": int(len(ref))}}
     if len(q_idx):
         items, prev = [], None
         for i in q_idx:
