@@ -148,13 +148,10 @@ def soften96(crop96: np.ndarray, sigma: float) -> np.ndarray:
 
 def region_mask(region: CropRegion, config: BlendConfig = BlendConfig()) -> np.ndarray:
     """Boolean (H, W) frame mask of the pixels the lower-face paste can change."""
-    frame = np.zeros((region.frame_h, region.frame_w, 1), np.float32)
-    crop = np.ones((64, 64, 1), np.float32)
     size = max(region.width, 4)
-    m = lower_face_mask(size, config)
     out = paste_back(np.zeros((region.frame_h, region.frame_w, 3), np.uint8),
-                     np.full((size, size, 3), 255, np.uint8), region, mask=m)
-    del frame, crop
+                     np.full((size, size, 3), 255, np.uint8), region,
+                     mask=lower_face_mask(size, config))
     return out[..., 0] > 0
 
 
@@ -241,6 +238,35 @@ def _lpips_function(device=None):
     return fn
 
 
+@dataclass
+class _Case:
+    """One held-out frame prepared for scoring: its crop region, the pasted-region mask and
+    the true face at 96 px and at the identity's resolution."""
+
+    frame: np.ndarray
+    region: CropRegion
+    mask: np.ndarray
+    true96: np.ndarray
+    trueR: np.ndarray
+
+
+def _case(frame: np.ndarray, box, resolution: int, crop_config: CropConfig,
+          blend: BlendConfig) -> _Case:
+    frame = np.ascontiguousarray(frame)
+    region = face_region(box, (frame.shape[1], frame.shape[0]), crop_config)
+    return _Case(frame, region, region_mask(region, blend),
+                 crop_face(frame, region, LIPSYNC_SIZE), crop_face(frame, region, resolution))
+
+
+def _proxy(case: _Case, sigma: float, resolution: int, blend: BlendConfig):
+    """``(w96, W frame, w96 bicubic-up to the identity's resolution)`` at softening sigma."""
+    import cv2
+    w96 = soften96(case.true96, sigma)
+    wframe = blend_face(case.frame.copy(), w96, case.region, case.true96, blend)
+    up = cv2.resize(w96, (resolution, resolution), interpolation=cv2.INTER_CUBIC)
+    return w96, wframe, up
+
+
 def measure_quality(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float], bool]],
                     soften: Sequence[float] = DEFAULT_SOFTEN, *,
                     fusion: Optional[FusionConfig] = None,
@@ -269,22 +295,17 @@ def measure_quality(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float]
     n = 0
     m96 = mouth.pixel_box((0, 0, LIPSYNC_SIZE, LIPSYNC_SIZE), (LIPSYNC_SIZE, LIPSYNC_SIZE))
     for frame, box, consecutive in frames:
-        frame = np.ascontiguousarray(frame)
-        region = face_region(box, (frame.shape[1], frame.shape[0]), crop_config)
-        sides.append(region.width)
-        mask = region_mask(region, blend)
+        c = _case(frame, box, R, crop_config, blend)
+        frame, mask = c.frame, c.mask
+        sides.append(c.region.width)
         mbox = mouth.pixel_box(box, frame.shape)
-        true96 = crop_face(frame, region, LIPSYNC_SIZE)
-        trueR = crop_face(frame, region, R)
         for s in sigmas:
-            w96 = soften96(true96, s)
-            wframe = blend_face(frame.copy(), w96, region, true96, blend)
+            w96, wframe, up = _proxy(c, s, R, blend)
             if fusion.identity_off:  # generation then pastes Wav2Lip's face directly
-                restored, lframe = cv2.resize(w96, (R, R), interpolation=cv2.INTER_CUBIC), wframe
+                restored, lframe = up, wframe
             else:
-                up = cv2.resize(w96, (R, R), interpolation=cv2.INTER_CUBIC)
                 restored = restorer.restore(up[None], fusion=fusion)[0]
-                lframe = blend_face(frame.copy(), restored, region, trueR, blend)
+                lframe = blend_face(frame.copy(), restored, c.region, c.trueR, blend)
             for name, out in (("W", wframe), ("L", lframe)):
                 a = acc[s][name]
                 if not consecutive:
@@ -401,7 +422,6 @@ def calibrate_fusion(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float
     (sigma > 0). (0, 0), Wav2Lip's face pasted directly, always qualifies (gain 0), so the
     result is never worse than the baseline on these frames.
     """
-    import cv2
     import torch
 
     from .fusion import fuse
@@ -422,23 +442,18 @@ def calibrate_fusion(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float
     err_w = {s: 0.0 for s in sig}
     err_l = {(g, s): 0.0 for g in grid for s in sig}
     for frame, box, _consecutive in items:
-        frame = np.ascontiguousarray(frame)
-        region = face_region(box, (frame.shape[1], frame.shape[0]), crop_config)
-        mask = region_mask(region, blend)
-        truth = frame[mask].astype(np.float64)
-        true96 = crop_face(frame, region, LIPSYNC_SIZE)
-        trueR = crop_face(frame, region, R)
+        c = _case(frame, box, R, crop_config, blend)
+        mask = c.mask
+        truth = c.frame[mask].astype(np.float64)
         for s in sig:
-            w96 = soften96(true96, s)
-            wframe = blend_face(frame.copy(), w96, region, true96, blend)
+            _w96, wframe, up = _proxy(c, s, R, blend)
             err_w[s] += float(np.sum((wframe[mask] - truth) ** 2))
-            up = cv2.resize(w96, (R, R), interpolation=cv2.INTER_CUBIC)
             up_t = torch.from_numpy(up).permute(2, 0, 1)[None].float() / 255.0
             dec = restorer.restore01(up_t, fusion=None)
             for g in grid:
                 fused = fuse(dec, up_t, cfgs[g])[0].permute(1, 2, 0).numpy()
                 crop = (fused * 255.0).round().clip(0, 255).astype(np.uint8)
-                lframe = blend_face(frame.copy(), crop, region, trueR, blend)
+                lframe = blend_face(c.frame.copy(), crop, c.region, c.trueR, blend)
                 err_l[(g, s)] += float(np.sum((lframe[mask] - truth) ** 2))
     gains: Dict[str, Dict[str, float]] = {"0,0": {_key(s): 0.0 for s in sig}}
     best, best_score = (0.0, 0.0), 0.0
