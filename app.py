@@ -311,13 +311,11 @@ def quality_md(meta: Dict[str, Any]) -> list:
              "face reduced to 96 px (the best a Wav2Lip output can be), optionally softened "
              "like a real Wav2Lip output (sigma in px at 96 px); L: that face restored by this "
              "identity. Scores against the real frame, in the pasted lower-face region.", "",
-             "| softened | PSNR W | PSNR L | gain | sharpness W | sharpness L | mouth PSNR W | "
-             "mouth PSNR L |", "|---|---|---|---|---|---|---|---|"]
+             "| softened | PSNR W → L | gain | sharpness W → L |", "|---|---|---|---|"]
     for sigma, r in (q.get("soften") or {}).items():
         w, l_ = r["W"], r["L"]
-        lines.append(f"| {sigma} | {w['psnr']:.2f} dB | {l_['psnr']:.2f} dB | "
-                     f"{r['gain_db']:+.2f} dB | {w['sharpness']:.2f} | {l_['sharpness']:.2f} | "
-                     f"{w['mouth_psnr']:.2f} dB | {l_['mouth_psnr']:.2f} dB |")
+        lines.append(f"| {sigma} | {w['psnr']:.2f} → {l_['psnr']:.2f} dB | "
+                     f"{r['gain_db']:+.2f} dB | {w['sharpness']:.2f} → {l_['sharpness']:.2f} |")
     if fusion:
         lines += ["", f"Restore strength calibrated on the holdout: low band "
                   f"{fusion.get('low_strength'):g}, detail {fusion.get('high_strength'):g} "
