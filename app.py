@@ -10,7 +10,7 @@ Endpoints (``api_name``): ``/generate``, ``/robustness``, ``/enroll``, ``/identi
 ZeroGPU: input checks, decoding for validation, enrollment face crops and the certificate
 bookkeeping run in the request thread; only the model work runs inside ``@spaces.GPU``
 functions, whose ``duration`` is computed from the work (frames, training budget) and clamped
-to the per-call cap (:mod:`ladtalk.app_support`). Enrollment runs in resumable chunks on
+to the per-call cap (:mod:`ladtalk.app.support`). Enrollment runs in resumable chunks on
 ZeroGPU. Off ZeroGPU ``spaces.GPU`` is a no-op and everything runs in-process.
 """
 
@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import gradio as gr
 
 import ladtalk
-from ladtalk import app_support as sup
+from ladtalk.app import support as sup
 from ladtalk.errors import CheckpointError, InputError, LadTalkError
 
 log = logging.getLogger("ladtalk.app")
@@ -194,7 +194,7 @@ def _enroll_duration(key, video, name, seconds, config, detector, fresh, progres
 def _enroll_on_gpu(key, video, name, seconds, config, detector, fresh, progress=None,
                    offset=0.0, total=None):
     """One enrollment chunk (``seconds`` of training); resumes ``name`` when it exists."""
-    from ladtalk.training.enroll import enroll
+    from ladtalk.enrollment.enroll import enroll
     st = _state(key)
     total = total or seconds
     last: Dict[str, Any] = {}
@@ -226,10 +226,10 @@ def _enroll_on_gpu(key, video, name, seconds, config, detector, fresh, progress=
 def _prepare_enroll_crops(st: AppState, video: str, name: str, config: Optional[str],
                           detector: str, fresh: bool, progress) -> None:
     """Face detection + crops on the CPU, before any GPU call (cached; enroll reuses them)."""
-    from ladtalk.identity import store_path
+    from ladtalk.identities.store import store_path
     from ladtalk.models.sovqae import SOVQAEConfig, default_config_name, get_config
-    from ladtalk.training.data import extract_crops
-    from ladtalk.training.enroll import train_preset
+    from ladtalk.enrollment.data import extract_crops
+    from ladtalk.enrollment.enroll import train_preset
     target = store_path(name)
     if (target / "config.json").is_file() and not fresh:
         cfg = SOVQAEConfig.from_dict(json.loads((target / "config.json").read_text()))
@@ -264,7 +264,7 @@ def run_enrollment(st: AppState, video: str, name: str, budget: float, config: O
     if detector not in DETECTORS:
         raise InputError(f"unknown face detector {detector!r}; choose one of "
                          f"{', '.join(DETECTORS)}")
-    from ladtalk.identity import SHIPPED_DIR, validate_name
+    from ladtalk.identities.store import SHIPPED_DIR, validate_name
     validate_name(name)
     if (SHIPPED_DIR / name).exists():
         raise InputError(f"'{name}' is the name of a shipped demo identity; choose another name")
@@ -348,12 +348,12 @@ def _robustness_on_gpu(key, crops01, identity, specs, sweep_specs, certificate,
                        progress=None):
     """Degrade + restore + measure one face crop with the library: runs on the GPU.
 
-    Returns the :func:`ladtalk.robustness.evaluate_robustness` dict and the pictures to show
+    Returns the :func:`ladtalk.analysis.robustness.evaluate_robustness` dict and the pictures to show
     (made the same way: same degradation, same noise seed, same restorer)."""
     import numpy as np
 
-    from ladtalk import robustness as rb
-    from ladtalk.degrade import parse_degradation
+    from ladtalk.analysis import robustness as rb
+    from ladtalk.analysis.degrade import parse_degradation
     st = _state(key)
 
     def report(phase, done, total):
@@ -384,7 +384,7 @@ def _frame_from_inputs(st: AppState, image, video, frame_time) -> Tuple[Any, str
     """The face picture for the Robustness tab: the image, else a frame of the video."""
     import numpy as np
 
-    from ladtalk.video import iter_frames, read_image
+    from ladtalk.media.video import iter_frames, read_image
     if image:
         p = Path(image)
         sup.check_face_input(p, st.limits)
@@ -413,7 +413,7 @@ def _frame_from_inputs(st: AppState, image, video, frame_time) -> Tuple[Any, str
 
 
 def _identity_resolution(name: str) -> int:
-    from ladtalk.identity import resolve_identity
+    from ladtalk.identities.store import resolve_identity
     from ladtalk.models.sovqae import SOVQAEConfig
     path = resolve_identity(name)
     return int(SOVQAEConfig.from_dict(json.loads((path / "config.json").read_text())).resolution)
@@ -425,7 +425,7 @@ def _face_crop(st: AppState, frame, name: str, resolution: int, is_crop: bool, d
 
     from ladtalk.face.crop import CropConfig, crop_face, face_region
     from ladtalk.face.track import select_largest
-    from ladtalk.pipeline import GenerateOptions
+    from ladtalk.generation.pipeline import GenerateOptions
     h, w = frame.shape[:2]
     if is_crop:
         side = min(h, w)
@@ -508,10 +508,10 @@ def make_handlers(st: AppState) -> Dict[str, Callable]:
                  resize_factor=1, restore_strength="", progress=gr.Progress()):
         """Lip-sync a face video or photo to speech; returns (LaDTalk video, Wav2Lip-only
         video or None, report). Default identity: none (Wav2Lip only); an identity that does
-        not match the uploaded face (``ladtalk.identity_match``) is refused with the measured
+        not match the uploaded face (``ladtalk.generation.identity_match``) is refused with the measured
         PSNRs and the fix."""
         with _user_errors():
-            from ladtalk.pipeline import GenerateOptions
+            from ladtalk.generation.pipeline import GenerateOptions
             if st.wav2lip_error:
                 raise CheckpointError("Generate needs the Wav2Lip checkpoint, which is not "
                                       f"available: {st.wav2lip_error}")
@@ -575,7 +575,7 @@ def make_handlers(st: AppState) -> Dict[str, Callable]:
         import numpy as np
         import torch
         with _user_errors():
-            from ladtalk.degrade import format_spec
+            from ladtalk.analysis.degrade import format_spec
             ident = sup.check_identity(identity, allow_none=False)
             res_px = _identity_resolution(ident)
             specs = []
@@ -662,11 +662,11 @@ def make_handlers(st: AppState) -> Dict[str, Callable]:
         (summary markdown, metrics JSON, the identity's model.safetensors)."""
         token = (hub_token or "").strip()
         with _user_errors(token):
-            from ladtalk.identity import resolve_identity
+            from ladtalk.identities.store import resolve_identity
             name = (name or "").strip()
             if not name:
                 raise InputError("give the identity a name (letters, digits, '_', '-', '.')")
-            from ladtalk.identity import validate_name
+            from ladtalk.identities.store import validate_name
             validate_name(name)
             budget = sup.check_budget(seconds if seconds not in (None, "") else
                                       limits.enroll_budget_default, limits)
@@ -727,7 +727,7 @@ def _json_default(o):
 # ============================================================================ UI
 def _load_state(pipeline, wav2lip, device, limits, load_models, enroll_config, enroll_kwargs,
                 robustness_kwargs) -> AppState:
-    from ladtalk.pipeline import Pipeline
+    from ladtalk.generation.pipeline import Pipeline
     given_ref = isinstance(wav2lip, (str, os.PathLike))
     injected = pipeline is not None or (wav2lip is not None and not given_ref)
     if pipeline is None:
@@ -762,7 +762,7 @@ def create_demo(pipeline: Any = None, wav2lip: Any = None, *, device: Any = None
                 queue_size: int = 16, cache_examples: bool = True) -> gr.Blocks:
     """Build the app (call ``.launch()`` on the result).
 
-    ``pipeline``: a ready :class:`ladtalk.pipeline.Pipeline` (tests), else one is built from
+    ``pipeline``: a ready :class:`ladtalk.generation.pipeline.Pipeline` (tests), else one is built from
     ``wav2lip`` (a checkpoint reference or a ``Wav2Lip`` module; None = the default
     checkpoint, resolved at startup) on ``device``. ``load_models``: resolve the checkpoints
     and load Wav2Lip now; a failure becomes the status panel and a ``gr.Error`` on Generate,
@@ -770,7 +770,7 @@ def create_demo(pipeline: Any = None, wav2lip: Any = None, *, device: Any = None
     (default enrollment budget, s) override fields of ``limits``. ``enroll_config``: SOVQAE
     config for new identities (None: ``cpu`` on CPU, ``base`` on CUDA); ``enroll_kwargs``
     and ``robustness_kwargs``: extra keyword arguments for
-    :func:`ladtalk.training.enroll.enroll` and :func:`ladtalk.robustness.evaluate_robustness`.
+    :func:`ladtalk.enrollment.enroll.enroll` and :func:`ladtalk.analysis.robustness.evaluate_robustness`.
     ``queue_size``: most requests waiting in the queue. ``cache_examples``: cache the
     Robustness examples lazily (on first use).
     """

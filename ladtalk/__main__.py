@@ -5,7 +5,7 @@ import os
 # busy cores); on an idle machine the cost is negligible. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .cli import main
+from ladtalk.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

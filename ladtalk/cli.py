@@ -13,7 +13,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from .errors import LadTalkError
+from ladtalk.errors import LadTalkError
 
 # name -> one-line help. Add a command by adding a module and one line here.
 COMMANDS = {

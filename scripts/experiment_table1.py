@@ -18,7 +18,7 @@ Methods (rows):
 * ``LaDTalk``: Wav2Lip + the enrolled identity's SOVQAE (``--identity NAME``, or
   ``--enroll-seconds S`` to enroll ``--identity`` from the same video first).
 
-Columns come from ``python -m ladtalk eval`` (:mod:`ladtalk.evaluation`, Sliding Evaluation).
+Columns come from ``python -m ladtalk eval`` (:mod:`ladtalk.evaluation.report`, Sliding Evaluation).
 LSE-C / LSE-D need SyncNet's ``syncnet_v2.model`` (``--syncnet``) and FID the optional
 ``fid`` extra; without them those columns read ``needs weights``.
 
@@ -102,7 +102,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def resolve_wav2lip(spec: Optional[str], formula: bool):
     """``(pipeline wav2lip argument, description, is_formula)``; raises CheckpointError."""
-    from ladtalk.hub import resolve_checkpoint
+    from ladtalk.checkpoints.hub import resolve_checkpoint
 
     try:
         path = resolve_checkpoint("wav2lip", override=spec)
@@ -128,7 +128,7 @@ def resolve_wav2lip(spec: Optional[str], formula: bool):
 # ---------------------------------------------------------------------------------- clips
 
 def ffmpeg() -> str:
-    from ladtalk.video import ffmpeg_exe
+    from ladtalk.media.video import ffmpeg_exe
     return ffmpeg_exe()
 
 
@@ -158,7 +158,7 @@ def unsharp_baseline(src: Path, dst: Path, detector: str, device=None, sigma: fl
     import cv2
 
     from ladtalk.face import make_detector, track_faces
-    from ladtalk.video import VideoWriter, probe, read_frames
+    from ladtalk.media.video import VideoWriter, probe, read_frames
 
     info = probe(src)
     frames = read_frames(src)
@@ -189,7 +189,7 @@ def holdout_start(video: Path, video_seconds: float, holdout: float,
     record (``meta.json`` ``frames.holdout_first_s``), so no clip overlaps its training."""
     start = video_seconds * (1.0 - holdout)
     if identity:
-        from ladtalk.identity import resolve_identity
+        from ladtalk.identities.store import resolve_identity
         meta_path = resolve_identity(identity) / "meta.json"
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
@@ -220,9 +220,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace, t0: float) -> int:
-    from ladtalk.evaluation import EvalConfig, PairSpec, evaluate_batch, write_json
-    from ladtalk.pipeline import GenerateOptions, Pipeline
-    from ladtalk.video import probe
+    from ladtalk.evaluation.report import EvalConfig, PairSpec, evaluate_batch, write_json
+    from ladtalk.generation.pipeline import GenerateOptions, Pipeline
+    from ladtalk.media.video import probe
 
     if not args.video.is_file():
         raise InputError(f"source video not found: {args.video} (set LADTALK_SHARED_DATA or "
@@ -240,7 +240,7 @@ def _run(args: argparse.Namespace, t0: float) -> int:
     if args.enroll_seconds is not None:
         if not identity:
             raise InputError("--enroll-seconds needs --identity NAME (the name to enroll)")
-        from ladtalk.training.enroll import enroll
+        from ladtalk.enrollment.enroll import enroll
         t = time.perf_counter()
         enroll(args.video, identity, seconds=args.enroll_seconds, holdout=args.holdout,
                detector=args.detector, device=args.device, show_progress=not args.quiet)

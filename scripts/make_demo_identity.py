@@ -2,7 +2,7 @@
 
 The demo identity lets the app's Robustness and Enroll tabs (and ``python -m ladtalk
 robustness``) work on a fresh, offline machine. It is trained by LaDTalk's own enrollment code
-(:func:`ladtalk.training.enroll.enroll`) on ``examples/astronaut.mp4``, a synthetic clip made
+(:func:`ladtalk.enrollment.enroll.enroll`) on ``examples/astronaut.mp4``, a synthetic clip made
 from the public-domain NASA portrait bundled with scikit-image (see
 ``scripts/make_examples.py``), so the weights may be redistributed.
 
@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ladtalk.identity import atomic_identity_dir, write_json_atomic
-    from ladtalk.training.enroll import enroll
+    from ladtalk.identities.store import atomic_identity_dir, write_json_atomic
+    from ladtalk.enrollment.enroll import enroll
 
     video = Path(args.video)
     if not video.is_file():

@@ -86,7 +86,7 @@ def main(out_dir: Path) -> None:
     import cv2
     import imageio_ffmpeg
 
-    from ladtalk.video import VideoWriter
+    from ladtalk.media.video import VideoWriter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     img = astronaut()

@@ -1,8 +1,8 @@
-"""Measure the identity-match PSNRs that ``ladtalk/identity_match.py``'s margin is based on.
+"""Measure the identity-match PSNRs that ``ladtalk/generation/identity_match.py``'s margin is based on.
 
 For an identity (default: the shipped ``demo``, trained on the astronaut example) print the
 clean reconstruction PSNR on 8 face crops of each input (generation framing, dlib detector;
-per-channel gains as in :func:`ladtalk.identity_match.check_identity`, and without):
+per-channel gains as in :func:`ladtalk.generation.identity_match.check_identity`, and without):
 its own person (the example video and photo, and "new recording" variants of a photo of the
 person: brighter / darker, gamma, white balance, mirrored, JPEG, noise, blur, half
 resolution), another real person bundled with scikit-image (``camera()``, CC0), and, when
@@ -82,10 +82,10 @@ def main() -> int:
     import cv2
     import torch
     torch.set_num_threads(1)
-    from ladtalk.identity import read_meta, resolve_identity
-    from ladtalk.identity_match import check_identity, video_face_crops
-    from ladtalk.restore import Restorer
-    from ladtalk.video import read_image
+    from ladtalk.identities.store import read_meta, resolve_identity
+    from ladtalk.generation.identity_match import check_identity, video_face_crops
+    from ladtalk.generation.restore import Restorer
+    from ladtalk.media.video import read_image
 
     path = resolve_identity(args.identity)
     meta = read_meta(path)
@@ -97,7 +97,7 @@ def main() -> int:
     inputs = [("examples/astronaut.mp4 (the demo's person)", ROOT / "examples" / "astronaut.mp4"),
               ("examples/astronaut.png (the demo's person)", ROOT / "examples" / "astronaut.png")]
     own = Path(args.own_face)
-    from ladtalk.video import iter_frames, probe
+    from ladtalk.media.video import iter_frames, probe
     info = probe(own)
     if info.is_image:
         photo = read_image(own)

@@ -1,7 +1,7 @@
 """A/B driver for the CPU enrollment recipe (docs/enrollment.md, "The 256 px recipe").
 
 Trains a normalisation-free SOVQAE on crops of ``../shared/data/dfrf_cnn2.mp4`` (first 90 %)
-with :class:`ladtalk.training.enroll.Trainer` for ``--seconds`` and prints crop-level PSNRs on
+with :class:`ladtalk.enrollment.enroll.Trainer` for ``--seconds`` and prints crop-level PSNRs on
 32 held-out crops: whole-crop clean reconstruction, and, in the mouth box (rows 0.5-0.9,
 columns 0.2-0.8 of the crop), the lipsync-path input W (sigma 0 / 0.5 / 1 at 96 px) against
 its restoration R. Example (run c of the write-up)::
@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from dataclasses import replace
 from ladtalk.models.sovqae import SOVQAE, SOVQAEConfig
-from ladtalk.training.enroll import Trainer, train_preset, _psnr
-from ladtalk.training.data import (extract_crops, split_holdout, CropSampler, to_tensor01,
+from ladtalk.enrollment.enroll import Trainer, train_preset, _psnr
+from ladtalk.enrollment.data import (extract_crops, split_holdout, CropSampler, to_tensor01,
                                    even_subset, lipsync_degradation)
 ap = argparse.ArgumentParser()
 ap.add_argument("--name", default="a"); ap.add_argument("--seconds", type=float, default=420)

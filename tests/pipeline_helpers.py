@@ -5,7 +5,7 @@
   with a slow horizontal drift; "no face" frames are a flat grey gradient.
 * A second real person (:func:`other_person_photo`): scikit-image's ``camera()`` (CC0).
 * Speech: a 16 kHz harmonic tone with a 4 Hz syllable-like envelope and a little noise,
-  loud enough for :func:`ladtalk.audio.check_has_speech`.
+  loud enough for :func:`ladtalk.media.audio.check_has_speech`.
 * :class:`StubGenerator`: a Wav2Lip-shaped module (same inputs / output) that costs nothing,
   for tests about file handling and faults; the acceptance tests use a real ``Wav2Lip()``.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ladtalk.video import VideoWriter, ffmpeg_exe, read_frames
+from ladtalk.media.video import VideoWriter, ffmpeg_exe, read_frames
 
 FRAME_W, FRAME_H = 240, 180
 # astronaut crop (x0, y0, x1, y1) that, scaled to 240x180, puts the face at about x 80-160,

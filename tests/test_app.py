@@ -37,9 +37,9 @@ def _free_port() -> int:
 def _write_tiny_identity(home: Path, name: str) -> Path:
     """A random tiny SOVQAE posing as an identity of the astronaut: its meta.json records its
     reconstruction PSNR on the astronaut photo as the holdout PSNR, so the identity check
-    (ladtalk.identity_match) lets it restore the astronaut, and only the astronaut."""
+    (ladtalk.generation.identity_match) lets it restore the astronaut, and only the astronaut."""
     import torch
-    from ladtalk.identity_match import check_identity, video_face_crops
+    from ladtalk.generation.identity_match import check_identity, video_face_crops
     from ladtalk.models.sovqae import SOVQAE, get_config
     torch.manual_seed(0)
     path = home / "identities" / name
@@ -52,7 +52,7 @@ def _write_tiny_identity(home: Path, name: str) -> Path:
 
 
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
-    from ladtalk.video import ffmpeg_exe
+    from ladtalk.media.video import ffmpeg_exe
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
                     "-t", str(seconds), "-c:a", "pcm_s16le", str(dst)], check=True)
     return dst
@@ -85,7 +85,7 @@ def server(app_home):
         mp.setenv(k, v)
     import app
     from ladtalk.models.wav2lip import Wav2Lip
-    from ladtalk.pipeline import Pipeline
+    from ladtalk.generation.pipeline import Pipeline
 
     _write_tiny_identity(app_home, "tiny")
     torch.manual_seed(0)
@@ -133,8 +133,8 @@ def test_named_endpoints_and_status(server):
 def test_generate_photo_side_by_side(server, short_audio):
     from gradio_client import handle_file
 
-    from ladtalk.audio import load_audio
-    from ladtalk.video import probe
+    from ladtalk.media.audio import load_audio
+    from ladtalk.media.video import probe
     main, base, report = server.predict(
         handle_file(str(EXAMPLES / "astronaut.png")), handle_file(str(short_audio)), "tiny",
         False, 3, True, 0, 10, 0, 0, True, "dlib", "pingpong", "", 1, api_name="/generate")
@@ -170,7 +170,7 @@ def test_generate_refuses_another_persons_identity(server, short_audio, tmp_path
     astronaut demo): the specific error, with the measured PSNRs and the fix."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
-    from ladtalk.identity import SHIPPED_DIR, read_meta
+    from ladtalk.identities.store import SHIPPED_DIR, read_meta
     from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
     face = write_png(tmp_path / "cameraman.png", other_person_photo())
     with pytest.raises(AppError) as err:
@@ -194,8 +194,8 @@ def test_robustness_matches_library(server, app_home):
 
     from ladtalk.face import CropConfig, crop_face, face_region, make_detector, select_largest
     from ladtalk.models.sovqae import SOVQAE
-    from ladtalk.robustness import evaluate_robustness
-    from ladtalk.video import read_image
+    from ladtalk.analysis.robustness import evaluate_robustness
+    from ladtalk.media.video import read_image
 
     img_path = EXAMPLES / "astronaut.png"
     gallery, table, plot, cert_md, raw = server.predict(
@@ -236,7 +236,7 @@ def test_robustness_matches_library(server, app_home):
 def test_robustness_on_a_video_frame(server, tmp_path):
     from gradio_client import handle_file
 
-    from ladtalk.video import ffmpeg_exe
+    from ladtalk.media.video import ffmpeg_exe
     clip = tmp_path / "clip.mp4"
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i",
                     str(EXAMPLES / "astronaut.mp4"), "-t", "1.5", "-an", str(clip)], check=True)
@@ -274,7 +274,7 @@ def test_enroll_then_identity_is_usable(server, short_audio):
 def test_generate_enroll_from_this_video_first(server, tmp_path, short_audio):
     from gradio_client import handle_file
 
-    from ladtalk.video import ffmpeg_exe, probe
+    from ladtalk.media.video import ffmpeg_exe, probe
     clip = tmp_path / "talk.mp4"  # within the test server's 2 s limit
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i",
                     str(EXAMPLES / "astronaut.mp4"), "-t", "1.6", str(clip)], check=True)
@@ -333,7 +333,7 @@ def test_bad_inputs_give_specific_errors_and_server_survives(server, tmp_path, s
 
 def test_zerogpu_helpers_and_spaces_noop():
     import app
-    from ladtalk import app_support as sup
+    from ladtalk.app import support as sup
 
     # off ZeroGPU, spaces.GPU returns the function itself (a no-op)
     assert app.ZERO_GPU is False
@@ -345,7 +345,7 @@ def test_zerogpu_helpers_and_spaces_noop():
                     (app._enroll_on_gpu, app._enroll_duration),
                     (app._robustness_on_gpu, app._robustness_duration)):
         assert list(inspect.signature(fn).parameters) == list(inspect.signature(dur).parameters)
-    from ladtalk.pipeline import GenerateOptions
+    from ladtalk.generation.pipeline import GenerateOptions
     assert app._generate_duration(-1, "f", "a", "o", GenerateOptions(identity="x"), True,
                                   10_000, 10_000) == 120  # unknown key: default cap
     assert app._enroll_duration(-1, "v", "n", 30.0, None, "auto", False) == 75

@@ -1,4 +1,4 @@
-"""Tests for ladtalk.audio: decoding, Wav2Lip mel front-end, mel windows, silence checks."""
+"""Tests for ladtalk.media.audio: decoding, Wav2Lip mel front-end, mel windows, silence checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ladtalk import audio as A
+from ladtalk.media import audio as A
 from ladtalk.errors import InputError
 
 SR = 16000

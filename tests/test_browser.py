@@ -52,7 +52,7 @@ def test_robustness_tab_in_browser(browser_page, tmp_path, monkeypatch):
 
     import app
     from ladtalk.models.wav2lip import Wav2Lip
-    from ladtalk.pipeline import Pipeline
+    from ladtalk.generation.pipeline import Pipeline
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     torch.manual_seed(0)

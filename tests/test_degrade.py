@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ladtalk.degrade import (DEGRADATIONS, Degradation, area_matrix, default_degradations,
+from ladtalk.analysis.degrade import (DEGRADATIONS, Degradation, area_matrix, default_degradations,
                              down_up, gaussian_blur, gaussian_kernel1d, gaussian_noise,
                              parse_degradation)
 from ladtalk.errors import InputError

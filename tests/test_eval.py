@@ -1,4 +1,4 @@
-"""``python -m ladtalk eval`` and :mod:`ladtalk.evaluation` on short synthetic videos.
+"""``python -m ladtalk eval`` and :mod:`ladtalk.evaluation.report` on short synthetic videos.
 
 The reference is a moving crop of scikit-image's astronaut (a real face, found by dlib); the
 generated clip is the reference's frames K..K+M, noised and re-encoded, so the Sliding
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from ladtalk import evaluation as ev
+from ladtalk.evaluation import report as ev
 from ladtalk.cli import main
 from ladtalk.errors import InputError
 from ladtalk.metrics import psnr
@@ -43,7 +43,7 @@ def _noisy(frames: np.ndarray, seed: int, sigma: float = 6.0) -> np.ndarray:
 def media(tmp_path_factory):
     import soundfile as sf
 
-    from ladtalk.video import VideoWriter, read_frames
+    from ladtalk.media.video import VideoWriter, read_frames
 
     d = tmp_path_factory.mktemp("eval_media")
     ref = _reference_frames()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ladtalk.fusion import FusionConfig, band_split, fuse, parse_strength
-from ladtalk.quality import calibrate_fusion, soften96
-from ladtalk.training.data import choose_resolution, lipsync_degradation
+from ladtalk.generation.fusion import FusionConfig, band_split, fuse, parse_strength
+from ladtalk.evaluation.quality import calibrate_fusion, soften96
+from ladtalk.enrollment.data import choose_resolution, lipsync_degradation
 
 
 def _face(side: int = 64, seed: int = 0) -> torch.Tensor:

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from ladtalk import hub
+from ladtalk.checkpoints import hub
 from ladtalk.errors import CheckpointError, InputError
-from ladtalk.hub import (CheckpointSpec, convert_to_safetensors, load_into, load_state_dict,
+from ladtalk.checkpoints.hub import (CheckpointSpec, convert_to_safetensors, load_into, load_state_dict,
                          parse_checkpoint, parse_hub_reference, resolve_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from ladtalk.errors import InputError
-from ladtalk.identity import SHIPPED_DIR, read_meta
-from ladtalk.identity_match import (ABSOLUTE_THRESHOLD_DB, DEFAULT_MARGIN_DB, IdentityMatch,
+from ladtalk.identities.store import SHIPPED_DIR, read_meta
+from ladtalk.generation.identity_match import (ABSOLUTE_THRESHOLD_DB, DEFAULT_MARGIN_DB, IdentityMatch,
                                     check_identity, video_face_crops)
-from ladtalk.pipeline import GenerateOptions, Pipeline
+from ladtalk.generation.pipeline import GenerateOptions, Pipeline
 
 from pipeline_helpers import (OTHER_FACE_BOX, StubGenerator, make_speech, other_person_photo,
                               write_png)
@@ -29,7 +29,7 @@ DEMO = SHIPPED_DIR / "demo"
 
 @pytest.fixture(scope="module")
 def demo():
-    from ladtalk.restore import Restorer
+    from ladtalk.generation.restore import Restorer
     return Restorer.from_identity(DEMO, device="cpu", precision="fp32"), read_meta(DEMO)
 
 

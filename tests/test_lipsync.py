@@ -9,7 +9,7 @@ from torch import nn
 
 from formula import det_state_dict
 from ladtalk.errors import CheckpointError, InputError
-from ladtalk.lipsync import LipSyncer, build_generator_input
+from ladtalk.generation.lipsync import LipSyncer, build_generator_input
 from ladtalk.models.wav2lip import Wav2Lip
 
 
@@ -232,7 +232,7 @@ def test_from_checkpoint_missing_file(tmp_path):
 
 # ------------------------------------------------------------------ precision
 def test_precision_names_resolve_per_device(monkeypatch):
-    import ladtalk.device as dev
+    import ladtalk._util.device as dev
     cpu = torch.device("cpu")
     assert dev.resolve_dtype(None, cpu) == torch.float32
     assert dev.resolve_dtype("fp32", cpu) == torch.float32

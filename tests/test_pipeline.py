@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-import ladtalk.device
-import ladtalk.pipeline as pipeline_mod
-from ladtalk.audio import load_audio
-from ladtalk.blend import BlendConfig, blend_face, lower_face_mask, match_colour
+import ladtalk._util.device
+import ladtalk.generation.pipeline as pipeline_mod
+from ladtalk.media.audio import load_audio
+from ladtalk.generation.blend import BlendConfig, blend_face, lower_face_mask, match_colour
 from ladtalk.face.crop import CropConfig, face_region
-from ladtalk.framesource import LoopedSource
-from ladtalk.pipeline import GenerateOptions, Pipeline
-from ladtalk.timing import needs_random_access, source_index, source_indices
-from ladtalk.video import VideoWriter, probe
+from ladtalk.media.framesource import LoopedSource
+from ladtalk.generation.pipeline import GenerateOptions, Pipeline
+from ladtalk.media.timing import needs_random_access, source_index, source_indices
+from ladtalk.media.video import VideoWriter, probe
 
 from pipeline_helpers import (FACE_BOX, FRAME_H, FRAME_W, StubGenerator, decode, make_aac,
                               make_face_video, make_speech, tiny_sovqae)
@@ -167,7 +167,7 @@ def test_e2e_no_face_frames_pass_through(wav2lip_pipe, media, tmp_path, recordin
 
 
 def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, monkeypatch):
-    from ladtalk.identity import store_path
+    from ladtalk.identities.store import store_path
     model = tiny_sovqae(resolution=64)
     store = store_path("tiny_person")
     store.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, mon
              GenerateOptions(identity="tiny_person", **opts))
     assert len(pipe._restorers) == 1
     # both models follow the pipeline's precision (default "auto"; "fp32" = exact arithmetic)
-    assert res.precision == ladtalk.device.precision_name(pipe.lipsyncer.dtype)
+    assert res.precision == ladtalk._util.device.precision_name(pipe.lipsyncer.dtype)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         p = Pipeline(StubGenerator(), device="cpu", dtype=name)
         assert p.restorer_for("tiny_person")[0].dtype == dtype == p.lipsyncer.dtype
@@ -304,7 +304,7 @@ def test_looped_source_streams_frames_in_policy_order(media, tmp_path, policy):
 
 
 def test_pingpong_falls_back_to_loop_when_temp_disk_is_full(media, tmp_path, monkeypatch):
-    import ladtalk.framesource as fs
+    import ladtalk.media.framesource as fs
     from collections import namedtuple
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(fs.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))

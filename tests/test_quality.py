@@ -1,4 +1,4 @@
-"""The frame-level W (Wav2Lip proxy) vs L (LaDTalk) quality measure (ladtalk.quality)."""
+"""The frame-level W (Wav2Lip proxy) vs L (LaDTalk) quality measure (ladtalk.evaluation.quality)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ladtalk.face.crop import crop_face, face_region
-from ladtalk.fusion import FusionConfig
-from ladtalk.quality import measure_quality, region_mask
+from ladtalk.generation.fusion import FusionConfig
+from ladtalk.evaluation.quality import measure_quality, region_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import torch
 from ladtalk.errors import InputError
 from ladtalk.metrics.image import psnr, ssim
 from ladtalk.models.sovqae import SOVQAE, get_config
-from ladtalk.restore import Restorer
-from ladtalk.robustness import evaluate_robustness, robustness_for_video
+from ladtalk.generation.restore import Restorer
+from ladtalk.analysis.robustness import evaluate_robustness, robustness_for_video
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 10
@@ -36,7 +36,7 @@ def identity_dir(tmp_path_factory) -> Path:
 def face_video(tmp_path_factory) -> Path:
     """10 frames of a real (public-domain) face moving a few pixels, H.264."""
     from skimage import data
-    from ladtalk.video import VideoWriter
+    from ladtalk.media.video import VideoWriter
     img = data.astronaut()  # face at about x 177-279, y 65-176
     path = tmp_path_factory.mktemp("video") / "astro.mp4"
     with VideoWriter(path, 25, (256, 256)) as w:
@@ -76,7 +76,7 @@ def test_restorer_matches_model_and_handles_other_sizes(identity_dir):
 
 
 def test_evaluate_robustness_numbers_agree_with_metrics(identity_dir):
-    from ladtalk.degrade import gaussian_blur
+    from ladtalk.analysis.degrade import gaussian_blur
     model = SOVQAE.from_pretrained(identity_dir)
     crops = _crops(3)
     res = evaluate_robustness(model, crops, ["blur:1.0", "noise:0.1"], device="cpu",

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from ladtalk.errors import InputError
-from ladtalk.training import data as tdata
-from ladtalk.training.discriminator import NLayerDiscriminator
-from ladtalk.training.losses import (adaptive_weight, codebook_regularizer, hinge_d_loss,
+from ladtalk.enrollment import data as tdata
+from ladtalk.enrollment.discriminator import NLayerDiscriminator
+from ladtalk.enrollment.losses import (adaptive_weight, codebook_regularizer, hinge_d_loss,
                                      load_perceptual, soft_min_distance)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def _astronaut_frames(n: int, size: int = 320, seed: int = 0) -> np.ndarray:
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float = 25.0) -> Path:
-    from ladtalk.video import VideoWriter
+    from ladtalk.media.video import VideoWriter
     with VideoWriter(path, fps, (frames.shape[2], frames.shape[1])) as w:
         w.write(frames)
     return path
@@ -151,7 +151,7 @@ def test_discriminator_is_a_patchgan_with_taming_names():
 
 
 def test_perceptual_without_weights_warns_once_and_returns_none(monkeypatch, capsys):
-    from ladtalk.training import losses
+    from ladtalk.enrollment import losses
     monkeypatch.delenv("LADTALK_VGG16", raising=False)
     monkeypatch.delenv("LADTALK_LPIPS", raising=False)
     monkeypatch.setattr(losses, "_WARNED", False)
@@ -164,7 +164,7 @@ def test_perceptual_without_weights_warns_once_and_returns_none(monkeypatch, cap
 def test_perceptual_loads_vgg_weights_from_env(monkeypatch, tmp_path):
     from safetensors.torch import save_file
 
-    from ladtalk.training.losses import LPIPS
+    from ladtalk.enrollment.losses import LPIPS
     ref = LPIPS()
     sd = {k: torch.randn_like(v) for k, v in ref.state_dict().items() if k.startswith("features.")}
     save_file(sd, str(tmp_path / "vgg16.safetensors"))
@@ -186,7 +186,7 @@ def _tiny_model():
 
 
 def test_trainer_state_round_trip_is_exact(tmp_path):
-    from ladtalk.training.enroll import Trainer, train_preset
+    from ladtalk.enrollment.enroll import Trainer, train_preset
     crops = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     cfg = train_preset("tiny", kmeans_at=2, restart_every=3, disc_start=3, restore_start=0)
     sampler = tdata.CropSampler(crops, 4, seed=1)
@@ -219,13 +219,13 @@ def test_trainer_state_round_trip_is_exact(tmp_path):
 # -- refusals ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["../../etc", "a/b", "..", "", ".hidden", "x" * 80])
 def test_bad_identity_names_are_refused(bad, face_video):
-    from ladtalk.training.enroll import enroll
+    from ladtalk.enrollment.enroll import enroll
     with pytest.raises(InputError, match="invalid identity name"):
         enroll(face_video, bad, seconds=1, config="tiny", detector="dlib")
 
 
 def test_empty_and_undecodable_videos_are_refused(tmp_path):
-    from ladtalk.training.enroll import enroll
+    from ladtalk.enrollment.enroll import enroll
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(InputError, match="empty"):
@@ -239,7 +239,7 @@ def test_empty_and_undecodable_videos_are_refused(tmp_path):
 
 
 def test_video_without_a_face_is_refused(tmp_path):
-    from ladtalk.training.enroll import enroll
+    from ladtalk.enrollment.enroll import enroll
     rng = np.random.default_rng(0)
     frames = np.repeat(rng.integers(0, 256, (1, 160, 160, 3), dtype=np.uint8), 12, axis=0)
     vid = _write_video(tmp_path / "noface.mp4", frames)
@@ -248,7 +248,7 @@ def test_video_without_a_face_is_refused(tmp_path):
 
 
 def test_too_few_frames_is_refused(tmp_path):
-    from ladtalk.training.enroll import enroll
+    from ladtalk.enrollment.enroll import enroll
     vid = _write_video(tmp_path / "short.mp4", _astronaut_frames(4))
     with pytest.raises(InputError, match="at least"):
         enroll(vid, "someone", seconds=1, config="tiny", detector="dlib")
@@ -272,11 +272,11 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_path):
     """~60-90 s on 2 busy cores: train a tiny SOVQAE on the astronaut, check restoration of
     held-out blurred frames, resume, and abort a second run from the progress callback."""
-    from ladtalk.degrade import gaussian_blur
-    from ladtalk.identity import store_path
+    from ladtalk.analysis.degrade import gaussian_blur
+    from ladtalk.identities.store import store_path
     from ladtalk.models.sovqae import SOVQAE, get_config
-    from ladtalk.training.data import extract_crops, split_holdout, to_tensor01
-    from ladtalk.training.enroll import enroll
+    from ladtalk.enrollment.data import extract_crops, split_holdout, to_tensor01
+    from ladtalk.enrollment.enroll import enroll
 
     events = []
     budget = 80.0  # 200 steps take ~30 s on 2 idle cores; the step cap ends the run there
@@ -320,7 +320,7 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
         y = ((model(xb * 2 - 1)[0] + 1) / 2).clamp(0, 1)
     p_deg, p_res = _psnr(xb, x), _psnr(y, x)
     assert p_res >= p_deg + 1.5, (p_deg, p_res, meta["steps"])
-    blur_meta = meta["restoration"]["blur:2.0"]  # the same probe through ladtalk.robustness
+    blur_meta = meta["restoration"]["blur:2.0"]  # the same probe through ladtalk.analysis.robustness
     assert abs(blur_meta["psnr_restored"] - p_res) < 0.05
     assert abs(blur_meta["psnr_degraded"] - p_deg) < 0.05
 
@@ -381,7 +381,7 @@ def test_killing_enroll_leaves_previous_identity_intact(face_video, tmp_path):
 def test_init_from_a_saved_sovqae_directory(face_video, tmp_path):
     """--init: a fresh identity starts from given weights (config taken from them)."""
     from ladtalk.models.sovqae import SOVQAE, get_config
-    from ladtalk.training.enroll import enroll
+    from ladtalk.enrollment.enroll import enroll
     torch.manual_seed(1)
     src = SOVQAE(get_config("tiny", attn_resolutions=(), n_embed=64))
     src.save_pretrained(tmp_path / "init")

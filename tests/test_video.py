@@ -1,4 +1,4 @@
-"""ladtalk.video: probing, streaming decode, still images, encoding with audio mux."""
+"""ladtalk.media.video: probing, streaming decode, still images, encoding with audio mux."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ladtalk import video as V
+from ladtalk.media import video as V
 from ladtalk.errors import InputError
 
 FF = V.ffmpeg_exe()

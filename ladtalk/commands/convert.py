@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import InputError
+from ladtalk.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import convert_to_safetensors, resolve_checkpoint
+    from ladtalk.checkpoints.hub import convert_to_safetensors, resolve_checkpoint
 
     src = resolve_checkpoint(args.src)
     dst = Path(args.dst).expanduser()

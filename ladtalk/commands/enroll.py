@@ -60,7 +60,7 @@ def quality_summary(meta: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.enroll import enroll
+    from ladtalk.enrollment.enroll import enroll
 
     path = enroll(args.video, args.name, seconds=args.seconds, config=args.config, init=args.init,
                   holdout=args.holdout, out=args.out, detector=args.detector, device=args.device,
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
               f"high {fusion['high_strength']:g}")
     print(quality_summary(meta))
     if args.json:
-        from ..identity import write_json_atomic
+        from ladtalk.identities.store import write_json_atomic
         write_json_atomic(args.json, meta)
     sys.stdout.flush()
     return 0

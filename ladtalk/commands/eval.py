@@ -6,7 +6,7 @@ One pair::
         [--metrics psnr,ssim,mouth_psnr,temporal,fid,lse] [--no-sliding] [--json OUT.json]
 
 prints a one-row table and, with ``--json``, writes the JSON documented in
-:mod:`ladtalk.evaluation` (``--json -`` prints it instead). A batch::
+:mod:`ladtalk.evaluation.report` (``--json -`` prints it instead). A batch::
 
     python -m ladtalk eval --pairs pairs.csv [--json OUT.json] [--csv OUT.csv]
 
@@ -15,7 +15,7 @@ reads ``method, generated, reference[, audio]`` rows and prints method rows x me
 reported as ``needs weights``; asking explicitly (``--metrics``) only for metrics that cannot
 be computed is an error.
 
-LaDTalk against Wav2Lip on held-out frames of an enrolled person (:mod:`ladtalk.quality`)::
+LaDTalk against Wav2Lip on held-out frames of an enrolled person (:mod:`ladtalk.evaluation.quality`)::
 
     python -m ladtalk eval quality --identity NAME --video HELDOUT.mp4 [--soften 0 0.5 1]
         [--holdout 0.1] [--max-frames N] [--restore-strength S|LOW,HIGH] [--json OUT]
@@ -27,11 +27,11 @@ import argparse
 import json
 import sys
 
-from ..errors import InputError
+from ladtalk.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..evaluation import METRICS
+    from ladtalk.evaluation.report import METRICS
 
     parser.add_argument("mode", nargs="?", choices=("quality",), default=None,
                         help="'quality': frame-level LaDTalk vs Wav2Lip-proxy scores on the "
@@ -90,10 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_quality(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..evaluation import jsonable, write_json
-    from ..fusion import FusionConfig, parse_strength
-    from ..identity import read_meta, resolve_identity
-    from ..quality import DEFAULT_SOFTEN, quality_for_video
+    from ladtalk.evaluation.report import jsonable, write_json
+    from ladtalk.generation.fusion import FusionConfig, parse_strength
+    from ladtalk.identities.store import read_meta, resolve_identity
+    from ladtalk.evaluation.quality import DEFAULT_SOFTEN, quality_for_video
 
     if not args.identity or not args.video:
         raise InputError("eval quality needs --identity NAME and --video V (the person's "
@@ -120,7 +120,7 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import (EvalConfig, evaluate_batch, evaluate_pair, single_table,
+    from ladtalk.evaluation.report import (EvalConfig, evaluate_batch, evaluate_pair, single_table,
                               write_json)
 
     if getattr(args, "mode", None) == "quality":
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     print(table.format_table(), file=out)
     _print_reasons(payload, out)
     if to_stdout:
-        from ..evaluation import jsonable
+        from ladtalk.evaluation.report import jsonable
         print(json.dumps(jsonable(payload), indent=2, allow_nan=False))
     elif args.json:
         print(f"json: {write_json(payload, args.json)}", file=out)

@@ -11,7 +11,7 @@ face is checked against it first (``--identity-check warn``, the default, prints
 the identity reconstructs this face much worse than its own held-out frames, i.e. it belongs
 to someone else; ``refuse`` stops instead, ``off`` skips the check). The output lasts
 exactly as long as the audio (looping the video per ``--loop`` when the audio is longer) and
-carries the original audio track. See :mod:`ladtalk.pipeline` for the stages.
+carries the original audio track. See :mod:`ladtalk.generation.pipeline` for the stages.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import argparse
 import logging
 import sys
 
-from ..timing import LOOP_POLICIES
+from ladtalk.media.timing import LOOP_POLICIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..hub import add_checkpoint_argument
+    from ladtalk.checkpoints.hub import add_checkpoint_argument
 
     io = parser.add_argument_group("inputs and output")
     io.add_argument("--face", required=True, metavar="VIDEO_OR_IMAGE",
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     enh.add_argument("--identity-check", default="warn", choices=("refuse", "warn", "off"),
                      help="is the identity this person? Its reconstruction PSNR on 8 face "
                           "crops of --face is compared with its own holdout PSNR "
-                          "(ladtalk.identity_match). warn (default): print a warning and "
+                          "(ladtalk.generation.identity_match). warn (default): print a warning and "
                           "restore anyway; refuse: stop with an error; off: skip the check")
     enh.add_argument("--restore-strength", default=None, metavar="S|LOW,HIGH",
                      help="how much of the identity's restoration to use: S for both bands or "
@@ -83,8 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    """Build :class:`ladtalk.pipeline.GenerateOptions` from parsed arguments."""
-    from ..pipeline import GenerateOptions
+    """Build :class:`ladtalk.generation.pipeline.GenerateOptions` from parsed arguments."""
+    from ladtalk.generation.pipeline import GenerateOptions
     return GenerateOptions(
         identity=None if args.no_enhance else args.identity,
         detector=args.detector, box=tuple(args.box) if args.box else None,
@@ -115,7 +115,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import DEFAULT_BATCH_SIZE, Pipeline
+    from ladtalk.generation.pipeline import DEFAULT_BATCH_SIZE, Pipeline
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s: %(message)s")

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _specs(args: argparse.Namespace, resolution: int):
     """Degradation specs from the flags; defaults when none is given."""
-    from ..degrade import default_degradations, format_spec
+    from ladtalk.analysis.degrade import default_degradations, format_spec
     given = [format_spec("blur", v) for v in args.blur or []]
     given += [format_spec("noise", v) for v in args.noise or []]
     given += [format_spec("down", v) for v in args.down or []]
@@ -84,10 +84,10 @@ def _clean(obj: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..identity import resolve_identity, write_json_atomic
-    from ..models.sovqae import SOVQAEConfig
-    from ..robustness import robustness_for_video
+    from ladtalk.errors import InputError
+    from ladtalk.identities.store import resolve_identity, write_json_atomic
+    from ladtalk.models.sovqae import SOVQAEConfig
+    from ladtalk.analysis.robustness import robustness_for_video
 
     for name in ("max_frames", "cert_faces", "power_iters", "positions", "batch_size"):
         if getattr(args, name) < 0 or (name == "batch_size" and args.batch_size < 1):

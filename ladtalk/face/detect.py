@@ -9,7 +9,7 @@ mapped back to full resolution.
 
 Detectors:
     :class:`S3FDDetector`    face-alignment's S3FD (the detector Wav2Lip was trained with);
-                             weights from :func:`ladtalk.hub.resolve_checkpoint` ("s3fd").
+                             weights from :func:`ladtalk.checkpoints.hub.resolve_checkpoint` ("s3fd").
     :class:`DlibHOGDetector` dlib's HOG frontal detector: offline, no weights, CPU only.
     :class:`FixedBoxDetector` a user-given box (``--box Y1 Y2 X1 X2``) for every frame.
 """
@@ -21,7 +21,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple, Union, runtime_che
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError
+from ladtalk.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _load_state_dict(path) -> dict:
 
 
 def resolve_s3fd_weights(weights=None):
-    """Local path of the S3FD weights via :func:`ladtalk.hub.resolve_checkpoint` ("s3fd").
+    """Local path of the S3FD weights via :func:`ladtalk.checkpoints.hub.resolve_checkpoint` ("s3fd").
 
     ``weights`` (a path, directory or Hub reference) overrides the default source. Raises
     :class:`CheckpointError` that says to use ``--detector dlib`` or supply the weights.
@@ -175,7 +175,7 @@ def resolve_s3fd_weights(weights=None):
             "face-alignment's s3fd-619a316812.pth, the same file as Wav2Lip's "
             "face_detection/detection/sfd/s3fd.pth")
     try:
-        from ..hub import resolve_checkpoint
+        from ladtalk.checkpoints.hub import resolve_checkpoint
     except ImportError as exc:  # pragma: no cover - hub ships with the package
         if weights is not None and Path(weights).is_file():
             return Path(weights)
@@ -201,7 +201,7 @@ class S3FDDetector:
 
     def __init__(self, device=None, weights=None, max_side: Optional[int] = DEFAULT_MAX_SIDE,
                  threshold: float = 0.5, batch_size: int = 16):
-        from ..device import resolve_device
+        from ladtalk._util.device import resolve_device
         path = resolve_s3fd_weights(weights)
         self.device = resolve_device(device)
         self.max_side = max_side

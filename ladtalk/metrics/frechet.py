@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Optional, Tuple
 import numpy as np
 from scipy import linalg
 
-from ..errors import CheckpointError, InputError, LadTalkError
+from ladtalk.errors import CheckpointError, InputError, LadTalkError
 
 if TYPE_CHECKING:
-    from ..device import DeviceLike
+    from ladtalk._util.device import DeviceLike
 
 FID_EXTRA = "fid"
 FID_PIP = "pip install 'ladtalk[fid]'  (= pytorch-fid and torchvision)"
@@ -104,7 +104,7 @@ class InceptionFeatures:
 
     def __init__(self, device: "DeviceLike" = None, batch_size: int = 32) -> None:
         inception_cls = _import_pytorch_fid()
-        from ..device import resolve_device
+        from ladtalk._util.device import resolve_device
 
         self.device = resolve_device(device)
         self.batch_size = batch_size

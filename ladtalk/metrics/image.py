@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 
-from ..errors import InputError
+from ladtalk.errors import InputError
 
 
 def _pair(a: np.ndarray, b: np.ndarray, data_range: Optional[float], name: str):

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import DeviceLike, resolve_device
-from ..errors import InputError
-from ..models.syncnet_lse import CLIP_FRAMES, CROP_SIZE, MFCC_WINDOW, SyncNetS, adapt_state_dict
-from .mfcc import SAMPLE_RATE, syncnet_mfcc
+from ladtalk._util.device import DeviceLike, resolve_device
+from ladtalk.errors import InputError
+from ladtalk.models.syncnet_lse import CLIP_FRAMES, CROP_SIZE, MFCC_WINDOW, SyncNetS, adapt_state_dict
+from ladtalk.metrics.mfcc import SAMPLE_RATE, syncnet_mfcc
 
 VIDEO_FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS      # 640
@@ -233,9 +233,9 @@ def load_syncnet_lse(checkpoint: Optional[Union[str, Path]] = None,
                      device: DeviceLike = None) -> SyncNetS:
     """Build :class:`SyncNetS` with pretrained weights, in eval mode, on ``device``.
 
-    The file comes from ``ladtalk.hub.resolve_checkpoint("syncnet_lse", override=checkpoint)``:
+    The file comes from ``ladtalk.checkpoints.hub.resolve_checkpoint("syncnet_lse", override=checkpoint)``:
     ``checkpoint`` (a path or Hub reference, the CLI's ``--syncnet``), else ``$LADTALK_SYNCNET``,
-    else the default Hub mirror of ``syncnet_v2.model``. It is read by ``ladtalk.hub.load_state_dict``
+    else the default Hub mirror of ``syncnet_v2.model``. It is read by ``ladtalk.checkpoints.hub.load_state_dict``
     (safetensors, or ``torch.load(weights_only=True)`` for ``.model``/``.pth``).
 
     The public ``syncnet_v2.model`` is a ``torch.save``d mapping of parameter names to tensors,
@@ -247,7 +247,7 @@ def load_syncnet_lse(checkpoint: Optional[Union[str, Path]] = None,
     module would be refused by the weights-only loader (it references Python classes) and
     nothing in it would run; extract its ``state_dict()`` on a trusted machine first.
     """
-    from ..hub import load_state_dict, resolve_checkpoint
+    from ladtalk.checkpoints.hub import load_state_dict, resolve_checkpoint
 
     path = resolve_checkpoint(CHECKPOINT_NAME, override=checkpoint)
     model = SyncNetS()

@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.fft import dct
 
-from ..errors import InputError
+from ladtalk.errors import InputError
 
 SAMPLE_RATE = 16000
 FRAME_LEN = 400          # 25 ms at 16 kHz

@@ -25,8 +25,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from .frechet import frechet_distance_from_features
+from ladtalk.errors import InputError
+from ladtalk.metrics.frechet import frechet_distance_from_features
 
 
 @dataclass

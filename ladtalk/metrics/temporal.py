@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ladtalk.errors import InputError
 
 
 def _sequence(x, name: str) -> np.ndarray:

@@ -19,7 +19,7 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .blocks import ConvBNReLU, ConvTransposeBNReLU
+from ladtalk.models.blocks import ConvBNReLU, ConvTransposeBNReLU
 
 
 def fold_batchnorm(model: nn.Module, inplace_relu: bool = True,

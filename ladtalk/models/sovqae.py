@@ -47,10 +47,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..device import DeviceLike, resolve_device
-from ..errors import CheckpointError
-from .quantizer import VectorQuantizer
-from .vqgan import Decoder, Encoder
+from ladtalk._util.device import DeviceLike, resolve_device
+from ladtalk.errors import CheckpointError
+from ladtalk.models.quantizer import VectorQuantizer
+from ladtalk.models.vqgan import Decoder, Encoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -171,7 +171,7 @@ cpu     the enrollment recipe (docs/enrollment.md): ch 32, ch_mult (1, 1, 2) -> 
         (norm "none", no mid attention; 0.72 M parameters). Nothing depends on whole-image
         statistics, so it trains on 128 px patches of 256 px crops (4x cheaper per image) and
         runs on whole crops. Its resolution follows the face: 256 px for faces of 200 px or
-        more, 128 px below (AUTO_RESOLUTION_CONFIGS; ladtalk.training.data.choose_resolution).
+        more, 128 px below (AUTO_RESOLUTION_CONFIGS; ladtalk.enrollment.data.choose_resolution).
 cpu-gn128  the previous cpu recipe: the same layout with GroupNorm and mid attention at a fixed
         128 px, trained on whole crops (identities enrolled before the change load as this).
 cpu-f8  the team's first CPU probe layout with one res block per level: ch_mult (1, 2, 2, 4)
@@ -189,7 +189,7 @@ def get_config(name: str, **overrides: Any) -> SOVQAEConfig:
     try:
         cfg = CONFIGS[name]
     except KeyError:
-        from ..errors import InputError
+        from ladtalk.errors import InputError
         raise InputError(f"unknown SOVQAE config '{name}'; choose one of "
                          f"{', '.join(sorted(CONFIGS))}") from None
     return replace(cfg, **overrides)
@@ -422,7 +422,7 @@ class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
     def from_checkpoint(cls, spec: Union[str, Path], *, device: DeviceLike = "cpu",
                         config: Optional[SOVQAEConfig] = None, **kwargs: Any) -> "SOVQAE":
         """Load from any supported format; see :func:`ladtalk.models.sovqae_io.load_sovqae`."""
-        from .sovqae_io import load_sovqae
+        from ladtalk.models.sovqae_io import load_sovqae
         return load_sovqae(spec, device=device, config=config, **kwargs)
 
 

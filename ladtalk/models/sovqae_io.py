@@ -14,9 +14,9 @@ Formats understood by :func:`load_sovqae` (``SOVQAE.from_checkpoint``)
   otherwise it is inferred from the tensor shapes (everything is recoverable except the input
   resolution, which only decides attention placement; ``resolution`` defaults to 256);
 * a Hub reference to a single file (``hf://OWNER/REPO/FILE`` or ``OWNER/REPO:FILE``, resolved by
-  :mod:`ladtalk.hub`), or a Hub repo id written by ``save_pretrained``.
+  :mod:`ladtalk.checkpoints.hub`), or a Hub repo id written by ``save_pretrained``.
 
-Pickle files are only ever read through :func:`ladtalk.hub.load_state_dict`
+Pickle files are only ever read through :func:`ladtalk.checkpoints.hub.load_state_dict`
 (``torch.load(weights_only=True)``). Lightning checkpoints keep generator keys only
 (``encoder.``, ``decoder.``, ``quantize.``, ``quant_conv.``, ``post_quant_conv.``); the
 ``loss.*`` discriminator / LPIPS keys and anything else are dropped. A key prefix in front of
@@ -53,9 +53,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from ..device import DeviceLike, resolve_device
-from ..errors import CheckpointError
-from .sovqae import (CONFIG_NAME, GENERATOR_PREFIXES, MODEL_TYPE, SOVQAE, WEIGHTS_NAME,
+from ladtalk._util.device import DeviceLike, resolve_device
+from ladtalk.errors import CheckpointError
+from ladtalk.models.sovqae import (CONFIG_NAME, GENERATOR_PREFIXES, MODEL_TYPE, SOVQAE, WEIGHTS_NAME,
                      SOVQAEConfig)
 
 StateDict = Dict[str, torch.Tensor]
@@ -376,7 +376,7 @@ def sovqae_config_from_diffusers(dcfg: Mapping[str, Any], source: str = "diffuse
 
 
 def _read_state(path: Path) -> StateDict:
-    from ..hub import load_state_dict
+    from ladtalk.checkpoints.hub import load_state_dict
     return load_state_dict(path, strip_prefix=None)
 
 
@@ -459,7 +459,7 @@ def load_sovqae(spec: Union[str, Path], *, device: DeviceLike = "cpu", config: C
     ``resolution`` sets the input size used to place attention when the config is inferred;
     ``overrides`` change non-architecture fields (e.g. ``ema=True``, ``beta``).
     """
-    from ..hub import CheckpointSpec, parse_checkpoint, resolve_checkpoint
+    from ladtalk.checkpoints.hub import CheckpointSpec, parse_checkpoint, resolve_checkpoint
     text = str(spec).strip()
     local = Path(text).expanduser()
     if not local.exists() and not text.startswith("hf://"):

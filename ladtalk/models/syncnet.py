@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBNReLU as C
-from .blocks import res
+from ladtalk.models.blocks import ConvBNReLU as C
+from ladtalk.models.blocks import res
 
 
 class SyncNet(nn.Module):

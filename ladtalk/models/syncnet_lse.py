@@ -114,7 +114,7 @@ def adapt_state_dict(state: Dict[str, torch.Tensor], model: SyncNetS,
     ``SyncNetInstance`` wrapper) is stripped. Anything else missing, unexpected or mis-shaped
     raises :class:`~ladtalk.errors.CheckpointError` naming ``source``.
     """
-    from ..errors import CheckpointError
+    from ladtalk.errors import CheckpointError
 
     expected = model.state_dict()
     out: Dict[str, torch.Tensor] = {}

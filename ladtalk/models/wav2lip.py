@@ -20,7 +20,7 @@ every scale, concatenates the matching face-encoder feature map (skip connection
 
 Module names (``face_encoder_blocks``, ``audio_encoder``, ``face_decoder_blocks``,
 ``output_block``) and their nesting match upstream, so state-dict keys are identical once
-DataParallel's ``module.`` prefix is stripped (:func:`ladtalk.hub.load_state_dict` does that).
+DataParallel's ``module.`` prefix is stripped (:func:`ladtalk.checkpoints.hub.load_state_dict` does that).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import List
 import torch
 from torch import nn
 
-from .blocks import ConvBNReLU as C
-from .blocks import ConvTransposeBNReLU as T
-from .blocks import res
+from ladtalk.models.blocks import ConvBNReLU as C
+from ladtalk.models.blocks import ConvTransposeBNReLU as T
+from ladtalk.models.blocks import res
 
 FACE_SIZE = 96
 MEL_BINS = 80

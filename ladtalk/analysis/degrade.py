@@ -1,0 +1,316 @@
+"""Image degradations used to probe the SOVQAE's "latent denoising": blur, noise, down-up.
+
+Conventions
+-----------
+* Canonical form: a float ``torch.Tensor`` of shape (N, C, H, W) (or (C, H, W)) with pixel
+  values on the **[0, 1] scale**. Every function also accepts numpy images in HWC or NHWC
+  layout, ``uint8`` (0..255) or float ([0, 1]); they are converted to the canonical form,
+  degraded, and converted back to the caller's layout and dtype (uint8 results are rounded).
+* ``gaussian_blur(img, sigma)``: sigma in pixels **at the image's own resolution**; separable
+  Gaussian with kernel radius ``ceil(3 sigma)`` and reflect padding (edge pixel not repeated,
+  i.e. ``... c b | a b c ...``; also valid when the radius exceeds the image size). Sigma 0 is
+  the identity. Linear, so it does not clip.
+* ``gaussian_noise(img, sigma, seed)``: additive i.i.d. Gaussian noise with standard deviation
+  ``sigma`` on the [0, 1] scale, result clipped to [0, 1]. The noise is drawn on the CPU from
+  ``torch.Generator`` seeded with ``seed`` (or from ``generator``), so it is identical on every
+  device; ``seed`` may also be a sequence with one seed per image, which makes the result
+  independent of how frames are batched.
+* ``down_up(img, size=96)``: the "Wav2Lip-like" degradation: exact area-averaging down to
+  ``size`` pixels on the longer side (96x96 for a square crop, Wav2Lip's face size), then
+  bicubic (a=-0.75, half-pixel centres, like OpenCV's INTER_CUBIC) back up to the original
+  size, clipped to [0, 1].
+
+Specs: ``parse_degradation("blur:2.0")`` returns a :class:`Degradation` (a callable with a
+canonical ``spec`` string: ``"blur:2.0"``, ``"noise:0.1"``, ``"down:96"``). The registry
+:data:`DEGRADATIONS` maps each name to its function and parameter rules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ladtalk.errors import InputError
+
+ImageLike = Union[torch.Tensor, np.ndarray]
+SeedLike = Union[int, Sequence[int], None]
+
+
+# -- adapter between numpy HWC/NHWC and canonical NCHW [0, 1] -------------------------------
+def _to_canonical(img: ImageLike) -> Tuple[torch.Tensor, Callable[[torch.Tensor], ImageLike]]:
+    """Return ``(x, back)``: x is float NCHW in [0, 1]; ``back(y)`` restores the input's form."""
+    if isinstance(img, torch.Tensor):
+        if img.dim() == 3:
+            return _float(img.unsqueeze(0)), lambda y: y.squeeze(0).to(_out_dtype(img))
+        if img.dim() == 4:
+            return _float(img), lambda y: y.to(_out_dtype(img))
+        raise ValueError(f"expected a (C, H, W) or (N, C, H, W) tensor, got shape {tuple(img.shape)}")
+    if isinstance(img, np.ndarray):
+        arr = img
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim not in (3, 4):
+            raise ValueError(f"expected an HWC or NHWC array, got shape {img.shape}")
+        single = arr.ndim == 3
+        nhwc = arr[None] if single else arr
+        is_uint8 = arr.dtype == np.uint8
+        x = torch.from_numpy(np.ascontiguousarray(nhwc)).permute(0, 3, 1, 2).float()
+        if is_uint8:
+            x = x / 255.0
+        elif not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"numpy images must be uint8 or float, got {arr.dtype}")
+
+        def back(y: torch.Tensor) -> np.ndarray:
+            out = y.detach().permute(0, 2, 3, 1).cpu().numpy()
+            if is_uint8:
+                out = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+            else:
+                out = out.astype(arr.dtype, copy=False)
+            if single:
+                out = out[0]
+            return out.reshape(img.shape)
+
+        return x, back
+    raise TypeError(f"expected a torch.Tensor or numpy.ndarray image, got {type(img).__name__}")
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        raise ValueError("uint8 tensors are ambiguous here; pass float tensors in [0, 1] "
+                         "(or numpy HWC uint8 arrays)")
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype
+
+
+# -- Gaussian blur ----------------------------------------------------------------------------
+def gaussian_kernel1d(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps of radius ``ceil(3 sigma)`` (length 2r+1)."""
+    radius = int(math.ceil(3.0 * float(sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
+    return (k / k.sum()).to(dtype=dtype, device=device)
+
+
+def _reflect_index(n: int, radius: int, device) -> torch.Tensor:
+    """Source indices for reflect padding (edge not repeated) of any radius."""
+    idx = torch.arange(-radius, n + radius, device=device)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = torch.remainder(idx, period)
+    return torch.where(m >= n, period - m, m)
+
+
+def _blur_canonical(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma == 0:
+        return x.clone()
+    n, c, h, w = x.shape
+    k = gaussian_kernel1d(sigma, dtype=x.dtype, device=x.device)
+    r = (k.numel() - 1) // 2
+    xp = x.index_select(3, _reflect_index(w, r, x.device))
+    y = F.conv2d(xp.reshape(n * c, 1, h, w + 2 * r), k.view(1, 1, 1, -1))
+    y = y.index_select(2, _reflect_index(h, r, x.device))
+    y = F.conv2d(y, k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
+
+
+def gaussian_blur(img: ImageLike, sigma: float) -> ImageLike:
+    """Separable Gaussian blur, ``sigma`` in pixels at the image's resolution (see module doc)."""
+    sigma = _check_nonneg("blur", sigma)
+    x, back = _to_canonical(img)
+    return back(_blur_canonical(x, sigma))
+
+
+# -- Gaussian noise ---------------------------------------------------------------------------
+def _noise_canonical(x: torch.Tensor, sigma: float, seed: SeedLike = 0,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    if sigma == 0:
+        return x.clamp(0.0, 1.0)
+    shape = tuple(x.shape[1:])
+    if generator is not None:
+        noise = torch.randn(tuple(x.shape), generator=generator, dtype=torch.float32)
+    elif seed is not None and not isinstance(seed, (int, np.integer)):
+        seeds = list(seed)
+        if len(seeds) != x.shape[0]:
+            raise ValueError(f"got {len(seeds)} seeds for {x.shape[0]} images")
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)),
+                                         dtype=torch.float32) for s in seeds])
+    else:
+        g = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        noise = torch.randn(tuple(x.shape), generator=g, dtype=torch.float32)
+    return (x + float(sigma) * noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+
+
+def gaussian_noise(img: ImageLike, sigma: float, seed: SeedLike = 0,
+                   generator: Optional[torch.Generator] = None) -> ImageLike:
+    """Add N(0, sigma^2) noise on the [0, 1] scale and clip; deterministic given ``seed``.
+
+    ``seed``: an int (one stream for the whole batch) or one int per image. A ``generator``
+    (a CPU ``torch.Generator``) takes precedence over ``seed`` and advances as it is used.
+    """
+    sigma = _check_nonneg("noise", sigma)
+    x, back = _to_canonical(img)
+    return back(_noise_canonical(x, sigma, seed, generator))
+
+
+# -- Wav2Lip-like down-up ---------------------------------------------------------------------
+def area_matrix(n_in: int, n_out: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(n_out, n_in) matrix of exact area-averaging weights (rows sum to 1), for n_out <= n_in."""
+    scale = n_in / n_out
+    edges_in = torch.arange(n_in + 1, dtype=torch.float64)
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * scale
+    hi = lo + scale
+    overlap = (torch.minimum(hi, edges_in[None, 1:]) - torch.maximum(lo, edges_in[None, :-1]))
+    m = overlap.clamp_min(0.0) / scale
+    return m.to(dtype=dtype, device=device)
+
+
+def area_resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Exact area-averaging downscale of NCHW ``x`` to ``size = (h, w)`` (each <= input)."""
+    th, tw = int(size[0]), int(size[1])
+    ah = area_matrix(x.shape[-2], th, x.dtype, x.device)
+    aw = area_matrix(x.shape[-1], tw, x.dtype, x.device)
+    return torch.einsum("ih,nchw,jw->ncij", ah, x, aw)
+
+
+def _down_up_canonical(x: torch.Tensor, size: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    longer = max(h, w)
+    if size >= longer:
+        raise InputError(f"down:{size} needs images larger than {size} px, but these are "
+                         f"{w}x{h}; pick a smaller size (Wav2Lip works at 96)")
+    th = max(1, round(h * size / longer))
+    tw = max(1, round(w * size / longer))
+    small = area_resize(x, (th, tw))
+    up = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+    return up.clamp(0.0, 1.0)
+
+
+def down_up(img: ImageLike, size: int = 96) -> ImageLike:
+    """Area-downscale to ``size`` px (longer side) and bicubic-upscale back, clipped to [0, 1]."""
+    size = _check_size(size)
+    x, back = _to_canonical(img)
+    return back(_down_up_canonical(x, size))
+
+
+# -- specs and registry -----------------------------------------------------------------------
+def _check_nonneg(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: sigma must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise InputError(f"{name}: sigma must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def _check_size(value) -> int:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"down: size must be a whole number of pixels, got {value!r}") from None
+    if not math.isfinite(v) or v != int(v) or v < 1:
+        raise InputError(f"down: size must be a whole number of pixels >= 1, got {value!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class DegradationType:
+    """Registry entry: canonical-form function, parameter parser and how to print it."""
+    name: str
+    apply: Callable[..., torch.Tensor]  # (x_canonical, param, seed, generator) -> tensor
+    parse: Callable[[object], Union[int, float]]
+    unit: str
+    default: Union[int, float]
+    help: str
+
+
+DEGRADATIONS: Dict[str, DegradationType] = {
+    "blur": DegradationType(
+        "blur", lambda x, p, seed, gen: _blur_canonical(x, p),
+        lambda v: _check_nonneg("blur", v), "px", 2.0,
+        "Gaussian blur, sigma in pixels at the face-crop resolution"),
+    "noise": DegradationType(
+        "noise", lambda x, p, seed, gen: _noise_canonical(x, p, seed, gen),
+        lambda v: _check_nonneg("noise", v), "[0,1]", 0.1,
+        "additive Gaussian noise, sigma on the [0, 1] pixel scale, clipped"),
+    "down": DegradationType(
+        "down", lambda x, p, seed, gen: _down_up_canonical(x, p), _check_size, "px", 96,
+        "Wav2Lip-like: area-downscale to this many px and bicubic back up"),
+}
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A parsed degradation; call it on an image (any form :func:`gaussian_blur` accepts)."""
+    name: str
+    param: Union[int, float]
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string, e.g. ``blur:2.0``, ``noise:0.1``, ``down:96``."""
+        return format_spec(self.name, self.param)
+
+    def __call__(self, img: ImageLike, seed: SeedLike = 0,
+                 generator: Optional[torch.Generator] = None) -> ImageLike:
+        x, back = _to_canonical(img)
+        return back(DEGRADATIONS[self.name].apply(x, self.param, seed, generator))
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def format_spec(name: str, param) -> str:
+    if name == "down":
+        return f"{name}:{int(param)}"
+    return f"{name}:{float(param)!r}"
+
+
+def parse_degradation(spec: Union[str, Degradation]) -> Degradation:
+    """Parse ``"NAME:VALUE"`` (e.g. ``blur:2.0``, ``noise:0.1``, ``down:96``).
+
+    ``"NAME"`` alone uses the default value. Raises :class:`InputError` naming the spec and
+    listing the valid forms when it cannot be parsed.
+    """
+    if isinstance(spec, Degradation):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"empty degradation spec {spec!r}; {_valid_forms()}")
+    name, sep, value = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in DEGRADATIONS:
+        raise InputError(f"unknown degradation {name!r} in spec {spec!r}; {_valid_forms()}")
+    entry = DEGRADATIONS[name]
+    if not sep:
+        return Degradation(name, entry.default)
+    if not value.strip():
+        raise InputError(f"degradation spec {spec!r} has no value after ':'; {_valid_forms()}")
+    try:
+        param = entry.parse(value.strip())
+    except InputError as exc:
+        raise InputError(f"bad degradation spec {spec!r}: {exc}; {_valid_forms()}") from None
+    return Degradation(name, param)
+
+
+def _valid_forms() -> str:
+    forms = ", ".join(f"'{n}:{e.default}' ({e.help})" for n, e in DEGRADATIONS.items())
+    return f"valid forms: {forms}"
+
+
+def default_degradations() -> Tuple[Degradation, ...]:
+    """blur:2.0, noise:0.1, down:96 (the robustness command's defaults)."""
+    return tuple(Degradation(n, e.default) for n, e in DEGRADATIONS.items())
+
+
+__all__ = ["gaussian_blur", "gaussian_noise", "down_up", "gaussian_kernel1d", "area_matrix",
+           "area_resize",
+           "Degradation", "DegradationType", "DEGRADATIONS", "parse_degradation",
+           "format_spec", "default_degradations"]

@@ -1,0 +1,222 @@
+"""Stage 1: run a pretrained Wav2Lip generator on face crops and mel windows.
+
+Public convention (the rest of LaDTalk): images are **RGB**, ``uint8``, channels last.
+
+Model convention (what the released ``wav2lip.pth`` / ``wav2lip_gan.pth`` were trained on,
+and what :class:`ladtalk.models.wav2lip.Wav2Lip` therefore expects): OpenCV **BGR** crops
+of 96x96 px, scaled to [0, 1], NCHW. The 6 input channels are
+
+* 0-2: the target crop with its lower half (rows 48-95, the mouth region) set to zero, and
+* 3-5: an unmasked reference crop of the same person.
+
+At inference, upstream ``inference.py`` uses the current frame's crop for both (the
+generator sees the upper face and head pose from the masked copy, and skin / teeth / lighting
+from the reference), and so does :class:`LipSyncer` unless ``references`` are given. The mel
+input is one (80, 16) window (0.2 s) per video frame, from :mod:`ladtalk.media.audio`. The output is
+a sigmoid BGR crop in [0, 1].
+
+RGB <-> BGR happens exactly once, in this module: on the way in (:func:`build_generator_input`)
+and on the way out (:meth:`LipSyncer.predict_tensor`). Nothing else in the package should
+ever see BGR.
+
+Output quantisation: ``rounding="nearest"`` (default) rounds ``255 * y`` to the nearest
+integer; ``"floor"`` truncates like upstream's ``astype(np.uint8)`` (0.5 LSB darker on
+average), for bit-level parity with upstream results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
+from ladtalk.errors import CheckpointError, InputError
+from ladtalk.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip
+
+MASK_ROW = FACE_SIZE // 2  # rows >= this are zeroed in the target channels
+ROUNDING_MODES = ("nearest", "floor")
+_CHECKPOINT_HINT = ("Use the Wav2Lip *generator* weights (wav2lip.pth or wav2lip_gan.pth), not "
+                    "the lip-sync expert lipsync_expert.pth (that one is models.syncnet.SyncNet).")
+
+
+def rgb_bgr(x: torch.Tensor) -> torch.Tensor:
+    """Swap the first and third channel of an NCHW tensor (RGB <-> BGR; its own inverse)."""
+    return x.flip(1)
+
+
+def build_generator_input(faces: torch.Tensor,
+                          references: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N,3,96,96) RGB in [0,1] -> the generator's (N,6,96,96) BGR input.
+
+    Channels 0-2: ``faces`` in BGR with rows 48-95 zeroed; channels 3-5: ``references``
+    (default: ``faces``) in BGR, unmasked.
+    """
+    target = rgb_bgr(faces).clone()
+    target[:, :, MASK_ROW:] = 0
+    ref = rgb_bgr(faces if references is None else references)
+    return torch.cat((target, ref), dim=1)
+
+
+class LipSyncer:
+    """Batched Wav2Lip inference on RGB face crops; see the module docstring for conventions.
+
+    ``device``: None/"auto" picks CUDA when available. ``dtype``: None/"fp32" (default,
+    upstream's arithmetic), "fp16"/"bf16" autocast on CUDA, "bf16" autocast on CPU, or
+    "auto" (see :func:`ladtalk._util.device.resolve_dtype`). ``batch_size``: crops per forward.
+    """
+
+    def __init__(self, model: nn.Module, device: DeviceLike = None,
+                 dtype: Union[str, torch.dtype, None] = None, batch_size: int = 64,
+                 rounding: str = "nearest") -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if rounding not in ROUNDING_MODES:
+            raise InputError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.rounding = rounding
+        self.model = model.to(self.device).eval()
+        self.memory_format = torch.contiguous_format
+
+    @classmethod
+    def from_checkpoint(cls, spec_or_path: Union[str, Path] = "wav2lip",
+                        device: DeviceLike = None,
+                        dtype: Union[str, torch.dtype, None] = None, batch_size: int = 64,
+                        rounding: str = "nearest") -> "LipSyncer":
+        """Load generator weights and wrap them.
+
+        ``spec_or_path`` is anything :func:`ladtalk.checkpoints.hub.resolve_checkpoint` accepts: the
+        default name ``"wav2lip"`` (``$LADTALK_WAV2LIP``, else the default Hub file), a local
+        ``.safetensors`` / ``.pth`` file or directory, or an ``hf://`` reference. Weights are
+        read without unpickling code (:func:`ladtalk.checkpoints.hub.load_state_dict`, which also strips
+        DataParallel's ``module.`` prefix) and loaded strictly; a mismatch raises
+        :class:`CheckpointError` listing missing / unexpected / mis-shaped keys.
+        """
+        from ladtalk.checkpoints import hub
+
+        path = hub.resolve_checkpoint(spec_or_path)
+        state = hub.load_state_dict(path)
+        try:
+            model = hub.load_into(Wav2Lip(), state, source=path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}\n  {_CHECKPOINT_HINT}") from None
+        return cls(model, device=device, dtype=dtype, batch_size=batch_size, rounding=rounding)
+
+    def use_channels_last(self, enable: bool = True) -> "LipSyncer":
+        """Run the model in channels-last (NHWC) memory layout (``enable=False``: back to NCHW).
+
+        On CPU this is about 2x faster for Wav2Lip (oneDNN's NHWC convolutions); outputs
+        differ from the default layout only by float rounding (different conv kernels), so
+        the golden-parity tests keep the default. The generation pipeline turns it on.
+        """
+        fmt = torch.channels_last if enable else torch.contiguous_format
+        self.model = self.model.to(memory_format=fmt)
+        self.memory_format = fmt
+        return self
+
+    # ------------------------------------------------------------------ float API
+    def predict_tensor(self, faces: torch.Tensor, mels: torch.Tensor,
+                       references: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Float API: ``faces`` (N,3,96,96) RGB in [0,1], ``mels`` (N,80,16) or (N,1,80,16)
+        -> (N,3,96,96) float32 RGB in [0,1] on ``self.device``. Runs in batches."""
+        n = _check_tensor(faces, "faces", (3, FACE_SIZE, FACE_SIZE))
+        if isinstance(mels, torch.Tensor) and mels.dim() == 3:
+            mels = mels.unsqueeze(1)
+        m = _check_tensor(mels, "mels", (1, MEL_BINS, MEL_STEPS))
+        if m != n:
+            raise InputError(f"got {n} face crops but {m} mel windows; pass one mel window "
+                             "per crop")
+        if references is not None and _check_tensor(references, "references",
+                                                    (3, FACE_SIZE, FACE_SIZE)) != n:
+            raise InputError(f"got {n} face crops but {references.shape[0]} references")
+        outs: List[torch.Tensor] = []
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            ref = None if references is None else references[sl]
+            outs.append(self._forward(faces[sl], mels[sl], ref))
+        if not outs:
+            return torch.empty((0, 3, FACE_SIZE, FACE_SIZE), device=self.device)
+        return torch.cat(outs)
+
+    def _forward(self, faces: torch.Tensor, mels: torch.Tensor,
+                 references: Optional[torch.Tensor]) -> torch.Tensor:
+        dev = self.device
+        faces = faces.to(dev, torch.float32)
+        references = None if references is None else references.to(dev, torch.float32)
+        # Plain NCHW-contiguous input: the crops arrive channels-last, and a channels-last
+        # tensor would pick different (equally valid) conv kernels than a direct model call.
+        x = build_generator_input(faces, references).contiguous(
+            memory_format=self.memory_format)
+        with torch.inference_mode(), autocast(dev, self.dtype):
+            y = self.model(mels.to(dev, torch.float32), x)
+        return rgb_bgr(y.float())
+
+    # ------------------------------------------------------------------ uint8 API
+    def __call__(self, faces: np.ndarray, mels: np.ndarray,
+                 references: Optional[np.ndarray] = None) -> np.ndarray:
+        """``faces`` (N,96,96,3) uint8 RGB crops, ``mels`` (N,80,16) float mel windows
+        -> (N,96,96,3) uint8 RGB generated crops (only the lower half really changes)."""
+        n = _check_crops(faces, "faces")
+        mels = _check_mels(mels, n)
+        if references is not None and _check_crops(references, "references") != n:
+            raise InputError(f"got {n} face crops but {len(references)} references; pass one "
+                             "reference crop per face crop")
+        out = np.empty((n, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            ref = None if references is None else _to_nchw01(references[sl])
+            y = self._forward(_to_nchw01(faces[sl]), torch.from_numpy(mels[sl, None]), ref)
+            y = y.mul(255.0)
+            y = y.round() if self.rounding == "nearest" else y.floor()
+            out[sl] = y.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return out
+
+
+# ---------------------------------------------------------------------- validation
+def _to_nchw01(crops: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _check_crops(crops, name: str) -> int:
+    if not isinstance(crops, np.ndarray):
+        raise InputError(f"{name} must be a numpy array of shape (N, 96, 96, 3), got "
+                         f"{type(crops).__name__}")
+    if crops.dtype != np.uint8:
+        raise InputError(f"{name} must be uint8 RGB crops (0-255), got dtype {crops.dtype}; "
+                         "for float images in [0, 1] use LipSyncer.predict_tensor")
+    if crops.ndim != 4 or crops.shape[1:] != (FACE_SIZE, FACE_SIZE, 3):
+        raise InputError(f"{name} must have shape (N, 96, 96, 3) (RGB face crops resized to "
+                         f"96x96), got {crops.shape}")
+    return crops.shape[0]
+
+
+def _check_mels(mels, n: int) -> np.ndarray:
+    if not isinstance(mels, np.ndarray) or not np.issubdtype(mels.dtype, np.floating):
+        raise InputError("mels must be a float numpy array of shape (N, 80, 16), got "
+                         f"{getattr(mels, 'dtype', type(mels).__name__)}")
+    if mels.ndim != 3 or mels.shape[1:] != (MEL_BINS, MEL_STEPS):
+        raise InputError(f"mels must have shape (N, 80, 16) (one 16-step mel window per video "
+                         f"frame), got {mels.shape}")
+    if mels.shape[0] != n:
+        raise InputError(f"got {n} face crops but {mels.shape[0]} mel windows; pass exactly one "
+                         "mel window per crop")
+    bad = ~np.isfinite(mels).all(axis=(1, 2))
+    if bad.any():
+        raise InputError(f"mel window {int(np.argmax(bad))} (of {n}) contains NaN or inf; the "
+                         "audio is corrupt at that frame's timestamp")
+    return np.ascontiguousarray(mels, dtype=np.float32)
+
+
+def _check_tensor(t, name: str, tail: tuple) -> int:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise InputError(f"{name} must be a float torch tensor, got "
+                         f"{getattr(t, 'dtype', type(t).__name__)}")
+    if t.dim() != 1 + len(tail) or tuple(t.shape[1:]) != tail:
+        raise InputError(f"{name} must have shape (N, {', '.join(map(str, tail))}), got "
+                         f"{tuple(t.shape)}")
+    return t.shape[0]

@@ -1,0 +1,149 @@
+"""Restoring face crops through an identity's SOVQAE (encode -> nearest codes -> decode).
+
+:class:`Restorer` is the one place that turns crops into SOVQAE input and back; the
+generation pipeline, the robustness command and the app all use it.
+
+Conventions: crops are ``uint8`` RGB ``(N, H, W, 3)`` (or one ``(H, W, 3)``), any square or
+non-square size; they are resized to the model's resolution (area-averaging when shrinking,
+bicubic when enlarging, like :mod:`ladtalk.face.crop`), mapped to [-1, 1], run through the
+model in batches under ``torch.no_grad`` (and fp16 autocast on CUDA), clamped, mapped back to
+[0, 1] and resized to the input size. The tensor API works on float NCHW in [0, 1].
+
+Fusion: with a :class:`ladtalk.generation.fusion.FusionConfig` (the restorer's ``fusion``, or one passed
+per call) the decode is fused with its input at model resolution (:func:`ladtalk.generation.fusion.fuse`:
+the input's 96 px band kept in proportion, the identity's detail above it). ``None`` is the
+plain decode (robustness and certificate measure the SOVQAE itself).
+:meth:`Restorer.from_identity` uses the strengths calibrated at enrollment (``meta.json``
+``fusion``) unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ladtalk.analysis.degrade import area_resize
+from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
+from ladtalk.generation.fusion import FusionConfig, fuse
+
+_UNSET = object()
+
+
+@dataclass
+class RestoreOutput:
+    """One batch through the SOVQAE: ``images`` (B, 3, R, R) in [0, 1] (float32, model
+    resolution), ``indices`` (B, h*w) codes, ``h`` (B, D, h, w) pre-quantization latents."""
+
+    images: torch.Tensor
+    indices: torch.Tensor
+    h: torch.Tensor
+
+
+def resize01(x: torch.Tensor, size) -> torch.Tensor:
+    """Resize NCHW [0, 1] images to ``size`` (int or (h, w)): exact area-averaging when
+    shrinking both sides, bicubic (clamped) otherwise; unchanged when already that size."""
+    th, tw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else map(int, size)
+    h, w = x.shape[-2:]
+    if (h, w) == (th, tw):
+        return x
+    if h >= th and w >= tw:
+        return area_resize(x, (th, tw))
+    return F.interpolate(x, size=(th, tw), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+class Restorer:
+    """Batched, no-grad SOVQAE restoration of face crops on one device.
+
+    ``model``: an :class:`ladtalk.models.sovqae.SOVQAE` (moved to ``device`` and set to eval).
+    ``precision``: ``None``/"fp16" (default: fp16 autocast on CUDA, fp32 on CPU), "bf16",
+    "fp32", or "auto" (as "fp16", plus bf16 on a CPU with native bf16; the generation
+    pipeline's default). The quantizer always measures distances in float32.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: DeviceLike = None, batch_size: int = 16,
+                 precision: Optional[str] = None,
+                 fusion: Optional[FusionConfig] = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = max(1, int(batch_size))
+        self.dtype = resolve_dtype(precision or "fp16", self.device)
+        self.fusion = fusion
+        self.meta: dict = {}
+
+    @classmethod
+    def from_identity(cls, identity: Union[str, Path], device: DeviceLike = None,
+                      fusion: Optional[FusionConfig] = _UNSET,  # type: ignore[assignment]
+                      **kwargs) -> "Restorer":
+        """Load an identity (store name or directory) and wrap it. ``fusion``: default the
+        identity's calibrated strengths from ``meta.json`` (plain decode for identities
+        enrolled before fusion existed); ``None`` for the plain decode."""
+        from ladtalk.identities.store import read_meta, resolve_identity
+        from ladtalk.models.sovqae import SOVQAE
+        dev = resolve_device(device)
+        path = resolve_identity(identity)
+        meta = read_meta(path)
+        if fusion is _UNSET:
+            fusion = FusionConfig.from_dict(meta["fusion"]) if meta.get("fusion") else None
+        restorer = cls(SOVQAE.from_pretrained(path, device=dev), dev, fusion=fusion, **kwargs)
+        restorer.meta = meta
+        return restorer
+
+    @property
+    def resolution(self) -> int:
+        return int(self.model.config.resolution)
+
+    @torch.no_grad()
+    def restore_tensor(self, x01: torch.Tensor) -> RestoreOutput:
+        """One batch of NCHW [0, 1] images at model resolution -> :class:`RestoreOutput`."""
+        x = x01.to(self.device, non_blocking=True).float()
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = resize01(x, self.resolution)
+        with autocast(self.device, self.dtype):
+            enc = self.model.encode(x * 2.0 - 1.0)
+            y = self.model.decode(enc.z_q)
+        images = ((y.float() + 1.0) / 2.0).clamp_(0.0, 1.0)
+        return RestoreOutput(images=images, indices=enc.indices.view(x.shape[0], -1),
+                             h=enc.h.float())
+
+    @torch.no_grad()
+    def restore01(self, x01: torch.Tensor, fusion: Optional[FusionConfig] = _UNSET  # type: ignore[assignment]
+                  ) -> torch.Tensor:
+        """NCHW [0, 1] images of any size -> restored (and fused: ``fusion``, default the
+        restorer's own), same size, on the CPU, in batches."""
+        fusion = self.fusion if fusion is _UNSET else fusion
+        outs = []
+        size = tuple(x01.shape[-2:])
+        for s in range(0, x01.shape[0], self.batch_size):
+            xb = resize01(x01[s:s + self.batch_size].to(self.device).float(), self.resolution)
+            y = self.restore_tensor(xb).images
+            if fusion is not None:
+                y = fuse(y, xb, fusion)
+            y = resize01(y, size)
+            outs.append(y.cpu())
+        if not outs:
+            return x01.new_zeros(x01.shape)
+        return torch.cat(outs)
+
+    def restore(self, crops: np.ndarray,
+                fusion: Optional[FusionConfig] = _UNSET  # type: ignore[assignment]
+                ) -> np.ndarray:
+        """uint8 RGB crops (N, H, W, 3) or (H, W, 3) -> restored uint8 crops of the same shape
+        (fused as :meth:`restore01`)."""
+        arr = np.asarray(crops)
+        if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+            raise ValueError(f"restore expects uint8 RGB crops (N, H, W, 3), got {arr.dtype} "
+                             f"{arr.shape}")
+        single = arr.ndim == 3
+        batch = arr[None] if single else arr
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+        y = self.restore01(x, fusion)
+        out = (y.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        return out[0] if single else out
+
+
+__all__ = ["Restorer", "RestoreOutput", "resize01"]
