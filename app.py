@@ -226,10 +226,10 @@ def _enroll_on_gpu(key, video, name, seconds, config, detector, fresh, progress=
 def _prepare_enroll_crops(st: AppState, video: str, name: str, config: Optional[str],
                           detector: str, fresh: bool, progress) -> None:
     """Face detection + crops on the CPU, before any GPU call (cached; enroll reuses them)."""
+    from ladtalk.enrollment.enroll import train_preset
+    from ladtalk.face.video_crops import extract_crops
     from ladtalk.identities.store import store_path
     from ladtalk.models.sovqae import SOVQAEConfig, default_config_name, get_config
-    from ladtalk.enrollment.data import extract_crops
-    from ladtalk.enrollment.enroll import train_preset
     target = store_path(name)
     if (target / "config.json").is_file() and not fresh:
         cfg = SOVQAEConfig.from_dict(json.loads((target / "config.json").read_text()))

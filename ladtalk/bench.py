@@ -135,6 +135,7 @@ class RssSampler:
 def _child(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     import torch
+
     from ladtalk.generation.pipeline import DEFAULT_BATCH_SIZE, GenerateOptions, Pipeline
     weights = args._weights_note or str(args.wav2lip)
     bs = args.batch_size or DEFAULT_BATCH_SIZE
@@ -178,6 +179,7 @@ def _random_wav2lip(path: Path) -> Path:
     exactly like the CLI does."""
     import torch
     from safetensors.torch import save_file
+
     from ladtalk.models.wav2lip import Wav2Lip
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(path))
@@ -257,8 +259,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args._child:
         return _child(args)
     import numpy as np
-    from ladtalk.media.audio import SAMPLE_RATE, load_audio
+
     from ladtalk.errors import LadTalkError
+    from ladtalk.media.audio import SAMPLE_RATE, load_audio
     try:
         wav = load_audio(args.audio)
     except LadTalkError as exc:

@@ -115,7 +115,7 @@ def resolve_wav2lip(spec: Optional[str], formula: bool):
                 f"add --formula-weights (rows are then labelled '{FORMULA_LABEL}').") from None
         logging.warning("Wav2Lip weights unavailable (%s); using formula weights", exc)
     sys.path.insert(0, str(ROOT / "tests"))
-    from formula import det_state_dict   # the golden README's deterministic weight formula
+    from formula import det_state_dict  # the golden README's deterministic weight formula
 
     from ladtalk.models.wav2lip import Wav2Lip
 

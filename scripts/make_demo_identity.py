@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ladtalk.identities.store import atomic_identity_dir, write_json_atomic
     from ladtalk.enrollment.enroll import enroll
+    from ladtalk.identities.store import atomic_identity_dir, write_json_atomic
 
     video = Path(args.video)
     if not video.is_file():

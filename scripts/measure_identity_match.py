@@ -82,9 +82,9 @@ def main() -> int:
     import cv2
     import torch
     torch.set_num_threads(1)
-    from ladtalk.identities.store import read_meta, resolve_identity
     from ladtalk.generation.identity_match import check_identity, video_face_crops
     from ladtalk.generation.restore import Restorer
+    from ladtalk.identities.store import read_meta, resolve_identity
     from ladtalk.media.video import read_image
 
     path = resolve_identity(args.identity)

@@ -11,17 +11,25 @@ its restoration R. Example (run c of the write-up)::
 The model lands in /tmp/recipe_ab/NAME; ``python -m ladtalk eval quality --identity
 /tmp/recipe_ab/NAME --video ...`` scores it at the video's resolution.
 """
-import os, sys, time, json, argparse
+import argparse
+import json
+import os
+import sys
+import time
 from pathlib import Path
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("LADTALK_HOME", "/tmp/ladhome")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch
 from dataclasses import replace
+
+import torch
+
+from ladtalk.enrollment.data import CropSampler, lipsync_degradation
+from ladtalk.enrollment.enroll import Trainer, _psnr, train_preset
+from ladtalk.face.video_crops import even_subset, extract_crops, split_holdout, to_tensor01
 from ladtalk.models.sovqae import SOVQAE, SOVQAEConfig
-from ladtalk.enrollment.enroll import Trainer, train_preset, _psnr
-from ladtalk.enrollment.data import (extract_crops, split_holdout, CropSampler, to_tensor01,
-                                   even_subset, lipsync_degradation)
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--name", default="a"); ap.add_argument("--seconds", type=float, default=420)
 ap.add_argument("--res", type=int, default=256); ap.add_argument("--patch", type=int, default=128)

@@ -39,6 +39,7 @@ def _write_tiny_identity(home: Path, name: str) -> Path:
     reconstruction PSNR on the astronaut photo as the holdout PSNR, so the identity check
     (ladtalk.generation.identity_match) lets it restore the astronaut, and only the astronaut."""
     import torch
+
     from ladtalk.generation.identity_match import check_identity, video_face_crops
     from ladtalk.models.sovqae import SOVQAE, get_config
     torch.manual_seed(0)
@@ -84,8 +85,8 @@ def server(app_home):
                  "GRADIO_ANALYTICS_ENABLED": "False"}.items():
         mp.setenv(k, v)
     import app
-    from ladtalk.models.wav2lip import Wav2Lip
     from ladtalk.generation.pipeline import Pipeline
+    from ladtalk.models.wav2lip import Wav2Lip
 
     _write_tiny_identity(app_home, "tiny")
     torch.manual_seed(0)
@@ -170,8 +171,9 @@ def test_generate_refuses_another_persons_identity(server, short_audio, tmp_path
     astronaut demo): the specific error, with the measured PSNRs and the fix."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
-    from ladtalk.identities.store import SHIPPED_DIR, read_meta
     from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
+
+    from ladtalk.identities.store import SHIPPED_DIR, read_meta
     face = write_png(tmp_path / "cameraman.png", other_person_photo())
     with pytest.raises(AppError) as err:
         server.predict(face=handle_file(str(face)), audio=handle_file(str(short_audio)),
@@ -192,10 +194,10 @@ def test_generate_refuses_another_persons_identity(server, short_audio, tmp_path
 def test_robustness_matches_library(server, app_home):
     from gradio_client import handle_file
 
-    from ladtalk.face import CropConfig, crop_face, face_region, make_detector, select_largest
-    from ladtalk.models.sovqae import SOVQAE
     from ladtalk.analysis.robustness import evaluate_robustness
+    from ladtalk.face import CropConfig, crop_face, face_region, make_detector, select_largest
     from ladtalk.media.video import read_image
+    from ladtalk.models.sovqae import SOVQAE
 
     img_path = EXAMPLES / "astronaut.png"
     gallery, table, plot, cert_md, raw = server.predict(

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ladtalk.media import audio as A
 from ladtalk.errors import InputError
+from ladtalk.media import audio as A
 
 SR = 16000
 

@@ -51,8 +51,8 @@ def test_robustness_tab_in_browser(browser_page, tmp_path, monkeypatch):
     import torch
 
     import app
-    from ladtalk.models.wav2lip import Wav2Lip
     from ladtalk.generation.pipeline import Pipeline
+    from ladtalk.models.wav2lip import Wav2Lip
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     torch.manual_seed(0)

@@ -9,9 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from ladtalk.analysis.certificate import (_max_symbol_norm, codebook_distances, compute_certificate,
-                                 conv_operator_norm_bound, estimate_lipschitz, layerwise_bounds,
-                                 two_nearest)
+from ladtalk.analysis.certificate import (
+    _max_symbol_norm,
+    codebook_distances,
+    compute_certificate,
+    conv_operator_norm_bound,
+    estimate_lipschitz,
+    layerwise_bounds,
+    two_nearest,
+)
 from ladtalk.models.sovqae import SOVQAE, get_config
 
 

@@ -9,10 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ladtalk.analysis.degrade import (DEGRADATIONS, Degradation, area_matrix, default_degradations,
-                             down_up, gaussian_blur, gaussian_kernel1d, gaussian_noise,
-                             parse_degradation)
+from ladtalk.analysis.degrade import (
+    DEGRADATIONS,
+    Degradation,
+    default_degradations,
+    down_up,
+    gaussian_blur,
+    gaussian_noise,
+    parse_degradation,
+)
 from ladtalk.errors import InputError
+from ladtalk.media.resample import area_matrix, gaussian_kernel1d
 
 
 def _img(n=2, c=3, h=40, w=48, seed=0):

@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pytest
 
-from ladtalk.evaluation import report as ev
 from ladtalk.cli import main
 from ladtalk.errors import InputError
+from ladtalk.evaluation import report as ev
 from ladtalk.metrics import psnr
 
 K, M, N, SIZE = 5, 16, 24, 224

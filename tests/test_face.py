@@ -9,10 +9,23 @@ import numpy as np
 import pytest
 
 from ladtalk.errors import CheckpointError, InputError
-from ladtalk.face import (CropConfig, CropRegion, DlibHOGDetector, FixedBoxDetector,
-                          S3FDDetector, crop_face, crop_faces, face_region, feather_mask,
-                          interpolate_gaps, make_detector, paste_back, select_largest,
-                          smooth_boxes, track_faces)
+from ladtalk.face import (
+    CropConfig,
+    CropRegion,
+    DlibHOGDetector,
+    FixedBoxDetector,
+    S3FDDetector,
+    crop_face,
+    crop_faces,
+    face_region,
+    feather_mask,
+    interpolate_gaps,
+    make_detector,
+    paste_back,
+    select_largest,
+    smooth_boxes,
+    track_faces,
+)
 
 # skimage ships astronaut.png inside the wheel (public-domain NASA portrait of Eileen
 # Collins); it is read from the package directory, nothing is downloaded.

@@ -14,18 +14,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pipeline_helpers import (
+    FACE_BOX,
+    FRAME_H,
+    FRAME_W,
+    StubGenerator,
+    astronaut,
+    blank_frame,
+    decode,
+    face_frame,
+    make_face_video,
+    make_speech,
+    write_video,
+    write_wav,
+)
 
 import ladtalk.generation.pipeline as pipeline_mod
-from ladtalk.media.audio import load_audio
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig, face_region
 from ladtalk.generation.pipeline import GenerateOptions, Pipeline
+from ladtalk.media.audio import load_audio
 from ladtalk.media.timing import source_indices
 from ladtalk.media.video import encoded_size, ffmpeg_exe, probe, read_frames
-
-from pipeline_helpers import (FACE_BOX, FRAME_H, FRAME_W, StubGenerator, astronaut,
-                              blank_frame, decode, face_frame, make_face_video, make_speech,
-                              write_video, write_wav)
 
 FPS = 10.0
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ladtalk.generation.fusion import FusionConfig, band_split, fuse, parse_strength
+from ladtalk.enrollment.data import lipsync_degradation
 from ladtalk.evaluation.quality import calibrate_fusion, soften96
-from ladtalk.enrollment.data import choose_resolution, lipsync_degradation
+from ladtalk.face.video_crops import choose_resolution
+from ladtalk.generation.fusion import FusionConfig, band_split, fuse, parse_strength
 
 
 def _face(side: int = 64, seed: int = 0) -> torch.Tensor:

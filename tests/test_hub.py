@@ -15,9 +15,16 @@ import torch
 from torch import nn
 
 from ladtalk.checkpoints import hub
+from ladtalk.checkpoints.hub import (
+    CheckpointSpec,
+    convert_to_safetensors,
+    load_into,
+    load_state_dict,
+    parse_checkpoint,
+    parse_hub_reference,
+    resolve_checkpoint,
+)
 from ladtalk.errors import CheckpointError, InputError
-from ladtalk.checkpoints.hub import (CheckpointSpec, convert_to_safetensors, load_into, load_state_dict,
-                         parse_checkpoint, parse_hub_reference, resolve_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -226,7 +233,7 @@ def test_upstream_pth_converts_via_cli_and_loads(tmp_path, capsys):
     x = torch.rand(1, 2, 5, 5)
     assert torch.equal(model(x), ref(x))
 
-    from ladtalk.cli import main                                      # in-process: faster
+    from ladtalk.cli import main  # in-process: faster
     assert main(["convert", str(src), str(dst)]) == 2                 # no silent overwrite
     assert "--force" in capsys.readouterr().err
     assert main(["convert", str(src), str(dst), "--force"]) == 0
@@ -400,6 +407,7 @@ def test_unreachable_hub_uses_the_cache_at_once(monkeypatch):
     """Without HF_HUB_OFFLINE but with no network, a cached file resolves and a missing one
     fails fast with a message that says the Hub cannot be reached (no ~25 s of retries)."""
     import time
+
     from huggingface_hub import constants
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     for var in hub._PROXY_VARS:

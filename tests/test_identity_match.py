@@ -12,15 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pipeline_helpers import (
+    OTHER_FACE_BOX,
+    StubGenerator,
+    make_speech,
+    other_person_photo,
+    write_png,
+)
 
 from ladtalk.errors import InputError
-from ladtalk.identities.store import SHIPPED_DIR, read_meta
-from ladtalk.generation.identity_match import (ABSOLUTE_THRESHOLD_DB, DEFAULT_MARGIN_DB, IdentityMatch,
-                                    check_identity, video_face_crops)
+from ladtalk.generation.identity_match import (
+    ABSOLUTE_THRESHOLD_DB,
+    DEFAULT_MARGIN_DB,
+    IdentityMatch,
+    check_identity,
+    video_face_crops,
+)
 from ladtalk.generation.pipeline import GenerateOptions, Pipeline
-
-from pipeline_helpers import (OTHER_FACE_BOX, StubGenerator, make_speech, other_person_photo,
-                              write_png)
+from ladtalk.identities.store import SHIPPED_DIR, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

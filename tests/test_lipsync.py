@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from formula import det_state_dict
 from torch import nn
 
-from formula import det_state_dict
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.generation.lipsync import LipSyncer, build_generator_input
 from ladtalk.models.wav2lip import Wav2Lip

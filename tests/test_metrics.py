@@ -10,10 +10,21 @@ from scipy import linalg
 from scipy.ndimage import gaussian_filter
 
 from ladtalk.errors import InputError, LadTalkError
-from ladtalk.metrics import (MouthRegion, SSIMConfig, feature_statistics, frechet_distance,
-                             frechet_distance_from_features, mouth_psnr, psnr,
-                             sliding_evaluation, sliding_frechet, sliding_sequence, ssim,
-                             temporal_error, valid_offsets)
+from ladtalk.metrics import (
+    MouthRegion,
+    SSIMConfig,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_from_features,
+    mouth_psnr,
+    psnr,
+    sliding_evaluation,
+    sliding_frechet,
+    sliding_sequence,
+    ssim,
+    temporal_error,
+    valid_offsets,
+)
 
 skmetrics = pytest.importorskip("skimage.metrics")
 

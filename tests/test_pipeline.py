@@ -15,19 +15,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import (
+    FACE_BOX,
+    FRAME_H,
+    FRAME_W,
+    StubGenerator,
+    decode,
+    make_aac,
+    make_face_video,
+    make_speech,
+    tiny_sovqae,
+)
 
 import ladtalk._util.device
 import ladtalk.generation.pipeline as pipeline_mod
-from ladtalk.media.audio import load_audio
-from ladtalk.generation.blend import BlendConfig, blend_face, lower_face_mask, match_colour
 from ladtalk.face.crop import CropConfig, face_region
-from ladtalk.media.framesource import LoopedSource
+from ladtalk.generation.blend import BlendConfig, blend_face, lower_face_mask, match_colour
 from ladtalk.generation.pipeline import GenerateOptions, Pipeline
+from ladtalk.media.audio import load_audio
+from ladtalk.media.framesource import LoopedSource
 from ladtalk.media.timing import needs_random_access, source_index, source_indices
 from ladtalk.media.video import VideoWriter, probe
-
-from pipeline_helpers import (FACE_BOX, FRAME_H, FRAME_W, StubGenerator, decode, make_aac,
-                              make_face_video, make_speech, tiny_sovqae)
 
 FPS = 10.0
 
@@ -200,8 +208,8 @@ def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, mon
 
 
 def test_still_image_gives_25fps_and_audio_length(media, tmp_path, recording):
-    from pipeline_helpers import face_frame
     import cv2
+    from pipeline_helpers import face_frame
     img = face_frame(0)
     face = tmp_path / "photo.png"
     cv2.imwrite(str(face), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -304,8 +312,9 @@ def test_looped_source_streams_frames_in_policy_order(media, tmp_path, policy):
 
 
 def test_pingpong_falls_back_to_loop_when_temp_disk_is_full(media, tmp_path, monkeypatch):
-    import ladtalk.media.framesource as fs
     from collections import namedtuple
+
+    import ladtalk.media.framesource as fs
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(fs.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))
     msgs = []
@@ -355,6 +364,7 @@ def test_blend_face_changes_only_masked_pixels_inside_region():
 
 def test_fold_batchnorm_matches_the_original_in_eval():
     from torch import nn
+
     from ladtalk.models.fuse import fold_batchnorm
     from ladtalk.models.wav2lip import Wav2Lip
     torch.manual_seed(1)
@@ -378,6 +388,7 @@ def test_fold_batchnorm_matches_the_original_in_eval():
 # ------------------------------------------------------------------------- CLI
 def test_cli_generate(media, tmp_path, monkeypatch, capsys):
     from safetensors.torch import save_file
+
     from ladtalk.cli import main
     from ladtalk.models.wav2lip import Wav2Lip
     torch.manual_seed(0)
@@ -404,10 +415,11 @@ def test_cli_generate(media, tmp_path, monkeypatch, capsys):
 def test_cli_generate_identity_check_warns_by_default(tmp_path, capsys):
     """``generate --identity`` on another person's face: a warning with the measured numbers
     (the output is still written); ``--identity-check refuse`` stops with exit status 2."""
+    from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
     from safetensors.torch import save_file
+
     from ladtalk.cli import main
     from ladtalk.models.wav2lip import Wav2Lip
-    from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
     torch.manual_seed(0)
     ckpt = tmp_path / "w2l.safetensors"
     save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(ckpt))

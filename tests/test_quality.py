@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ladtalk.evaluation.quality import measure_quality, region_mask
 from ladtalk.face.crop import crop_face, face_region
 from ladtalk.generation.fusion import FusionConfig
-from ladtalk.evaluation.quality import measure_quality, region_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from ladtalk.analysis.robustness import evaluate_robustness, robustness_for_video
 from ladtalk.errors import InputError
+from ladtalk.generation.restore import Restorer
 from ladtalk.metrics.image import psnr, ssim
 from ladtalk.models.sovqae import SOVQAE, get_config
-from ladtalk.generation.restore import Restorer
-from ladtalk.analysis.robustness import evaluate_robustness, robustness_for_video
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 10
@@ -36,6 +36,7 @@ def identity_dir(tmp_path_factory) -> Path:
 def face_video(tmp_path_factory) -> Path:
     """10 frames of a real (public-domain) face moving a few pixels, H.264."""
     from skimage import data
+
     from ladtalk.media.video import VideoWriter
     img = data.astronaut()  # face at about x 177-279, y 65-176
     path = tmp_path_factory.mktemp("video") / "astro.mp4"
@@ -47,8 +48,8 @@ def face_video(tmp_path_factory) -> Path:
 
 
 def _crops(n=3, size=32, seed=0) -> np.ndarray:
-    from skimage import data
     import cv2
+    from skimage import data
     face = data.astronaut()[60:190, 160:290]
     out = []
     for i in range(n):
@@ -175,6 +176,7 @@ def test_holdout_frames_and_clear_errors(identity_dir, face_video, tmp_path):
 
 def test_default_specs_skip_down_at_low_resolution():
     import argparse
+
     from ladtalk.commands.robustness import _specs
     ns = argparse.Namespace(blur=None, noise=None, down=None)
     specs, notes = _specs(ns, 32)

@@ -11,12 +11,23 @@ import pytest
 import torch
 
 from ladtalk.errors import CheckpointError, InputError
-from ladtalk.models.quantizer import (VectorQuantizer, codebook_min_distance, dead_code_restart,
-                                      kmeans_init, nearest_codes, quantization_error)
-from ladtalk.models.sovqae import (SOVQAE, SOVQAEConfig, default_config_name, get_config)
-from ladtalk.models.sovqae_io import (config_from_taming_yaml, diffusers_config_from_sovqae,
-                                      diffusers_to_taming, infer_config_from_state_dict,
-                                      sovqae_config_from_diffusers, taming_to_diffusers)
+from ladtalk.models.quantizer import (
+    VectorQuantizer,
+    codebook_min_distance,
+    dead_code_restart,
+    kmeans_init,
+    nearest_codes,
+    quantization_error,
+)
+from ladtalk.models.sovqae import SOVQAE, SOVQAEConfig, default_config_name, get_config
+from ladtalk.models.sovqae_io import (
+    config_from_taming_yaml,
+    diffusers_config_from_sovqae,
+    diffusers_to_taming,
+    infer_config_from_state_dict,
+    sovqae_config_from_diffusers,
+    taming_to_diffusers,
+)
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), z_channels=64,
              embed_dim=64, n_embed=128, resolution=64)

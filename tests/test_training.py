@@ -16,11 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from ladtalk.errors import InputError
 from ladtalk.enrollment import data as tdata
 from ladtalk.enrollment.discriminator import NLayerDiscriminator
-from ladtalk.enrollment.losses import (adaptive_weight, codebook_regularizer, hinge_d_loss,
-                                     load_perceptual, soft_min_distance)
+from ladtalk.enrollment.losses import (
+    adaptive_weight,
+    codebook_regularizer,
+    hinge_d_loss,
+    soft_min_distance,
+)
+from ladtalk.errors import InputError
+from ladtalk.face import video_crops
+from ladtalk.metrics.lpips import load_perceptual
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,22 +64,22 @@ def face_video(tmp_path_factory) -> Path:
 
 # -- data --------------------------------------------------------------------------------------
 def test_split_holdout_takes_the_end_of_the_video():
-    train, hold = tdata.split_holdout(100, 0.1)
+    train, hold = video_crops.split_holdout(100, 0.1)
     assert list(hold) == list(range(90, 100)) and list(train) == list(range(90))
-    train, hold = tdata.split_holdout(20, 0.01)  # at least one frame held out
+    train, hold = video_crops.split_holdout(20, 0.01)  # at least one frame held out
     assert list(hold) == [19]
-    assert len(tdata.split_holdout(30, 0.0)[1]) == 0
+    assert len(video_crops.split_holdout(30, 0.0)[1]) == 0
     with pytest.raises(InputError, match="too few frames"):
-        tdata.split_holdout(8, 0.5)
+        video_crops.split_holdout(8, 0.5)
     with pytest.raises(InputError):
-        tdata.split_holdout(100, 1.0)
+        video_crops.split_holdout(100, 1.0)
 
 
 def test_select_frames_subsamples_evenly():
-    keep = tdata.select_frames(10_000, 500)
+    keep = video_crops.select_frames(10_000, 500)
     assert len(keep) == 500 and keep[0] == 0 and keep[-1] == 9999
     assert np.all(np.diff(keep) > 0)
-    assert len(tdata.select_frames(40, 500)) == 40
+    assert len(video_crops.select_frames(40, 500)) == 40
 
 
 def test_sampler_is_deterministic_and_resumable():
@@ -151,7 +157,7 @@ def test_discriminator_is_a_patchgan_with_taming_names():
 
 
 def test_perceptual_without_weights_warns_once_and_returns_none(monkeypatch, capsys):
-    from ladtalk.enrollment import losses
+    from ladtalk.metrics import lpips as losses
     monkeypatch.delenv("LADTALK_VGG16", raising=False)
     monkeypatch.delenv("LADTALK_LPIPS", raising=False)
     monkeypatch.setattr(losses, "_WARNED", False)
@@ -164,7 +170,7 @@ def test_perceptual_without_weights_warns_once_and_returns_none(monkeypatch, cap
 def test_perceptual_loads_vgg_weights_from_env(monkeypatch, tmp_path):
     from safetensors.torch import save_file
 
-    from ladtalk.enrollment.losses import LPIPS
+    from ladtalk.metrics.lpips import LPIPS
     ref = LPIPS()
     sd = {k: torch.randn_like(v) for k, v in ref.state_dict().items() if k.startswith("features.")}
     save_file(sd, str(tmp_path / "vgg16.safetensors"))
@@ -273,10 +279,10 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
     """~60-90 s on 2 busy cores: train a tiny SOVQAE on the astronaut, check restoration of
     held-out blurred frames, resume, and abort a second run from the progress callback."""
     from ladtalk.analysis.degrade import gaussian_blur
+    from ladtalk.enrollment.enroll import enroll
+    from ladtalk.face.video_crops import extract_crops, split_holdout, to_tensor01
     from ladtalk.identities.store import store_path
     from ladtalk.models.sovqae import SOVQAE, get_config
-    from ladtalk.enrollment.data import extract_crops, split_holdout, to_tensor01
-    from ladtalk.enrollment.enroll import enroll
 
     events = []
     budget = 80.0  # 200 steps take ~30 s on 2 idle cores; the step cap ends the run there
@@ -380,8 +386,8 @@ def test_killing_enroll_leaves_previous_identity_intact(face_video, tmp_path):
 
 def test_init_from_a_saved_sovqae_directory(face_video, tmp_path):
     """--init: a fresh identity starts from given weights (config taken from them)."""
-    from ladtalk.models.sovqae import SOVQAE, get_config
     from ladtalk.enrollment.enroll import enroll
+    from ladtalk.models.sovqae import SOVQAE, get_config
     torch.manual_seed(1)
     src = SOVQAE(get_config("tiny", attn_resolutions=(), n_embed=64))
     src.save_pretrained(tmp_path / "init")

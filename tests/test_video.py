@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ladtalk.media import video as V
 from ladtalk.errors import InputError
+from ladtalk.media import video as V
 
 FF = V.ffmpeg_exe()
 

@@ -19,8 +19,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from formula import det_state_dict
+
 from ladtalk.models.syncnet import SyncNet, sync_cosine
 from ladtalk.models.wav2lip import Wav2Lip
 

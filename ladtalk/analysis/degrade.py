@@ -33,9 +33,9 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ladtalk.errors import InputError
+from ladtalk.media.resample import blur_nchw, down_up_nchw
 
 ImageLike = Union[torch.Tensor, np.ndarray]
 SeedLike = Union[int, Sequence[int], None]
@@ -91,42 +91,11 @@ def _out_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # -- Gaussian blur ----------------------------------------------------------------------------
-def gaussian_kernel1d(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps of radius ``ceil(3 sigma)`` (length 2r+1)."""
-    radius = int(math.ceil(3.0 * float(sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
-    return (k / k.sum()).to(dtype=dtype, device=device)
-
-
-def _reflect_index(n: int, radius: int, device) -> torch.Tensor:
-    """Source indices for reflect padding (edge not repeated) of any radius."""
-    idx = torch.arange(-radius, n + radius, device=device)
-    if n == 1:
-        return torch.zeros_like(idx)
-    period = 2 * (n - 1)
-    m = torch.remainder(idx, period)
-    return torch.where(m >= n, period - m, m)
-
-
-def _blur_canonical(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma == 0:
-        return x.clone()
-    n, c, h, w = x.shape
-    k = gaussian_kernel1d(sigma, dtype=x.dtype, device=x.device)
-    r = (k.numel() - 1) // 2
-    xp = x.index_select(3, _reflect_index(w, r, x.device))
-    y = F.conv2d(xp.reshape(n * c, 1, h, w + 2 * r), k.view(1, 1, 1, -1))
-    y = y.index_select(2, _reflect_index(h, r, x.device))
-    y = F.conv2d(y, k.view(1, 1, -1, 1))
-    return y.reshape(n, c, h, w)
-
-
 def gaussian_blur(img: ImageLike, sigma: float) -> ImageLike:
     """Separable Gaussian blur, ``sigma`` in pixels at the image's resolution (see module doc)."""
     sigma = _check_nonneg("blur", sigma)
     x, back = _to_canonical(img)
-    return back(_blur_canonical(x, sigma))
+    return back(blur_nchw(x, sigma))
 
 
 # -- Gaussian noise ---------------------------------------------------------------------------
@@ -162,43 +131,11 @@ def gaussian_noise(img: ImageLike, sigma: float, seed: SeedLike = 0,
 
 
 # -- Wav2Lip-like down-up ---------------------------------------------------------------------
-def area_matrix(n_in: int, n_out: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """(n_out, n_in) matrix of exact area-averaging weights (rows sum to 1), for n_out <= n_in."""
-    scale = n_in / n_out
-    edges_in = torch.arange(n_in + 1, dtype=torch.float64)
-    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * scale
-    hi = lo + scale
-    overlap = (torch.minimum(hi, edges_in[None, 1:]) - torch.maximum(lo, edges_in[None, :-1]))
-    m = overlap.clamp_min(0.0) / scale
-    return m.to(dtype=dtype, device=device)
-
-
-def area_resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Exact area-averaging downscale of NCHW ``x`` to ``size = (h, w)`` (each <= input)."""
-    th, tw = int(size[0]), int(size[1])
-    ah = area_matrix(x.shape[-2], th, x.dtype, x.device)
-    aw = area_matrix(x.shape[-1], tw, x.dtype, x.device)
-    return torch.einsum("ih,nchw,jw->ncij", ah, x, aw)
-
-
-def _down_up_canonical(x: torch.Tensor, size: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    longer = max(h, w)
-    if size >= longer:
-        raise InputError(f"down:{size} needs images larger than {size} px, but these are "
-                         f"{w}x{h}; pick a smaller size (Wav2Lip works at 96)")
-    th = max(1, round(h * size / longer))
-    tw = max(1, round(w * size / longer))
-    small = area_resize(x, (th, tw))
-    up = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
-    return up.clamp(0.0, 1.0)
-
-
 def down_up(img: ImageLike, size: int = 96) -> ImageLike:
     """Area-downscale to ``size`` px (longer side) and bicubic-upscale back, clipped to [0, 1]."""
     size = _check_size(size)
     x, back = _to_canonical(img)
-    return back(_down_up_canonical(x, size))
+    return back(down_up_nchw(x, size))
 
 
 # -- specs and registry -----------------------------------------------------------------------
@@ -235,7 +172,7 @@ class DegradationType:
 
 DEGRADATIONS: Dict[str, DegradationType] = {
     "blur": DegradationType(
-        "blur", lambda x, p, seed, gen: _blur_canonical(x, p),
+        "blur", lambda x, p, seed, gen: blur_nchw(x, p),
         lambda v: _check_nonneg("blur", v), "px", 2.0,
         "Gaussian blur, sigma in pixels at the face-crop resolution"),
     "noise": DegradationType(
@@ -243,7 +180,7 @@ DEGRADATIONS: Dict[str, DegradationType] = {
         lambda v: _check_nonneg("noise", v), "[0,1]", 0.1,
         "additive Gaussian noise, sigma on the [0, 1] pixel scale, clipped"),
     "down": DegradationType(
-        "down", lambda x, p, seed, gen: _down_up_canonical(x, p), _check_size, "px", 96,
+        "down", lambda x, p, seed, gen: down_up_nchw(x, p), _check_size, "px", 96,
         "Wav2Lip-like: area-downscale to this many px and bicubic back up"),
 }
 
@@ -310,7 +247,6 @@ def default_degradations() -> Tuple[Degradation, ...]:
     return tuple(Degradation(n, e.default) for n, e in DEGRADATIONS.items())
 
 
-__all__ = ["gaussian_blur", "gaussian_noise", "down_up", "gaussian_kernel1d", "area_matrix",
-           "area_resize",
+__all__ = ["gaussian_blur", "gaussian_noise", "down_up",
            "Degradation", "DegradationType", "DEGRADATIONS", "parse_degradation",
            "format_spec", "default_degradations"]

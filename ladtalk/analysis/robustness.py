@@ -8,7 +8,7 @@ the app all call these, so their numbers agree):
   reconstruction and the certificate numbers of :mod:`ladtalk.analysis.certificate`.
 * :func:`evaluate_crops`: the same, with the keyword interface enrollment uses.
 * :func:`robustness_for_video` ``(identity, video)``: detect / track / crop the face in a video
-  with the enrollment framing (:func:`ladtalk.enrollment.data.extract_crops`, same
+  with the enrollment framing (:func:`ladtalk.face.video_crops.extract_crops`, same
   :class:`~ladtalk.face.CropConfig`, same crop cache), pick the frames the identity never
   trained on when the video is its enrollment video, and run :func:`evaluate_robustness`.
 
@@ -32,7 +32,8 @@ import torch
 from ladtalk.analysis.certificate import CertificateAccumulator, estimate_lipschitz
 from ladtalk.analysis.degrade import Degradation, default_degradations, parse_degradation
 from ladtalk.errors import InputError
-from ladtalk.generation.restore import Restorer, resize01
+from ladtalk.generation.restore import Restorer
+from ladtalk.media.resample import resize01
 
 ProgressFn = Callable[[str, int, int], None]
 CropsLike = Union[np.ndarray, torch.Tensor]
@@ -205,9 +206,9 @@ def robustness_for_video(identity: Union[str, Path], video: Union[str, Path],
     spread in time. Other keyword arguments go to :func:`evaluate_robustness`.
     """
     from ladtalk._util.device import resolve_device
+    from ladtalk.face.video_crops import even_subset, extract_crops
     from ladtalk.identities.store import read_meta, resolve_identity
     from ladtalk.models.sovqae import SOVQAE
-    from ladtalk.enrollment.data import even_subset, extract_crops
 
     if frames_from not in FRAMES_FROM:
         raise InputError(f"--frames-from must be one of {', '.join(FRAMES_FROM)}, got "

@@ -90,10 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_quality(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ladtalk.evaluation.quality import DEFAULT_SOFTEN, quality_for_video
     from ladtalk.evaluation.report import jsonable, write_json
     from ladtalk.generation.fusion import FusionConfig, parse_strength
     from ladtalk.identities.store import read_meta, resolve_identity
-    from ladtalk.evaluation.quality import DEFAULT_SOFTEN, quality_for_video
 
     if not args.identity or not args.video:
         raise InputError("eval quality needs --identity NAME and --video V (the person's "
@@ -120,8 +120,13 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ladtalk.evaluation.report import (EvalConfig, evaluate_batch, evaluate_pair, single_table,
-                              write_json)
+    from ladtalk.evaluation.report import (
+        EvalConfig,
+        evaluate_batch,
+        evaluate_pair,
+        single_table,
+        write_json,
+    )
 
     if getattr(args, "mode", None) == "quality":
         return run_quality(args)

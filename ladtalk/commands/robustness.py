@@ -84,10 +84,10 @@ def _clean(obj: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ladtalk.analysis.robustness import robustness_for_video
     from ladtalk.errors import InputError
     from ladtalk.identities.store import resolve_identity, write_json_atomic
     from ladtalk.models.sovqae import SOVQAEConfig
-    from ladtalk.analysis.robustness import robustness_for_video
 
     for name in ("max_frames", "cert_faces", "power_iters", "positions", "batch_size"):
         if getattr(args, name) < 0 or (name == "batch_size" and args.batch_size < 1):

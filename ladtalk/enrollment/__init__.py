@@ -8,7 +8,14 @@ Modules:
     enroll         the time-budgeted, resumable training loop and :func:`enroll`
 """
 
-from ladtalk.enrollment.enroll import TRAIN_PRESETS, TrainConfig, Trainer, enroll, evaluate_identity, train_preset
+from ladtalk.enrollment.enroll import (
+           TRAIN_PRESETS,
+           TrainConfig,
+           Trainer,
+           enroll,
+           evaluate_identity,
+           train_preset,
+)
 
 __all__ = ["enroll", "TrainConfig", "TRAIN_PRESETS", "train_preset", "Trainer",
            "evaluate_identity"]

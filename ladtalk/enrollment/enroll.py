@@ -7,7 +7,7 @@ Flow of :func:`enroll`
    present: optimiser moments, discriminator, step count, EMA statistics, sampler RNG), else
    ``--init`` (a taming ``.ckpt``, a diffusers ``VQModel``, an SOVQAE directory or another
    identity), else a fresh model of the named config (``cpu`` on CPU, ``base`` on CUDA).
-3. Crops: :func:`ladtalk.enrollment.data.extract_crops` (detector + temporal smoothing + the
+3. Crops: :func:`ladtalk.face.video_crops.extract_crops` (detector + temporal smoothing + the
    generation framing), cached; the last ``holdout`` fraction (by time) is never trained on.
 4. Train until the time budget is spent (the clock is checked after every step):
 
@@ -39,7 +39,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -48,17 +48,47 @@ import torch
 from torch import nn
 
 from ladtalk._util.device import autocast, resolve_device
-from ladtalk.errors import CheckpointError, InputError
-from ladtalk.identities.store import atomic_identity_dir, store_path, validate_name, write_json_atomic
-from ladtalk.models.quantizer import codebook_min_distance, dead_code_restart, kmeans_init
-from ladtalk.models.sovqae import (AUTO_RESOLUTION_CONFIGS, CONFIGS, SOVQAE, SOVQAEConfig,
-                             default_config_name, get_config)
-from ladtalk.enrollment.data import (CropSampler, DegradationRanges, FaceCrops, even_subset, extract_crops,
-                   face_weight_map, patch_windows, random_degradation, split_holdout,
-                   take_patches, to_tensor01)
+from ladtalk.enrollment.data import (
+    CropSampler,
+    DegradationRanges,
+    face_weight_map,
+    patch_windows,
+    random_degradation,
+    take_patches,
+)
 from ladtalk.enrollment.discriminator import NLayerDiscriminator
-from ladtalk.enrollment.losses import (adaptive_weight, codebook_regularizer, codebook_regularizer_step,
-                     generator_adv_loss, hinge_d_loss, load_perceptual, reconstruction_loss)
+from ladtalk.enrollment.losses import (
+    adaptive_weight,
+    codebook_regularizer,
+    codebook_regularizer_step,
+    generator_adv_loss,
+    hinge_d_loss,
+    reconstruction_loss,
+)
+from ladtalk.errors import CheckpointError, InputError
+from ladtalk.face.video_crops import (
+    FaceCrops,
+    even_subset,
+    extract_crops,
+    split_holdout,
+    to_tensor01,
+)
+from ladtalk.identities.store import (
+    atomic_identity_dir,
+    store_path,
+    validate_name,
+    write_json_atomic,
+)
+from ladtalk.metrics.lpips import load_perceptual
+from ladtalk.models.quantizer import codebook_min_distance, dead_code_restart, kmeans_init
+from ladtalk.models.sovqae import (
+    AUTO_RESOLUTION_CONFIGS,
+    CONFIGS,
+    SOVQAE,
+    SOVQAEConfig,
+    default_config_name,
+    get_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +561,12 @@ def calibrate_and_measure(model: SOVQAE, video: Union[str, Path], hold: FaceCrop
     """Calibrate the fusion strengths on held-out crops (:func:`ladtalk.evaluation.quality.calibrate_fusion`)
     and measure W against L on held-out frames of the video (:func:`ladtalk.evaluation.quality.
     measure_quality`); the ``meta.json`` keys ``fusion``, ``fusion_calibration``, ``quality``."""
-    from ladtalk.evaluation.quality import DEFAULT_SOFTEN, calibrate_fusion, holdout_frames, measure_quality
+    from ladtalk.evaluation.quality import (
+        DEFAULT_SOFTEN,
+        calibrate_fusion,
+        holdout_frames,
+        measure_quality,
+    )
     from ladtalk.generation.restore import Restorer
 
     model.eval()
@@ -679,7 +714,7 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
     identity keeps its own) or an :class:`SOVQAEConfig` for a fresh identity. ``init``: checkpoint spec for a fresh identity. ``holdout``:
     fraction of frames at the end of the video kept out of training. ``resolution``: the
     identity's crop side for a fresh identity (default: chosen from the measured face size,
-    :func:`ladtalk.enrollment.data.choose_resolution`, for the ``cpu`` config; the config's own
+    :func:`ladtalk.face.video_crops.choose_resolution`, for the ``cpu`` config; the config's own
     otherwise); an existing identity keeps its own. ``out``: write the
     identity here instead of the store (``$LADTALK_HOME/identities/NAME``). ``detector``:
     ``dlib`` / ``s3fd`` / ``auto``. ``on_progress(dict)`` receives ``phase`` ("detect",

@@ -50,8 +50,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ladtalk.generation.blend import BlendConfig, blend_face, lower_face_mask
 from ladtalk.face.crop import CropConfig, CropRegion, crop_face, face_region, paste_back
+from ladtalk.generation.blend import BlendConfig, blend_face, lower_face_mask
 from ladtalk.generation.fusion import FusionConfig
 
 DEFAULT_SOFTEN = (0.0, 0.5, 1.0)
@@ -140,9 +140,10 @@ def soften96(crop96: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return crop96
     import torch
-    from ladtalk.analysis.degrade import _blur_canonical
+
+    from ladtalk.media.resample import blur_nchw
     x = torch.from_numpy(np.ascontiguousarray(crop96)).permute(2, 0, 1)[None].float() / 255.0
-    y = _blur_canonical(x, float(sigma))
+    y = blur_nchw(x, float(sigma))
     return (y[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
@@ -220,7 +221,7 @@ class _Acc:
 def _lpips_function(device=None):
     """A callable (uint8 a, uint8 b) -> LPIPS, or None when the weights do not resolve."""
     try:
-        from ladtalk.enrollment.losses import load_perceptual
+        from ladtalk.metrics.lpips import load_perceptual
         module, _status = load_perceptual(device or "cpu", warn=False)
     except TypeError:
         module = None
@@ -279,6 +280,7 @@ def measure_quality(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float]
     :class:`ladtalk.generation.restore.Restorer` (or any object with ``resolution`` and
     ``restore(crops, fusion=...)``)."""
     import cv2
+
     from ladtalk.metrics.image import MouthRegion, psnr
 
     sigmas = [float(s) for s in soften]
@@ -360,9 +362,9 @@ def quality_for_video(identity: Union[str, Path], video: Union[str, Path],
     """:func:`measure_quality` on the held-out tail of ``video`` (the frames an identity
     enrolled from it with the same ``holdout`` never trained on), with the identity's
     calibrated fusion unless ``fusion`` is given."""
-    from ladtalk.identities.store import resolve_identity
+    from ladtalk.face.video_crops import extract_crops, split_holdout
     from ladtalk.generation.restore import Restorer
-    from ladtalk.enrollment.data import extract_crops, split_holdout
+    from ladtalk.identities.store import resolve_identity
 
     path = resolve_identity(identity)
     restorer = Restorer.from_identity(path, device=device, precision="fp32")

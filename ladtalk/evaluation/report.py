@@ -107,7 +107,12 @@ import numpy as np
 
 from ladtalk.errors import CheckpointError, InputError, LadTalkError
 from ladtalk.metrics.image import MouthRegion, mouth_psnr, psnr, ssim
-from ladtalk.metrics.sliding import SlidingResult, sliding_evaluation, sliding_search, sliding_sequence
+from ladtalk.metrics.sliding import (
+    SlidingResult,
+    sliding_evaluation,
+    sliding_search,
+    sliding_sequence,
+)
 from ladtalk.metrics.temporal import temporal_error
 
 log = logging.getLogger(__name__)

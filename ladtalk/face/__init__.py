@@ -11,11 +11,29 @@ Modules:
     crop    the square crop framing, crop / paste-back and feathered masks
 """
 
-from ladtalk.face.crop import (CropConfig, CropRegion, crop_face, crop_faces, face_region, feather_mask,
-                   paste_back)
-from ladtalk.face.detect import (DlibHOGDetector, FaceDetector, FixedBoxDetector, S3FDDetector,
-                     make_detector)
-from ladtalk.face.track import FaceTrack, interpolate_gaps, select_largest, smooth_boxes, track_faces
+from ladtalk.face.crop import (
+                   CropConfig,
+                   CropRegion,
+                   crop_face,
+                   crop_faces,
+                   face_region,
+                   feather_mask,
+                   paste_back,
+)
+from ladtalk.face.detect import (
+                   DlibHOGDetector,
+                   FaceDetector,
+                   FixedBoxDetector,
+                   S3FDDetector,
+                   make_detector,
+)
+from ladtalk.face.track import (
+                   FaceTrack,
+                   interpolate_gaps,
+                   select_largest,
+                   smooth_boxes,
+                   track_faces,
+)
 
 __all__ = [
     "CropConfig", "CropRegion", "crop_face", "crop_faces", "face_region", "feather_mask",

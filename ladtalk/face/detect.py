@@ -208,9 +208,9 @@ class S3FDDetector:
         self.threshold = float(threshold)
         self.batch_size = int(batch_size)
         try:
-            from face_alignment.detection.sfd.net_s3fd import s3fd
-            from face_alignment.detection.sfd.detect import batch_detect
             from face_alignment.detection.sfd.bbox import nms
+            from face_alignment.detection.sfd.detect import batch_detect
+            from face_alignment.detection.sfd.net_s3fd import s3fd
         except ImportError as exc:  # pragma: no cover - face-alignment is a hard dependency
             raise CheckpointError("the S3FD detector needs the 'face-alignment' package; "
                                   "install it or use '--detector dlib'") from exc

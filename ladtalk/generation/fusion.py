@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ladtalk.analysis.degrade import _blur_canonical, area_resize
+from ladtalk.media.resample import area_resize, blur_nchw
 
 #: the Wav2Lip face size: the band below it is the input's to keep
 LIPSYNC_SIZE = 96
@@ -120,7 +120,7 @@ def _guard_shape(out: torch.Tensor, inp: torch.Tensor, config: FusionConfig) -> 
     sigma = config.shape_sigma * out.shape[-1] / float(config.band_size)
     if sigma <= 0:
         return out
-    dev = _blur_canonical(out - inp, sigma)
+    dev = blur_nchw(out - inp, sigma)
     excess = dev - dev.clamp(-config.shape_tolerance, config.shape_tolerance)
     return out - excess
 

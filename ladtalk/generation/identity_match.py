@@ -265,6 +265,7 @@ def lipsync_gains(restorer_or_model: Any, crops_uint8: np.ndarray,
     warmer recording of the same person is the same person), and colour gains as in
     :func:`match_gains` are applied to the restoration."""
     import cv2
+
     from ladtalk.generation.blend import lower_face_mask
     restorer = _as_restorer(restorer_or_model)
     crops = np.asarray(crops_uint8)

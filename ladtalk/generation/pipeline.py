@@ -59,11 +59,18 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 
 import numpy as np
 
-from ladtalk.media.audio import (SAMPLE_RATE, check_has_speech, load_audio, mel_chunk_starts, mel_windows,
-                    melspectrogram, num_video_frames)
-from ladtalk.generation.blend import BlendConfig, blend_face
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig, CropRegion, crop_faces, face_region
+from ladtalk.generation.blend import BlendConfig, blend_face
+from ladtalk.media.audio import (
+    SAMPLE_RATE,
+    check_has_speech,
+    load_audio,
+    mel_chunk_starts,
+    mel_windows,
+    melspectrogram,
+    num_video_frames,
+)
 from ladtalk.media.framesource import LoopedSource, decode_chunks
 from ladtalk.media.timing import check_policy
 from ladtalk.media.video import MediaInfo, VideoWriter, probe
@@ -283,6 +290,7 @@ class Pipeline:
 
     def _load_lipsyncer(self, spec: Any):
         import torch
+
         from ladtalk.generation.lipsync import LipSyncer
         injected = isinstance(spec, (LipSyncer, torch.nn.Module))
         if isinstance(spec, LipSyncer):
@@ -442,6 +450,7 @@ class Pipeline:
         fusion_kw = {}
         if restorer is not None and opts.restore_strength is not None:
             from dataclasses import replace as _replace
+
             from ladtalk.generation.fusion import FusionConfig
             base = getattr(restorer, "fusion", None) or FusionConfig()
             fusion_kw["fusion"] = _replace(base, low_strength=opts.restore_strength[0],

@@ -25,11 +25,10 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ladtalk.analysis.degrade import area_resize
 from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
 from ladtalk.generation.fusion import FusionConfig, fuse
+from ladtalk.media.resample import resize01
 
 _UNSET = object()
 
@@ -42,18 +41,6 @@ class RestoreOutput:
     images: torch.Tensor
     indices: torch.Tensor
     h: torch.Tensor
-
-
-def resize01(x: torch.Tensor, size) -> torch.Tensor:
-    """Resize NCHW [0, 1] images to ``size`` (int or (h, w)): exact area-averaging when
-    shrinking both sides, bicubic (clamped) otherwise; unchanged when already that size."""
-    th, tw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else map(int, size)
-    h, w = x.shape[-2:]
-    if (h, w) == (th, tw):
-        return x
-    if h >= th and w >= tw:
-        return area_resize(x, (th, tw))
-    return F.interpolate(x, size=(th, tw), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 class Restorer:
@@ -146,4 +133,4 @@ class Restorer:
         return out[0] if single else out
 
 
-__all__ = ["Restorer", "RestoreOutput", "resize01"]
+__all__ = ["Restorer", "RestoreOutput"]

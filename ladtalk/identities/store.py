@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
-from ladtalk.errors import InputError
 from ladtalk._util.paths import identities_dir
+from ladtalk.errors import InputError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "identities"

@@ -11,10 +11,20 @@ Importing this package pulls in numpy/scipy only; torch is imported by :mod:`.ls
 dependencies only when FID is requested.
 """
 
-from ladtalk.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
+from ladtalk.metrics.frechet import (
+                      feature_statistics,
+                      frechet_distance,
+                      frechet_distance_from_features,
+)
 from ladtalk.metrics.image import MouthRegion, SSIMConfig, mouth_psnr, psnr, ssim
-from ladtalk.metrics.sliding import (SlidingResult, sliding_evaluation, sliding_frechet, sliding_search,
-                      sliding_sequence, valid_offsets)
+from ladtalk.metrics.sliding import (
+                      SlidingResult,
+                      sliding_evaluation,
+                      sliding_frechet,
+                      sliding_search,
+                      sliding_sequence,
+                      valid_offsets,
+)
 from ladtalk.metrics.temporal import temporal_error
 
 __all__ = [

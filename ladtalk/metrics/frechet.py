@@ -88,7 +88,7 @@ def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray,
 
 def _import_pytorch_fid():
     try:
-        from pytorch_fid.inception import InceptionV3   # noqa: WPS433 (lazy optional import)
+        from pytorch_fid.inception import InceptionV3  # noqa: WPS433 (lazy optional import)
     except ImportError as exc:
         raise LadTalkError(
             f"FID needs the optional '{FID_EXTRA}' extra, which is not installed ({exc}). "

@@ -36,8 +36,14 @@ import torch.nn.functional as F
 
 from ladtalk._util.device import DeviceLike, resolve_device
 from ladtalk.errors import InputError
-from ladtalk.models.syncnet_lse import CLIP_FRAMES, CROP_SIZE, MFCC_WINDOW, SyncNetS, adapt_state_dict
 from ladtalk.metrics.mfcc import SAMPLE_RATE, syncnet_mfcc
+from ladtalk.models.syncnet_lse import (
+    CLIP_FRAMES,
+    CROP_SIZE,
+    MFCC_WINDOW,
+    SyncNetS,
+    adapt_state_dict,
+)
 
 VIDEO_FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS      # 640
@@ -81,7 +87,6 @@ def offset_distances(lip: torch.Tensor, aud: torch.Tensor, vshift: int = DEFAULT
 
     Audio windows outside 0..N-1 are zero vectors (upstream's padding), not real audio.
     """
-    n = lip.shape[0]
     padded = F.pad(aud, (0, 0, vshift, vshift))                          # (N + 2 vshift, D)
     shifted = padded.unfold(0, 2 * vshift + 1, 1).permute(0, 2, 1)       # (N, 2 vshift + 1, D)
     return F.pairwise_distance(lip.unsqueeze(1).expand_as(shifted), shifted)

@@ -171,7 +171,7 @@ cpu     the enrollment recipe (docs/enrollment.md): ch 32, ch_mult (1, 1, 2) -> 
         (norm "none", no mid attention; 0.72 M parameters). Nothing depends on whole-image
         statistics, so it trains on 128 px patches of 256 px crops (4x cheaper per image) and
         runs on whole crops. Its resolution follows the face: 256 px for faces of 200 px or
-        more, 128 px below (AUTO_RESOLUTION_CONFIGS; ladtalk.enrollment.data.choose_resolution).
+        more, 128 px below (AUTO_RESOLUTION_CONFIGS; ladtalk.face.video_crops.choose_resolution).
 cpu-gn128  the previous cpu recipe: the same layout with GroupNorm and mid attention at a fixed
         128 px, trained on whole crops (identities enrolled before the change load as this).
 cpu-f8  the team's first CPU probe layout with one res block per level: ch_mult (1, 2, 2, 4)

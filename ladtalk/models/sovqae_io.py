@@ -55,8 +55,14 @@ import torch
 
 from ladtalk._util.device import DeviceLike, resolve_device
 from ladtalk.errors import CheckpointError
-from ladtalk.models.sovqae import (CONFIG_NAME, GENERATOR_PREFIXES, MODEL_TYPE, SOVQAE, WEIGHTS_NAME,
-                     SOVQAEConfig)
+from ladtalk.models.sovqae import (
+    CONFIG_NAME,
+    GENERATOR_PREFIXES,
+    MODEL_TYPE,
+    SOVQAE,
+    WEIGHTS_NAME,
+    SOVQAEConfig,
+)
 
 StateDict = Dict[str, torch.Tensor]
 ConfigLike = Union[SOVQAEConfig, Mapping[str, Any], str, Path, None]
