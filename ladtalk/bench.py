@@ -1,22 +1,10 @@
 """``python -m ladtalk.bench``: throughput and peak memory of the generation pipeline.
 
-For every requested length (seconds) the input audio is looped / cut to that length (the
-video is looped by the pipeline's policy), and one generation runs in a **fresh
-subprocess**, so each peak RSS belongs to one run. Printed and written as JSON (``--json``):
-
-* frames/s of each stage (decode, detect, lipsync, restore, blend, encode; output frames
-  divided by the seconds spent in that stage; decode, models and encode overlap in threads)
-  and end to end (``end_to_end``: inside the pipeline call; ``process``: the whole child
-  process including Python start-up, imports and model construction);
-* real-time factor = pipeline seconds / output seconds (< 1 is faster than real time);
-* peak RSS in MiB: ``self`` = the Python process (``getrusage`` ru_maxrss, exact);
-  ``children`` = its ffmpeg processes together and ``sum`` = Python + ffmpeg at the same
-  moment, both sampled every 50 ms from ``/proc`` (:class:`RssSampler`);
-* the ratio of the longest run's peak RSS to the shortest run's (memory flatness).
-
-Without ``--wav2lip`` the generator has random weights: real checkpoints are not needed to
-measure speed and memory (same architecture, same arithmetic), but the video content is
-meaningless. The JSON says which weights were used, the device, CPU count and load average.
+Each requested length (seconds of audio, looped or cut) runs in a fresh subprocess, so each
+peak RSS belongs to one run. It reports frames/s per stage and end to end, the real-time
+factor, peak RSS of Python and of Python + ffmpeg, and the longest / shortest RSS ratio
+(docs/performance.md). Without ``--wav2lip`` the generator has random weights: same speed and
+memory, meaningless video.
 
 Example::
 
@@ -37,6 +25,17 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ladtalk._util.atomic import write_json
+from ladtalk._util.choices import (
+    CLI_IDENTITY_CHECK,
+    DEFAULT_DETECTOR,
+    DEFAULT_LOOP,
+    DEFAULT_PRECISION,
+    DETECTORS,
+    LOOP_POLICIES,
+    PRECISIONS,
+)
+
 STAGES = ("decode", "detect", "lipsync", "restore", "blend", "encode")
 
 
@@ -50,16 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wav2lip", default=None, metavar="CKPT",
                    help="Wav2Lip checkpoint (default: random weights, same speed)")
     p.add_argument("--box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"))
-    p.add_argument("--detector", default="auto", choices=("auto", "s3fd", "dlib"))
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS)
     p.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0], metavar="SECONDS",
                    help="audio lengths to run, one fresh process each (default: 10 60)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None,
                    help="model threads (default: the pipeline's choice, 2 on CPU)")
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                    help="model arithmetic, as generate --precision (default: auto)")
-    p.add_argument("--loop", default="pingpong", choices=("pingpong", "loop", "hold"))
+    p.add_argument("--loop", default=DEFAULT_LOOP, choices=LOOP_POLICIES)
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the results here")
     p.add_argument("--keep-outputs", default=None, metavar="DIR",
                    help="keep the generated videos in DIR (default: discarded)")
@@ -145,7 +144,7 @@ def _child(args: argparse.Namespace) -> int:
     opts = GenerateOptions(identity=None if args.no_enhance else args.identity,
                            detector=args.detector, box=tuple(args.box) if args.box else None,
                            loop=args.loop, batch_size=bs,
-                           identity_check="warn")  # as the CLI: never stops a benchmark
+                           identity_check=CLI_IDENTITY_CHECK)  # as the CLI: never stops
     with RssSampler() as sampler:
         res = pipe.run(args.face, args.audio, args._out, opts)
     self_ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -156,7 +155,7 @@ def _child(args: argparse.Namespace) -> int:
         "timings_s": res.timings, "weights": weights, "batch_size": bs,
         "precision": res.precision,
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
-        "model_workers": list(pipe._worker_plan()),
+        "model_workers": list(pipe.worker_plan()),
         "child_wall_s": time.perf_counter() - t_start,
         # ru_maxrss is KiB on Linux; "children" / "sum" are sampled from /proc (see RssSampler)
         "peak_rss_mb": {"self": self_ru.ru_maxrss / 1024,
@@ -241,7 +240,7 @@ def _print(report: dict) -> None:
     for r in report["runs"]:
         f = r["fps"]
 
-        def c(k):
+        def c(k, f=f):
             return f"{f[k]:7.1f}" if k in f else f"{'-':>7}"
         print(f"{r['length_s']:6.1f}s {r['frames']:6d} {r['process_wall_s']:6.1f}s "
               f"{f['end_to_end']:6.1f} {c('decode')} {c('lipsync')} {c('restore')} "
@@ -312,10 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                        / lo["peak_rss_mb"]["sum"])
     _print(report)
     if args.json:
-        target = Path(args.json)
-        tmp_json = target.with_name(f".{target.name}.tmp")
-        tmp_json.write_text(json.dumps(report, indent=2))
-        os.replace(tmp_json, target)
+        target = write_json(args.json, report)
         print(f"wrote {target}")
     return 0
 

@@ -18,10 +18,13 @@ from ladtalk.errors import LadTalkError
 # name -> one-line help. Add a command by adding a module and one line here.
 COMMANDS = {
     "convert": "convert an upstream .pth/.ckpt checkpoint to .safetensors (no pickle execution)",
-    "generate": "lip-sync a face video or photo to speech (Wav2Lip + optional identity restoration)",
-    "enroll": "enroll an identity: fine-tune its SOVQAE on a video of the person (time-budgeted, resumable)",
+    "generate": "lip-sync a face video or photo to speech "
+                "(Wav2Lip + optional identity restoration)",
+    "enroll": "enroll an identity: fine-tune its SOVQAE on a video of the person "
+              "(time-budgeted, resumable)",
     "eval": "score generated videos against references: PSNR, SSIM, mouth PSNR, FID, LSE",
-    "robustness": "degrade face crops (blur / noise / down-up), restore them with an identity, report PSNR/SSIM + certificate",
+    "robustness": "degrade face crops (blur / noise / down-up), restore them with an identity, "
+                  "report PSNR/SSIM + certificate",
 }
 
 

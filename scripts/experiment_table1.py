@@ -102,7 +102,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def resolve_wav2lip(spec: Optional[str], formula: bool):
     """``(pipeline wav2lip argument, description, is_formula)``; raises CheckpointError."""
-    from ladtalk.checkpoints.hub import resolve_checkpoint
+    from ladtalk.checkpoints import resolve_checkpoint
 
     try:
         path = resolve_checkpoint("wav2lip", override=spec)
@@ -128,7 +128,7 @@ def resolve_wav2lip(spec: Optional[str], formula: bool):
 # ---------------------------------------------------------------------------------- clips
 
 def ffmpeg() -> str:
-    from ladtalk.media.video import ffmpeg_exe
+    from ladtalk.media.ffmpeg import ffmpeg_exe
     return ffmpeg_exe()
 
 
@@ -158,7 +158,9 @@ def unsharp_baseline(src: Path, dst: Path, detector: str, device=None, sigma: fl
     import cv2
 
     from ladtalk.face import make_detector, track_faces
-    from ladtalk.media.video import VideoWriter, probe, read_frames
+    from ladtalk.media.decode import read_frames
+    from ladtalk.media.encode import VideoWriter
+    from ladtalk.media.probe import probe
 
     info = probe(src)
     frames = read_frames(src)
@@ -220,9 +222,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace, t0: float) -> int:
-    from ladtalk.evaluation.report import EvalConfig, PairSpec, evaluate_batch, write_json
+    from ladtalk._util.atomic import write_json
+    from ladtalk.evaluation.report import EvalConfig, PairSpec, evaluate_batch
     from ladtalk.generation.pipeline import GenerateOptions, Pipeline
-    from ladtalk.media.video import probe
+    from ladtalk.media.probe import probe
 
     if not args.video.is_file():
         raise InputError(f"source video not found: {args.video} (set LADTALK_SHARED_DATA or "
@@ -314,7 +317,7 @@ def _run(args: argparse.Namespace, t0: float) -> int:
              f"{wav2lip_desc}")
     text = batch.format_table(title)
     reasons = []
-    for clip in batch.clips:
+    for clip in batch.to_json()["clips"]:
         for name, entry in clip["metrics"].items():
             line = f"{name}: {entry['status']} - {entry.get('reason', '')}"
             if entry["status"] != "ok" and line not in reasons:
@@ -327,11 +330,10 @@ def _run(args: argparse.Namespace, t0: float) -> int:
     (out / "table.txt").write_text(report + "\n", encoding="utf-8")
     batch.write_csv(out / "table.csv")
     batch.write_json(out / "table.json")
-    write_json({"video": str(args.video), "holdout": args.holdout,
+    write_json(out / "experiment.json", {"video": str(args.video), "holdout": args.holdout,
                 "holdout_start_s": start0, "clips": clips_meta, "identity": args.identity,
                 "wav2lip": wav2lip_desc, "formula_weights": is_formula, "skipped": skipped,
-                "timings_s": {k: round(v, 2) for k, v in timings.items()}},
-               out / "experiment.json")
+                "timings_s": {k: round(v, 2) for k, v in timings.items()}})
     print(f"outputs in {out} (total {timings['total']:.0f}s)")
     return 0
 

@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from ladtalk._util.atomic import atomic_dir, write_json
     from ladtalk.enrollment.enroll import enroll
-    from ladtalk.identities.store import atomic_identity_dir, write_json_atomic
 
     video = Path(args.video)
     if not video.is_file():
@@ -70,10 +70,10 @@ def main(argv=None) -> int:
                            "trainer_state": "not shipped (fresh optimiser when enrolling on top)"}
         state = {k: v.to(torch.float16).contiguous() for k, v in
                  load_file(str(work / "model.safetensors")).items()}
-        with atomic_identity_dir(Path(args.out)) as dst:
+        with atomic_dir(Path(args.out)) as dst:
             shutil.copy2(work / "config.json", dst / "config.json")
             save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-            write_json_atomic(dst / "meta.json", meta)
+            write_json(dst / "meta.json", meta, sort_keys=True)
     out = Path(args.out)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"demo identity written to {out} ({size / 1e6:.1f} MB); steps {meta['steps']}, "

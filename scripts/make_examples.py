@@ -72,11 +72,11 @@ def espeak(text: str, dst: Path) -> None:
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise SystemExit("espeak-ng not found: apt-get install espeak-ng")
-    import imageio_ffmpeg
+    from ladtalk.media.ffmpeg import ffmpeg_exe
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
                         "-y", "-i", str(raw), "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le",
                         "-fflags", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
                         str(dst)], check=True)
@@ -84,9 +84,9 @@ def espeak(text: str, dst: Path) -> None:
 
 def main(out_dir: Path) -> None:
     import cv2
-    import imageio_ffmpeg
 
-    from ladtalk.media.video import VideoWriter
+    from ladtalk.media.encode import VideoWriter
+    from ladtalk.media.ffmpeg import ffmpeg_exe
 
     out_dir.mkdir(parents=True, exist_ok=True)
     img = astronaut()
@@ -98,7 +98,7 @@ def main(out_dir: Path) -> None:
     frames = motion_frames(img, int(round(SECONDS * FPS)))
     with tempfile.TemporaryDirectory() as tmp:
         tone = Path(tmp) / "tone.wav"  # quiet 220 Hz hum so the clip has an audio stream
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
                         "-y", "-f", "lavfi", "-i",
                         f"sine=frequency=220:sample_rate=16000:duration={SECONDS}",
                         "-af", "volume=0.05", "-c:a", "pcm_s16le", str(tone)], check=True)

@@ -1,4 +1,4 @@
-"""Measure the identity-match PSNRs that ``ladtalk/generation/identity_match.py``'s margin is based on.
+"""Measure the identity-match PSNRs behind the margin of ``ladtalk/generation/identity_match.py``.
 
 For an identity (default: the shipped ``demo``, trained on the astronaut example) print the
 clean reconstruction PSNR on 8 face crops of each input (generation framing, dlib detector;
@@ -85,7 +85,7 @@ def main() -> int:
     from ladtalk.generation.identity_match import check_identity, video_face_crops
     from ladtalk.generation.restore import Restorer
     from ladtalk.identities.store import read_meta, resolve_identity
-    from ladtalk.media.video import read_image
+    from ladtalk.media.decode import read_image
 
     path = resolve_identity(args.identity)
     meta = read_meta(path)
@@ -97,7 +97,8 @@ def main() -> int:
     inputs = [("examples/astronaut.mp4 (the demo's person)", ROOT / "examples" / "astronaut.mp4"),
               ("examples/astronaut.png (the demo's person)", ROOT / "examples" / "astronaut.png")]
     own = Path(args.own_face)
-    from ladtalk.media.video import iter_frames, probe
+    from ladtalk.media.decode import iter_frames
+    from ladtalk.media.probe import probe
     info = probe(own)
     if info.is_image:
         photo = read_image(own)

@@ -25,26 +25,36 @@ from dataclasses import replace
 
 import torch
 
-from ladtalk.enrollment.data import CropSampler, lipsync_degradation
-from ladtalk.enrollment.enroll import Trainer, _psnr, train_preset
+from ladtalk.enrollment import Trainer, train_preset
+from ladtalk.enrollment.data import CropSampler
+from ladtalk.enrollment.trainer import holdout_psnr as _psnr
 from ladtalk.face.video_crops import even_subset, extract_crops, split_holdout, to_tensor01
+from ladtalk.media.resample import lipsync_path as lipsync_degradation
 from ladtalk.models.sovqae import SOVQAE, SOVQAEConfig
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--name", default="a"); ap.add_argument("--seconds", type=float, default=420)
-ap.add_argument("--res", type=int, default=256); ap.add_argument("--patch", type=int, default=128)
-ap.add_argument("--batch", type=int, default=8); ap.add_argument("--ch", type=int, default=32)
-ap.add_argument("--norm", default="none"); ap.add_argument("--focus", type=float, default=0.75)
-ap.add_argument("--rp", type=float, default=0.8); ap.add_argument("--lr", type=float, default=1e-3)
-ap.add_argument("--z", type=int, default=16); ap.add_argument("--mult", default="1,1,2")
+ap.add_argument("--name", default="a")
+ap.add_argument("--seconds", type=float, default=420)
+ap.add_argument("--res", type=int, default=256)
+ap.add_argument("--patch", type=int, default=128)
+ap.add_argument("--batch", type=int, default=8)
+ap.add_argument("--ch", type=int, default=32)
+ap.add_argument("--norm", default="none")
+ap.add_argument("--focus", type=float, default=0.75)
+ap.add_argument("--rp", type=float, default=0.8)
+ap.add_argument("--lr", type=float, default=1e-3)
+ap.add_argument("--z", type=int, default=16)
+ap.add_argument("--mult", default="1,1,2")
 ap.add_argument("--nres", type=int, default=1)
-ap.add_argument("--video", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "dfrf_cnn2.mp4"))
+ap.add_argument("--video", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
+                                       / "dfrf_cnn2.mp4"))
 ap.add_argument("--weights", default="1,1,1,3")
 a = ap.parse_args()
 torch.set_num_threads(2)
 crops = extract_crops(a.video, a.res, "dlib")
 tr, ho = split_holdout(len(crops), 0.1)
-cfgm = SOVQAEConfig(resolution=a.res, ch=a.ch, ch_mult=tuple(int(v) for v in a.mult.split(",")), num_res_blocks=a.nres,
+cfgm = SOVQAEConfig(resolution=a.res, ch=a.ch, ch_mult=tuple(int(v) for v in a.mult.split(",")),
+                    num_res_blocks=a.nres,
                     attn_resolutions=(), z_channels=a.z, embed_dim=a.z, n_embed=1024, ema=True,
                     norm=a.norm, mid_attn=(a.norm != "none"))
 model = SOVQAE(cfgm)
@@ -55,12 +65,14 @@ cfg = replace(train_preset("cpu"), seconds=a.seconds, patch=a.patch, patch_focus
 sampler = CropSampler(crops.crops[tr], cfg.batch_size, seed=0)
 trainer = Trainer(model, cfg, torch.device("cpu"))
 hold = to_tensor01(crops.crops[ho][even_subset(len(ho), 32)])
-t0 = time.time(); n = 0
+t0 = time.time()
+n = 0
 while time.time() - t0 < a.seconds:
     terms = trainer.step(sampler, progress=(time.time() - t0) / a.seconds)
     n += 1
     if n % 50 == 0:
-        print(f"step {n} t {time.time()-t0:.0f}s rec {terms['rec']:.4f} codes {terms['codes_in_batch']:.0f}", flush=True)
+        print(f"step {n} t {time.time()-t0:.0f}s rec {terms['rec']:.4f} "
+              f"codes {terms['codes_in_batch']:.0f}", flush=True)
 print("steps", n, "s/step", (time.time() - t0) / n)
 os.makedirs("/tmp/recipe_ab", exist_ok=True)
 model.save_pretrained(f"/tmp/recipe_ab/{a.name}")

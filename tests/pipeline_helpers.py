@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ladtalk.media.video import VideoWriter, ffmpeg_exe, read_frames
+from ladtalk.media.decode import read_frames
+from ladtalk.media.encode import VideoWriter
+from ladtalk.media.ffmpeg import ffmpeg_exe
 
 FRAME_W, FRAME_H = 240, 180
 # astronaut crop (x0, y0, x1, y1) that, scaled to 240x180, puts the face at about x 80-160,

@@ -53,7 +53,7 @@ def _write_tiny_identity(home: Path, name: str) -> Path:
 
 
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
-    from ladtalk.media.video import ffmpeg_exe
+    from ladtalk.media.ffmpeg import ffmpeg_exe
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
                     "-t", str(seconds), "-c:a", "pcm_s16le", str(dst)], check=True)
     return dst
@@ -135,12 +135,12 @@ def test_generate_photo_side_by_side(server, short_audio):
     from gradio_client import handle_file
 
     from ladtalk.media.audio import load_audio
-    from ladtalk.media.video import probe
+    from ladtalk.media.probe import probe
     main, base, report = server.predict(
         handle_file(str(EXAMPLES / "astronaut.png")), handle_file(str(short_audio)), "tiny",
         False, 3, True, 0, 10, 0, 0, True, "dlib", "pingpong", "", 1, api_name="/generate")
     audio_s = len(load_audio(short_audio)) / 16000
-    for value, enhanced in ((main, True), (base, False)):
+    for value in (main, base):
         info = probe(_video_path(value))
         assert info.has_audio and info.fps == 25.0
         assert (info.width, info.height) == (256, 256)
@@ -196,7 +196,7 @@ def test_robustness_matches_library(server, app_home):
 
     from ladtalk.analysis.robustness import evaluate_robustness
     from ladtalk.face import CropConfig, crop_face, face_region, make_detector, select_largest
-    from ladtalk.media.video import read_image
+    from ladtalk.media.decode import read_image
     from ladtalk.models.sovqae import SOVQAE
 
     img_path = EXAMPLES / "astronaut.png"
@@ -213,8 +213,7 @@ def test_robustness_matches_library(server, app_home):
     specs = ["blur:1.0", "noise:0.05", "down:16"]
     sweep = ["noise:0.02", "noise:0.05", "noise:0.1", "noise:0.15", "noise:0.2", "noise:0.3"]
     lib = evaluate_robustness(model, crop[None], list(dict.fromkeys(specs + sweep)),
-                              device="cpu", certificate=True, cert_faces=1, power_iters=4,
-                              n_random=2, max_positions=4, layerwise=False)
+                              device="cpu", certificate=True, cost="app").to_json()
     for spec in specs:
         for key in ("psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored"):
             assert raw["degradations"][spec][key] == pytest.approx(
@@ -238,7 +237,7 @@ def test_robustness_matches_library(server, app_home):
 def test_robustness_on_a_video_frame(server, tmp_path):
     from gradio_client import handle_file
 
-    from ladtalk.media.video import ffmpeg_exe
+    from ladtalk.media.ffmpeg import ffmpeg_exe
     clip = tmp_path / "clip.mp4"
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i",
                     str(EXAMPLES / "astronaut.mp4"), "-t", "1.5", "-an", str(clip)], check=True)
@@ -276,7 +275,8 @@ def test_enroll_then_identity_is_usable(server, short_audio):
 def test_generate_enroll_from_this_video_first(server, tmp_path, short_audio):
     from gradio_client import handle_file
 
-    from ladtalk.media.video import ffmpeg_exe, probe
+    from ladtalk.media.ffmpeg import ffmpeg_exe
+    from ladtalk.media.probe import probe
     clip = tmp_path / "talk.mp4"  # within the test server's 2 s limit
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i",
                     str(EXAMPLES / "astronaut.mp4"), "-t", "1.6", str(clip)], check=True)
@@ -334,40 +334,101 @@ def test_bad_inputs_give_specific_errors_and_server_survives(server, tmp_path, s
 
 
 def test_zerogpu_helpers_and_spaces_noop():
+    import inspect
+
     import app
-    from ladtalk.app import support as sup
+    from ladtalk.app import gpu, limits
+    from ladtalk.app.messages import user_message
+    from ladtalk.errors import InputError
+    from ladtalk.generation.options import GenerateOptions
 
     # off ZeroGPU, spaces.GPU returns the function itself (a no-op)
     assert app.ZERO_GPU is False
-    assert app._generate_on_gpu.__name__ == "_generate_on_gpu"
-    assert not hasattr(app._generate_on_gpu, "zerogpu")
+    assert gpu.generate_on_gpu.__name__ == "generate_on_gpu"
+    assert not hasattr(gpu.generate_on_gpu, "zerogpu")
     # each duration callable takes exactly the GPU function's arguments (ZeroGPU calls it so)
-    import inspect
-    for fn, dur in ((app._generate_on_gpu, app._generate_duration),
-                    (app._enroll_on_gpu, app._enroll_duration),
-                    (app._robustness_on_gpu, app._robustness_duration)):
+    for fn, dur in ((gpu.generate_on_gpu, gpu.generate_duration),
+                    (gpu.enroll_on_gpu, gpu.enroll_duration),
+                    (gpu.robustness_on_gpu, gpu.robustness_duration)):
         assert list(inspect.signature(fn).parameters) == list(inspect.signature(dur).parameters)
-    from ladtalk.generation.pipeline import GenerateOptions
-    assert app._generate_duration(-1, "f", "a", "o", GenerateOptions(identity="x"), True,
-                                  10_000, 10_000) == 120  # unknown key: default cap
-    assert app._enroll_duration(-1, "v", "n", 30.0, None, "auto", False) == 75
+    assert gpu.generate_duration(-1, "f", "a", "o", GenerateOptions(identity="x"), True,
+                                 10_000, 10_000) == 120  # unknown key: default cap
+    assert gpu.enroll_duration(-1, "v", "n", 30.0, None, "auto", False) == 75
+    assert gpu.robustness_duration(-1, None, "x", [], [], True) == 50
+    assert gpu.robustness_duration(-1, None, "x", [], [], False) == 20
     # dynamic durations grow with the work and stay within [min, cap]
-    small = sup.generate_gpu_seconds(25, 1, True, False, cap=120)
-    big = sup.generate_gpu_seconds(1500, 1500, True, True, cap=120)
-    assert sup.GPU_MIN_SECONDS <= small < big == 120
-    assert sup.enroll_gpu_seconds(60, cap=120) == 105
-    assert sup.enroll_gpu_seconds(600, cap=120) == 120
-    chunks = sup.enroll_chunks(250, 75)
+    small = limits.generate_gpu_seconds(25, 1, True, False, cap=120)
+    big = limits.generate_gpu_seconds(1500, 1500, True, True, cap=120)
+    assert limits.GPU_MIN_SECONDS <= small < big == 120
+    assert limits.enroll_gpu_seconds(60, cap=120) == 105
+    assert limits.enroll_gpu_seconds(600, cap=120) == 120
+    chunks = limits.enroll_chunks(250, 75)
     assert math.isclose(sum(chunks), 250) and max(chunks) <= 75 + 10
-    assert sup.enroll_chunks(250, None) == [250.0]
-    with pytest.raises(sup.InputError, match="more than the 120 s"):
-        sup.check_generate_fits(6000, 6000, True, True, 25.0, cap=120)
-    sup.check_generate_fits(100, 100, True, True, 25.0, cap=120)
-    assert sup.parse_box("") is None and sup.parse_box("1, 2 3 4") == (1, 2, 3, 4)
-    with pytest.raises(sup.InputError, match="4 numbers"):
-        sup.parse_box("1 2 3")
-    msg = sup.user_message(RuntimeError("token hf_secret leaked"), ["hf_secret"])
+    assert limits.enroll_chunks(250, None) == [250.0]
+    with pytest.raises(InputError, match="more than the 120 s"):
+        limits.check_generate_fits(6000, 6000, True, True, 25.0, cap=120)
+    limits.check_generate_fits(100, 100, True, True, 25.0, cap=120)
+    assert limits.parse_box("") is None and limits.parse_box("1, 2 3 4") == (1, 2, 3, 4)
+    with pytest.raises(InputError, match="4 numbers"):
+        limits.parse_box("1 2 3")
+    assert limits.parse_pads(0, "10", 2.4, None) == (0, 10, 2, 0)
+    with pytest.raises(InputError, match="pad left"):
+        limits.parse_pads(0, 0, 5000, 0)
+    msg = user_message(RuntimeError("token hf_secret leaked"), ["hf_secret"])
     assert "hf_secret" not in msg and "***" in msg
+
+
+def test_baseline_pass_reuses_the_face_track(tmp_path):
+    """The Wav2Lip-only baseline runs after the LaDTalk pass on that pass's face track."""
+    from types import SimpleNamespace
+
+    from ladtalk.app import gpu
+    from ladtalk.app.limits import AppLimits
+    from ladtalk.app.state import load_state
+    from ladtalk.generation.options import GenerateOptions
+
+    class FakePipeline:
+        device, lipsyncer = "cpu", object()
+
+        def __init__(self):
+            self.calls = []
+
+        def run(self, face, audio, out, opts, progress=None, track=None):
+            self.calls.append((Path(out).name, opts.identity, track))
+            return SimpleNamespace(out=out, track=f"track-of-{Path(out).stem}")
+
+    pipe = FakePipeline()
+    st = load_state(pipe, None, None, AppLimits(), False, None, None, None)
+    res = gpu.generate_on_gpu(st.key, "f.mp4", "a.wav", str(tmp_path),
+                              GenerateOptions(identity="x"), True, 25, 25)
+    assert pipe.calls == [("ladtalk.mp4", "x", None), ("baseline.mp4", None, "track-of-ladtalk")]
+    assert set(res) == {"ladtalk", "baseline"}
+
+
+def test_app_choices_come_from_the_shared_defaults():
+    """The app's dropdowns and the endpoint defaults are the package's shared choices."""
+    import inspect
+
+    from ladtalk._util.choices import DEFAULT_DETECTOR, DEFAULT_LOOP, DEFAULT_PADS
+    from ladtalk.app.endpoints import generate_options
+    from ladtalk.errors import InputError
+
+    opts = generate_options(detector=DEFAULT_DETECTOR, loop=DEFAULT_LOOP, box="",
+                            pads=DEFAULT_PADS, smooth=True, resize_factor=1,
+                            restore_strength="")
+    assert tuple(opts.pads) == DEFAULT_PADS and opts.loop == DEFAULT_LOOP
+    with pytest.raises(InputError, match="unknown face detector 'mtcnn'; use one of auto"):
+        generate_options(detector="mtcnn", loop=DEFAULT_LOOP, box="", pads=DEFAULT_PADS,
+                         smooth=True, resize_factor=1, restore_strength="")
+    with pytest.raises(InputError, match="unknown loop policy 'bounce'"):
+        generate_options(detector=DEFAULT_DETECTOR, loop="bounce", box="", pads=DEFAULT_PADS,
+                         smooth=True, resize_factor=1, restore_strength="")
+    from ladtalk.app.handlers import make_handlers
+    params = inspect.signature(make_handlers(None)["generate"]).parameters
+    assert (params["pad_top"].default, params["pad_bottom"].default, params["pad_left"].default,
+            params["pad_right"].default) == DEFAULT_PADS
+    assert params["detector"].default == DEFAULT_DETECTOR
+    assert params["loop"].default == DEFAULT_LOOP
 
 
 def test_python_app_py_starts_offline_and_serves_robustness(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for ladtalk.media.audio: decoding, Wav2Lip mel front-end, mel windows, silence checks."""
+"""ladtalk.media.audio and .mel: decoding, the Wav2Lip mel front-end, mel windows, silence."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import math
 import subprocess
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
 
 from ladtalk.errors import InputError
 from ladtalk.media import audio as A
+from ladtalk.media import mel as M
+from ladtalk.media.ffmpeg import ffmpeg_exe
 
 SR = 16000
 
@@ -28,7 +31,7 @@ def _tone(t: np.ndarray) -> np.ndarray:
 
 
 def _ffmpeg(*args: str) -> None:
-    cmd = [A.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]
     subprocess.run(cmd, check=True, capture_output=True)
 
 
@@ -94,13 +97,13 @@ def test_golden_dir_fully_covered(golden_dir):
 
 def test_golden_hparams_match_defaults(golden_dir):
     hp = json.loads((golden_dir / "wav2lip_mel" / "hparams.json").read_text())
-    p = A.WAV2LIP_MEL
+    p = M.WAV2LIP_MEL
     assert (hp["sample_rate"], hp["n_fft"], hp["hop_size"], hp["win_size"], hp["num_mels"]) == \
         (p.sample_rate, p.n_fft, p.hop_size, p.win_size, p.num_mels)
     assert (hp["fmin"], hp["fmax"], hp["preemphasis"]) == (p.fmin, p.fmax, p.preemphasis)
     assert (hp["min_level_db"], hp["ref_level_db"], hp["max_abs_value"]) == \
         (p.min_level_db, p.ref_level_db, p.max_abs_value)
-    assert hp["_notes"]["mel_step_size"] == A.MEL_STEP_SIZE
+    assert hp["_notes"]["mel_step_size"] == M.MEL_STEP_SIZE
 
 
 @pytest.mark.parametrize("lang", ["en", "fr"])
@@ -111,15 +114,16 @@ def test_golden_wav(golden_dir, lang):
     assert wav.dtype == np.float32 and wav.shape == ref.shape
     np.testing.assert_array_equal(wav, ref)
     # the ffmpeg path gives the same numbers as the soundfile fast path
-    np.testing.assert_array_equal(A._ffmpeg_decode(g / f"speech_{lang}.wav", SR), ref)
+    np.testing.assert_array_equal(A.load_audio(g / f"speech_{lang}.wav", use_soundfile=False),
+                                  ref)
 
 
 @pytest.mark.parametrize("lang", ["en", "fr"])
 def test_golden_mel(golden_dir, lang):
     g = golden_dir / "wav2lip_mel"
     wav = np.load(g / f"speech_{lang}_wav.npy")
-    const = A.melspectrogram(wav, pad_mode="constant")
-    refl = A.melspectrogram(wav)  # default = reflect (released checkpoints)
+    const = M.melspectrogram(wav, pad_mode="constant")
+    refl = M.melspectrogram(wav)  # default = reflect (released checkpoints)
     ref_const = np.load(g / f"speech_{lang}_mel.npy")
     ref_refl = np.load(g / f"speech_{lang}_mel_reflectpad.npy")
     assert const.dtype == np.float32 and const.shape == ref_const.shape == (80, 1 + len(wav) // 200)
@@ -133,7 +137,7 @@ def test_golden_mel(golden_dir, lang):
 def test_golden_mel_f64(golden_dir, lang):
     g = golden_dir / "wav2lip_mel"
     wav = np.load(g / f"speech_{lang}_wav.npy")
-    mel64 = A.melspectrogram(wav, pad_mode="constant", dtype=np.float64)
+    mel64 = M.melspectrogram(wav, pad_mode="constant", dtype=np.float64)
     ref = np.load(g / f"speech_{lang}_mel_f64.npy")
     assert mel64.dtype == np.float64
     np.testing.assert_allclose(mel64, ref, rtol=0, atol=1e-6)
@@ -144,11 +148,11 @@ def test_golden_chunk_starts(golden_dir, lang):
     g = golden_dir / "wav2lip_mel"
     ref = np.load(g / f"speech_{lang}_chunk_starts_fps25.npy")
     n_mel = np.load(g / f"speech_{lang}_mel.npy").shape[1]
-    starts = A.mel_chunk_starts(n_mel, 25)
+    starts = M.mel_chunk_starts(n_mel, 25)
     assert starts.dtype == np.int64
     np.testing.assert_array_equal(starts, ref)
-    np.testing.assert_array_equal(A.mel_chunk_starts(n_mel, 25, n_frames=len(ref)), ref)
-    win = A.mel_windows(np.load(g / f"speech_{lang}_mel.npy"), ref)
+    np.testing.assert_array_equal(M.mel_chunk_starts(n_mel, 25, n_frames=len(ref)), ref)
+    win = M.mel_windows(np.load(g / f"speech_{lang}_mel.npy"), ref)
     assert win.shape == (len(ref), 80, 16)
 
 
@@ -188,7 +192,7 @@ def test_other_sample_rate_and_fast_path_consistency(tmp_path):
     stereo = np.stack([s, -0.25 * s], 1)
     sf.write(tmp_path / "st16.wav", stereo, SR, subtype="PCM_16")
     fast = A.load_audio(tmp_path / "st16.wav")           # soundfile path (no resampling)
-    slow = A._ffmpeg_decode(tmp_path / "st16.wav", SR)  # ffmpeg path
+    slow = A.load_audio(tmp_path / "st16.wav", use_soundfile=False)  # ffmpeg path
     np.testing.assert_array_equal(fast, slow)
     q = sf.read(tmp_path / "st16.wav", dtype="float32")[0]
     np.testing.assert_array_equal(fast, q.mean(axis=1, dtype=np.float32))
@@ -199,14 +203,16 @@ def test_other_sample_rate_and_fast_path_consistency(tmp_path):
     assert np.abs(w8[200:-200] - ref8[200:-200]).max() < 3e-3
 
 
-def test_resampler_fallback(media_dir, monkeypatch):
+def test_resampler_fallback(media_dir):
     """An ffmpeg build without the requested resampler still decodes (ffmpeg's default one)."""
-    monkeypatch.setattr(A, "_RESAMPLER", "no_such_engine")
-    wav = A.load_audio(media_dir / "stereo44k.wav")
-    assert A._RESAMPLER is None
-    ref = 0.75 * _tone(np.arange(len(wav)) / SR)
-    assert len(wav) == round(DURATION * SR)
-    assert np.abs(wav[400:-400] - ref[400:-400]).max() < 5e-3
+    src = media_dir / "stereo44k.wav"
+    direct = subprocess.run(A.audio_cmd(src, SR, resampler="no_such_engine"), capture_output=True)
+    assert direct.returncode != 0 and b"resampler" in direct.stderr.lower()
+    for _ in range(2):  # the second call remembers that the engine is missing
+        wav = A.load_audio(src, resampler="no_such_engine")
+        ref = 0.75 * _tone(np.arange(len(wav)) / SR)
+        assert len(wav) == round(DURATION * SR)
+        assert np.abs(wav[400:-400] - ref[400:-400]).max() < 5e-3
 
 
 def test_float_wav_is_clipped(tmp_path):
@@ -304,15 +310,15 @@ def test_speech_activity_levels():
 def test_mel_shape_and_range(n):
     x = (0.3 * np.sin(np.arange(n) * 0.37)).astype(np.float32)
     for mode in ("reflect", "constant"):
-        m = A.melspectrogram(x, pad_mode=mode)
+        m = M.melspectrogram(x, pad_mode=mode)
         assert m.shape == (80, 1 + n // 200) and m.dtype == np.float32
         assert m.min() >= -4 and m.max() <= 4
 
 
 def test_mel_silence_is_floor_and_padding_only_affects_edges():
-    assert np.all(A.melspectrogram(np.zeros(4000, np.float32)) == -4)
+    assert np.all(M.melspectrogram(np.zeros(4000, np.float32)) == -4)
     x = _tone(np.arange(SR) / SR).astype(np.float32)
-    r, c = A.melspectrogram(x, "reflect"), A.melspectrogram(x, "constant")
+    r, c = M.melspectrogram(x, "reflect"), M.melspectrogram(x, "constant")
     diff = np.abs(r - c).max(axis=0)
     assert diff[:2].max() > 0.05 and diff[-2:].max() > 0.05
     assert diff[2:-2].max() == 0
@@ -320,14 +326,14 @@ def test_mel_silence_is_floor_and_padding_only_affects_edges():
 
 def test_mel_tone_lands_in_right_band():
     x = (0.5 * np.sin(2 * np.pi * 1000.0 * np.arange(SR) / SR)).astype(np.float32)
-    m = A.melspectrogram(x)
+    m = M.melspectrogram(x)
     band = int(np.argmax(m[:, 40]))
-    edges = A._mel_to_hz(np.linspace(A._hz_to_mel(55.0), A._hz_to_mel(7600.0), 82))
+    edges = librosa.mel_frequencies(82, fmin=55.0, fmax=7600.0)  # slaney scale
     assert edges[band] < 1000.0 < edges[band + 2]
 
 
 def test_mel_basis_properties():
-    b = A.mel_basis()
+    b = M.mel_basis()
     assert b.shape == (80, 401) and b.dtype == np.float32 and (b >= 0).all()
     # slaney normalisation: each triangle has unit area in Hz (bins are 20 Hz apart);
     # the narrow low bands are poorly sampled, so check the wide ones
@@ -336,50 +342,58 @@ def test_mel_basis_properties():
     peaks = b.argmax(axis=1)
     assert np.all(np.diff(peaks) >= 0) and peaks[-1] > peaks[0]
     assert b[:, 0].max() == 0  # nothing below fmin = 55 Hz reaches the DC bin
-    # slaney scale: linear below 1 kHz, log above; round trip
-    f = np.array([0.0, 55.0, 500.0, 1000.0, 4000.0, 7600.0])
-    np.testing.assert_allclose(A._mel_to_hz(A._hz_to_mel(f)), f, atol=1e-9)
-    assert A._hz_to_mel(np.array(1000.0)) == pytest.approx(15.0)
+    assert not b.flags.writeable and M.mel_basis() is b  # cached, shared read-only
 
 
-def test_stft_blocking_is_exact():
+def _upstream_mel(x: np.ndarray, pad_mode: str) -> np.ndarray:
+    """Upstream Wav2Lip's audio.py recipe on the whole signal (one librosa.stft call)."""
+    from scipy.signal import lfilter
+    y = lfilter([1, -0.97], [1], x.astype(np.float64))
+    spec = np.abs(librosa.stft(y, n_fft=800, hop_length=200, win_length=800, pad_mode=pad_mode))
+    basis = librosa.filters.mel(sr=SR, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+    db = 20 * np.log10(np.maximum(1e-5, np.dot(basis, spec))) - 20
+    return np.clip(8 * ((db + 100) / 100) - 4, -4, 4)
+
+
+def test_stft_blocking_does_not_change_the_mel():
     rng = np.random.default_rng(1)
     y = rng.standard_normal(9000)
-    full = A._stft_magnitude(y, A.WAV2LIP_MEL, "reflect")
-    small = A._stft_magnitude(y, A.WAV2LIP_MEL, "reflect", block_frames=7)
-    np.testing.assert_array_equal(full, small)
+    for mode in M.PAD_MODES:
+        full = M.melspectrogram(y, mode, dtype=np.float64)
+        small = M.melspectrogram(y, mode, dtype=np.float64, block_frames=7)
+        # the STFT is the same per frame; only the BLAS mel projection may round differently
+        np.testing.assert_allclose(full, small, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="block_frames"):
+        M.melspectrogram(y, block_frames=0)
 
 
-def test_long_mel_blocks_assemble_correctly():
-    """> 2048 frames: the block-wise mel equals the one-shot formula on the full |STFT|."""
+@pytest.mark.parametrize("mode", M.PAD_MODES)
+def test_long_mel_matches_upstream_recipe(mode):
+    """> 2048 frames: the block-wise mel equals upstream's one-shot librosa computation."""
     rng = np.random.default_rng(2)
     x = (0.2 * rng.standard_normal(2100 * 200 + 37)).astype(np.float32)
-    mel = A.melspectrogram(x, dtype=np.float64)
-    y = x.astype(np.float64)
-    y[1:] -= 0.97 * x[:-1].astype(np.float64)
-    mag = A._stft_magnitude(y, A.WAV2LIP_MEL, "reflect", block_frames=10**6)
-    db = 20 * np.log10(np.maximum(1e-5, A.mel_basis().astype(np.float64) @ mag)) - 20
-    ref = np.clip(8 * (db + 100) / 100 - 4, -4, 4)
+    mel = M.melspectrogram(x, mode, dtype=np.float64)
+    ref = _upstream_mel(x, mode)
     assert mel.shape == ref.shape == (80, 2101)
     np.testing.assert_allclose(mel, ref, rtol=0, atol=1e-9)
 
 
 def test_short_mel_is_padded_for_windows():
     x = (0.4 * np.sin(np.arange(800) * 0.3)).astype(np.float32)  # 50 ms -> 5 columns
-    mel = A.melspectrogram(x)
+    mel = M.melspectrogram(x)
     assert mel.shape == (80, 5)
-    padded = A.pad_mel(mel)
+    padded = M.pad_mel(mel)
     assert padded.shape == (80, 16)
     np.testing.assert_array_equal(padded[:, :5], mel)
     assert np.all(padded[:, 5:] == -4.0)
     # a short mel behaves exactly like one padded to 16 columns
-    starts = A.mel_chunk_starts(mel.shape[1], 25)
+    starts = M.mel_chunk_starts(mel.shape[1], 25)
     assert starts.tolist() == _upstream_rule(16, 25) == [0, 0]
-    np.testing.assert_array_equal(A.mel_chunk_starts(mel.shape[1], 25, n_frames=3), [0, 0, 0])
-    win = A.mel_windows(mel, A.mel_chunk_starts(mel.shape[1], 25, n_frames=3))
+    np.testing.assert_array_equal(M.mel_chunk_starts(mel.shape[1], 25, n_frames=3), [0, 0, 0])
+    win = M.mel_windows(mel, M.mel_chunk_starts(mel.shape[1], 25, n_frames=3))
     assert win.shape == (3, 80, 16)
     np.testing.assert_array_equal(win[1], padded)
-    assert A.pad_mel(padded) is padded
+    assert M.pad_mel(padded) is padded
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +416,7 @@ def _upstream_rule(n_mel: int, fps: float) -> list[int]:
 def test_chunk_starts_rule(fps):
     m = 80.0 / fps
     for n_mel in (16, 17, 33, 100, 233, 275, 1001):
-        s = A.mel_chunk_starts(n_mel, fps)
+        s = M.mel_chunk_starts(n_mel, fps)
         assert s.tolist() == _upstream_rule(n_mel, fps)
         assert s[0] == 0 and s[-1] == n_mel - 16
         assert np.all(s + 16 <= n_mel) and np.all(np.diff(s) >= 0)
@@ -410,7 +424,7 @@ def test_chunk_starts_rule(fps):
         assert np.all((steps == math.floor(m)) | (steps == math.ceil(m)))
         # exact-length variant: prefix of / clamped extension of the upstream list
         for n_frames in (1, len(s) - 1, len(s), len(s) + 7):
-            e = A.mel_chunk_starts(n_mel, fps, n_frames=n_frames)
+            e = M.mel_chunk_starts(n_mel, fps, n_frames=n_frames)
             assert len(e) == max(n_frames, 0) and e.dtype == np.int64
             k = min(len(s), n_frames)
             np.testing.assert_array_equal(e[:k], s[:k])
@@ -420,39 +434,44 @@ def test_chunk_starts_rule(fps):
 def test_chunk_starts_bad_fps():
     for fps in (0, -25, float("nan"), float("inf")):
         with pytest.raises(InputError, match="frame rate"):
-            A.mel_chunk_starts(100, fps)
+            M.mel_chunk_starts(100, fps)
 
 
 def test_mel_windows_slices_and_bounds():
     mel = np.arange(80 * 40, dtype=np.float32).reshape(80, 40)
     starts = np.array([0, 3, 24])
-    w = A.mel_windows(mel, starts)
+    w = M.mel_windows(mel, starts)
     assert w.shape == (3, 80, 16) and w.dtype == np.float32
     for j, s in enumerate(starts):
         np.testing.assert_array_equal(w[j], mel[:, s:s + 16])
     with pytest.raises(ValueError):
-        A.mel_windows(mel, np.array([25]))
+        M.mel_windows(mel, np.array([25]))
 
 
 def test_num_video_frames_rounding():
-    assert A.num_video_frames(SR, SR, 25) == 25
-    assert A.num_video_frames(1, SR, 25) == 1        # at least one frame
-    assert A.num_video_frames(320, SR, 25) == 1      # 0.5 frame -> rounds half up
-    assert A.num_video_frames(960, SR, 25) == 2      # 1.5 -> 2
-    assert A.num_video_frames(959, SR, 25) == 1
-    assert A.num_video_frames(10 * SR, SR, 30000 / 1001) == 300  # 299.7
-    assert A.num_video_frames(46536, SR, 25) == 73   # 2.9085 s
+    assert M.num_video_frames(SR, SR, 25) == 25
+    assert M.num_video_frames(1, SR, 25) == 1        # at least one frame
+    assert M.num_video_frames(320, SR, 25) == 1      # 0.5 frame -> rounds half up
+    assert M.num_video_frames(960, SR, 25) == 2      # 1.5 -> 2
+    assert M.num_video_frames(959, SR, 25) == 1
+    assert M.num_video_frames(10 * SR, SR, 30000 / 1001) == 300  # 299.7
+    assert M.num_video_frames(46536, SR, 25) == 73   # 2.9085 s
 
 
-def test_audio_features_end_to_end(tmp_path):
+def test_audio_to_mel_windows_end_to_end(tmp_path):
+    """The public chain the pipeline uses: load, check, mel, one window per output frame."""
     x = _tone(np.arange(int(1.3 * SR)) / SR).astype(np.float32)
     sf.write(tmp_path / "speech.wav", x, SR, subtype="PCM_16")
-    feats = A.audio_features(tmp_path / "speech.wav", fps=30)
-    n = A.num_video_frames(len(feats.wav), SR, 30)
-    assert feats.n_frames == n == 39
-    assert feats.windows.shape == (n, 80, 16)
-    assert feats.mel.shape == (80, 1 + len(x) // 200)
-    np.testing.assert_array_equal(feats.windows[-1], feats.mel[:, feats.starts[-1]:][:, :16])
+    wav = A.load_audio(tmp_path / "speech.wav")
+    A.check_has_speech(wav, SR, tmp_path / "speech.wav")
+    mel = M.melspectrogram(wav)
+    n = M.num_video_frames(len(wav), SR, 30)
+    starts = M.mel_chunk_starts(mel.shape[1], 30, n)
+    windows = M.mel_windows(mel, starts)
+    assert len(starts) == n == 39
+    assert windows.shape == (n, 80, 16)
+    assert mel.shape == (80, 1 + len(x) // 200)
+    np.testing.assert_array_equal(windows[-1], mel[:, starts[-1]:][:, :16])
     sf.write(tmp_path / "mute.wav", np.zeros(SR, np.float32), SR, subtype="PCM_16")
     with pytest.raises(InputError, match="mute.wav.*no audible speech"):
-        A.audio_features(tmp_path / "mute.wav", fps=25)
+        A.check_has_speech(A.load_audio(tmp_path / "mute.wav"), SR, tmp_path / "mute.wav")

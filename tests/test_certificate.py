@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
+from ladtalk._util.choices import CERTIFICATE_COSTS, CertificateCost
 from ladtalk.analysis.certificate import (
-    _max_symbol_norm,
+    Certificate,
     codebook_distances,
     compute_certificate,
-    conv_operator_norm_bound,
-    estimate_lipschitz,
-    layerwise_bounds,
     two_nearest,
 )
+from ladtalk.analysis.layerwise import conv_operator_norm_bound, layerwise_bounds, max_symbol_norm
+from ladtalk.analysis.lipschitz import LipschitzEstimate, estimate_lipschitz
 from ladtalk.models.sovqae import SOVQAE, get_config
 
 
@@ -25,6 +25,10 @@ def _model(seed: int = 0, **overrides) -> SOVQAE:
     torch.manual_seed(seed)
     # tiny with f = 8: a 4 x 4 latent grid at 32 px; attention at 16 px and in the mid block
     return SOVQAE(get_config("tiny", ch_mult=(1, 2, 2, 2), **overrides)).eval()
+
+
+CHEAP = CertificateCost(cert_faces=1, power_iters=2, n_random=2, max_positions=2,
+                        layerwise=False)
 
 
 def _faces(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -35,7 +39,8 @@ def _faces(n: int = 2, seed: int = 0) -> torch.Tensor:
 
 def test_d_C_on_hand_set_codebook():
     w = torch.zeros(6, 3, dtype=torch.float64)
-    w[:, 0] = torch.tensor([0.0, 0.7, 2.0, 3.5, 10.0, 20.0], dtype=torch.float64)  # collinear codes, gaps known
+    # collinear codes, gaps known
+    w[:, 0] = torch.tensor([0.0, 0.7, 2.0, 3.5, 10.0, 20.0], dtype=torch.float64)
     out = codebook_distances(w, used=torch.tensor([0, 2, 2, 4]))
     assert out["d_C"] == pytest.approx(0.7, abs=1e-9)
     assert out["d_C_used"] == pytest.approx(2.0, abs=1e-9)        # among {0, 2, 10}
@@ -70,8 +75,7 @@ def test_gamma_zero_when_latents_are_codes_and_codes_preserved():
         w[torch.arange(w.shape[0]) % 2 == 1] = -50.0
         w[1::3] += torch.arange(w[1::3].shape[0], dtype=w.dtype)[:, None]  # all distinct
         w[: flat.shape[0]] = flat
-    cert = compute_certificate(model, x, ["blur:0.0", "noise:0.5"], lipschitz_faces=1, iters=2,
-                               n_random=2, max_positions=2, layerwise=False)
+    cert = compute_certificate(model, x, ["blur:0.0", "noise:0.5"], cost=CHEAP)
     assert cert.gamma == pytest.approx(0.0, abs=1e-4)
     d_latents = torch.pdist(flat.double()).min().item()
     assert cert.d_C_used == pytest.approx(d_latents, rel=1e-4)
@@ -82,16 +86,18 @@ def test_gamma_zero_when_latents_are_codes_and_codes_preserved():
     assert cert.certified_fraction["blur:0.0"] == 1.0  # ||N|| = 0 < every positive margin
     assert cert.degradation_norms["blur:0.0"]["max"] == 0.0
     assert cert.codes_preserved["noise:0.5"] < 1.0
-    d = cert.to_dict()
+    d = cert.to_json()
     json.dumps(d, allow_nan=False)
-    assert d["latent_grid"] == [4, 4] and d["frames"] == 2
+    assert d["latent_grid"] == [4, 4] and d["frames"] == 2 and "L2" in d["units"]
+    assert isinstance(cert.lipschitz, LipschitzEstimate) and d["lipschitz"]["iters"] == 2
+    back = Certificate.from_json(json.loads(json.dumps(d)))
+    assert back == cert and back.to_json() == d
 
 
 def test_random_model_reports_no_certificate_honestly():
     model = _model(seed=3)
     x = _faces(3, seed=3)
-    cert = compute_certificate(model, x, ["noise:0.2"], lipschitz_faces=1, iters=2, n_random=2,
-                               max_positions=2, layerwise=False)
+    cert = compute_certificate(model, x, ["noise:0.2"], cost=CHEAP)
     # a random 128-code codebook around 0 with latents of norm ~1: 2 gamma >> d_C
     assert cert.radius < 0 and not cert.certified
     assert any("no certificate" in n for n in cert.notes)
@@ -145,9 +151,10 @@ def test_conv_operator_norm_bound():
     # supremum over all frequencies, hence >= the exact torus value, and only ~1/cos^2 above
     sampled = conv_operator_norm_bound(conv, (12, 12), grid=8)
     assert bound * (1 - 1e-9) <= sampled
-    fine = _max_symbol_norm(conv.weight.detach().double(), 256, 256, 1 << 27)  # grid 8 within
+    fine = max_symbol_norm(conv.weight.detach().double(), 256, 256)  # grid 8 within
     assert fine * (1 - 1e-9) <= sampled <= fine / math.cos(math.pi / 8) ** 2 * (1 + 1e-9)
-    im2col = 3.0 * float(torch.linalg.matrix_norm(conv.weight.detach().reshape(6, -1).double(), ord=2))
+    flat = conv.weight.detach().reshape(6, -1).double()
+    im2col = 3.0 * float(torch.linalg.matrix_norm(flat, ord=2))
     assert bound <= im2col * (1 + 1e-9)
     stride2 = nn.Conv2d(4, 6, 3, 2, 0, bias=False)
     stride2.weight.data.copy_(conv.weight.data)
@@ -158,8 +165,9 @@ def test_layerwise_bound_reproduces_encoder_and_flags_unknown_structure():
     model = _model(seed=2)
     x = _faces(1, seed=2)
     lw = layerwise_bounds(model, x)
-    assert lw["local"] is not None and math.isfinite(lw["local"]) and lw["local"] > 0
-    assert lw["naive"] is not None and "not a bound" in lw["note"]
+    assert lw.local is not None and math.isfinite(lw.local) and lw.local > 0
+    assert lw.per_face_local == [lw.local]
+    assert lw.naive is not None and "not a bound" in lw.note
 
     class Odd(nn.Module):
         def __init__(self, inner):
@@ -172,4 +180,42 @@ def test_layerwise_bound_reproduces_encoder_and_flags_unknown_structure():
             return self.encoder(t)
 
     out = layerwise_bounds(Odd(model), x)
-    assert out["local"] is None and "not recognised" in out["note"]
+    assert out.local is None and out.naive is None and "not recognised" in out.note
+
+
+def test_symbol_norm_of_a_single_tap_kernel_is_its_matrix_norm():
+    # a kernel with one non-zero tap has the same symbol norm at every frequency
+    w = torch.zeros(3, 2, 3, 3, dtype=torch.float64)
+    w[:, :, 1, 2] = torch.randn(3, 2, generator=torch.Generator().manual_seed(0),
+                                dtype=torch.float64)
+    want = float(torch.linalg.matrix_norm(w[:, :, 1, 2], ord=2))
+    assert max_symbol_norm(w, 7, 5) == pytest.approx(want, rel=1e-12)
+    assert max_symbol_norm(w, 7, 5, max_batch_bytes=1) == pytest.approx(want, rel=1e-12)
+
+
+def test_certificate_from_old_layout_with_nulls():
+    model = _model(seed=3)
+    cert = compute_certificate(model, _faces(2, seed=3), ["noise:0.2"], cost=CHEAP)
+    old = cert.to_json()
+    old.update(radius=None, radius_used=None, L_layerwise_local=None)  # old files: null
+    old.pop("lipschitz")
+    back = Certificate.from_json(old)
+    assert math.isnan(back.radius) and back.L_layerwise_local is None
+    assert back.codes_preserved == cert.codes_preserved and back.latent_grid == (4, 4)
+    assert back.lipschitz is None and back.gamma == cert.gamma
+    inf = Certificate.from_json({**cert.to_json(), "radius": "inf"})
+    assert inf.radius == math.inf and inf.to_json()["radius"] == "inf"
+
+
+def test_cost_presets():
+    assert CERTIFICATE_COSTS["full"] == CertificateCost()
+    app, enroll = CERTIFICATE_COSTS["app"], CERTIFICATE_COSTS["enroll"]
+    assert (app.cert_faces, app.power_iters, app.n_random, app.layerwise) == (1, 4, 2, False)
+    assert (enroll.cert_faces, enroll.power_iters, enroll.n_random) == (2, 4, 2)
+    assert CertificateCost.resolve("app", cert_faces=3) == CertificateCost(
+        cert_faces=3, power_iters=4, n_random=2, layerwise=False)
+    assert CertificateCost.resolve(app) is app
+    with pytest.raises(TypeError):
+        CertificateCost.resolve("full", faces=2)
+    with pytest.raises(ValueError, match="unknown certificate cost"):
+        CertificateCost.resolve("cheap")

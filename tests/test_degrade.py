@@ -16,6 +16,7 @@ from ladtalk.analysis.degrade import (
     down_up,
     gaussian_blur,
     gaussian_noise,
+    parse_all,
     parse_degradation,
 )
 from ladtalk.errors import InputError
@@ -103,7 +104,8 @@ def test_area_matrix_rows_are_exact_averages():
 def test_down_up_is_identity_on_smooth_image_and_lossy_on_detail():
     h = w = 128
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    smooth = (0.5 + 0.3 * torch.sin(2 * math.pi * xx) * torch.cos(2 * math.pi * yy)).expand(1, 3, h, w)
+    wave = torch.sin(2 * math.pi * xx) * torch.cos(2 * math.pi * yy)
+    smooth = (0.5 + 0.3 * wave).expand(1, 3, h, w)
     out = down_up(smooth, 96)
     assert out.shape == smooth.shape
     assert float((out - smooth).abs().max()) < 0.01
@@ -140,3 +142,15 @@ def test_parse_errors_are_clear(spec, fragment):
         parse_degradation(spec)
     msg = str(info.value)
     assert fragment in msg and "valid forms" in msg
+
+
+def test_parse_all_defaults_duplicates_and_downscale_check():
+    assert [d.spec for d in parse_all(None, 128)] == ["blur:2.0", "noise:0.1", "down:96"]
+    assert [d.spec for d in parse_all(["noise", Degradation("down", 16)], 32)] == [
+        "noise:0.1", "down:16"]
+    with pytest.raises(InputError, match="duplicate"):
+        parse_all(["blur:2", "blur:2.0"], 128)
+    with pytest.raises(InputError, match="not a downscale at identity x's 32 px"):
+        parse_all(["down:32"], 32, "identity x's")
+    with pytest.raises(InputError, match="not a downscale"):
+        parse_all(None, 96)  # the default down:96 at 96 px

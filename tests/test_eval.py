@@ -1,4 +1,4 @@
-"""``python -m ladtalk eval`` and :mod:`ladtalk.evaluation.report` on short synthetic videos.
+"""``python -m ladtalk eval`` and :mod:`ladtalk.evaluation` on short synthetic videos.
 
 The reference is a moving crop of scikit-image's astronaut (a real face, found by dlib); the
 generated clip is the reference's frames K..K+M, noised and re-encoded, so the Sliding
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -43,7 +44,8 @@ def _noisy(frames: np.ndarray, seed: int, sigma: float = 6.0) -> np.ndarray:
 def media(tmp_path_factory):
     import soundfile as sf
 
-    from ladtalk.media.video import VideoWriter, read_frames
+    from ladtalk.media.decode import read_frames
+    from ladtalk.media.encode import VideoWriter
 
     d = tmp_path_factory.mktemp("eval_media")
     ref = _reference_frames()
@@ -75,13 +77,8 @@ def media(tmp_path_factory):
 @pytest.fixture
 def no_fid_extra(monkeypatch):
     """Behave as on a machine without the optional FID extra, even if it is installed."""
-    from ladtalk.errors import LadTalkError
-    from ladtalk.metrics import frechet
-
-    def missing():
-        raise LadTalkError("FID needs the optional 'fid' extra, which is not installed (test)")
-
-    monkeypatch.setattr(frechet, "_import_pytorch_fid", missing)
+    monkeypatch.setitem(sys.modules, "pytorch_fid", None)
+    monkeypatch.setitem(sys.modules, "pytorch_fid.inception", None)
 
 
 def _mean_psnr(gen, ref, k):
@@ -133,14 +130,14 @@ def test_eval_cli_single_pair_finds_offset_and_documents_json(media, tmp_path, c
 
 def test_no_sliding_compares_frame_i_with_frame_i(media, tmp_path):
     cfg = ev.EvalConfig(metrics="psnr,temporal", sliding=False)
-    res = ev.evaluate_pair(media["gen"], media["ref"], config=cfg)
+    res = ev.evaluate_pair(media["gen"], media["ref"], config=cfg).to_json()
     p = res["metrics"]["psnr"]
     assert (p["offset"], p["overlap"]) == (0, M)
     assert p["value"] == pytest.approx(_mean_psnr(media["gen_frames"], media["ref_frames"], 0))
     assert res["alignment"] == {"sliding": False, "min_overlap": None, "max_offset": 0}
     # bounded sliding: K is out of reach with --max-offset 3
     res3 = ev.evaluate_pair(media["gen"], media["ref"],
-                            config=ev.EvalConfig(metrics="psnr", max_offset=3))
+                            config=ev.EvalConfig(metrics="psnr", max_offset=3)).to_json()
     scores = [_mean_psnr(media["gen_frames"], media["ref_frames"], k) for k in range(4)]
     assert res3["metrics"]["psnr"]["offset"] == int(np.argmax(scores))
     assert res3["metrics"]["psnr"]["value"] == pytest.approx(max(scores))
@@ -158,8 +155,10 @@ def test_explicitly_requested_unavailable_metric_is_an_error(media, capsys, no_f
     # together with a computable metric it is reported instead
     res = ev.evaluate_pair(media["gen"], media["ref"],
                            config=ev.EvalConfig(metrics="psnr,lse", explicit=True))
-    assert res["metrics"]["psnr"]["status"] == "ok"
-    assert res["metrics"]["lse"]["status"] == "needs weights"
+    assert res.metrics["psnr"].status == "ok" and res.metrics["psnr"].value > 20
+    assert res.metrics["lse"].status == "needs weights" and res.metrics["lse"].lse_c is None
+    assert res.summary == {"psnr": res.metrics["psnr"].value, "lse_c": "needs weights",
+                           "lse_d": "needs weights"}
 
 
 def test_lse_runs_with_a_syncnet_file(media, tmp_path):
@@ -173,7 +172,7 @@ def test_lse_runs_with_a_syncnet_file(media, tmp_path):
     weights = tmp_path / "syncnet.safetensors"
     save_file({k: v.contiguous() for k, v in SyncNetS().state_dict().items()}, str(weights))
     cfg = ev.EvalConfig(metrics="lse", explicit=True, syncnet=str(weights), detector="dlib")
-    res = ev.evaluate_pair(media["gen"], media["ref"], config=cfg)
+    res = ev.evaluate_pair(media["gen"], media["ref"], config=cfg).to_json()
     lse = res["metrics"]["lse"]
     assert lse["status"] == "ok", lse
     assert lse["frames"] == [0, M] and lse["n_windows"] == M - 5
@@ -239,22 +238,27 @@ def test_pairs_csv_validation_and_relative_paths(tmp_path):
         ev.read_pairs_csv(empty)
 
 
-def test_metric_parsing_aggregation_and_json_helpers():
+def test_metric_parsing_aggregation_and_table():
     assert ev.parse_metrics(None) == ev.METRICS
     assert ev.parse_metrics("lse-c, PSNR") == ("psnr", "lse")
     with pytest.raises(InputError, match="unknown metric"):
         ev.parse_metrics("psnr,lpips")
     assert ev.metric_columns(("lse", "psnr")) == ["psnr", "lse_c", "lse_d"]
-    clips = [{"method": "a", "summary": {"psnr": 30.0, "fid": "needs weights"}},
-             {"method": "a", "summary": {"psnr": "unavailable", "fid": "needs weights"}},
-             {"method": "b", "summary": {"psnr": 20.0, "fid": 12.5}}]
-    methods, table, counts = ev.aggregate(clips, ["psnr", "fid"])
-    assert methods == ["a", "b"] and counts == {"a": 2, "b": 1}
-    assert table["a"]["psnr"] == {"mean": 30.0, "n": 1, "of": 2, "status": "ok"}
-    assert table["a"]["fid"]["status"] == "needs weights"
+    rows = [("a", {"psnr": 30.0, "fid": "needs weights"}),
+            ("a", {"psnr": "unavailable", "fid": "needs weights"}),
+            ("b", {"psnr": 20.0, "fid": 12.5}),
+            ("c", {"psnr": float("inf"), "fid": 1.0})]
+    methods, table, counts = ev.aggregate(rows, ["psnr", "fid"])
+    assert methods == ["a", "b", "c"] and counts == {"a": 2, "b": 1, "c": 1}
+    assert table["a"]["psnr"] == ev.TableCell(mean=30.0, n=1, of=2, status="ok")
+    assert table["a"]["fid"].status == "needs weights" and table["a"]["fid"].mean is None
     result = ev.BatchResult(columns=["psnr", "fid"], methods=methods, table=table, clips=[],
                             n_clips=counts)
     text = result.format_table()
     assert "30.00*" in text and "needs weights" in text and "12.50" in text
-    assert ev.jsonable({"a": float("inf"), "b": np.float32(1.5), "c": [np.int64(3)]}) \
-        == {"a": "inf", "b": 1.5, "c": [3]}
+    # the one JSON policy: non-finite means are strings, in JSON and in CSV
+    data = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert data["table"]["c"]["psnr"] == {"mean": "inf", "n": 1, "of": 1, "status": "ok"}
+    assert data["table"]["a"]["fid"] == {"mean": None, "n": 0, "of": 2,
+                                         "status": "needs weights"}
+    assert "c,1,inf,1.0" in result.to_csv().splitlines()

@@ -29,13 +29,16 @@ from pipeline_helpers import (
     write_wav,
 )
 
-import ladtalk.generation.pipeline as pipeline_mod
+import ladtalk.generation.runner as runner_mod
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig, face_region
 from ladtalk.generation.pipeline import GenerateOptions, Pipeline
 from ladtalk.media.audio import load_audio
+from ladtalk.media.decode import read_frames
+from ladtalk.media.encode import encoded_size
+from ladtalk.media.ffmpeg import ffmpeg_exe
+from ladtalk.media.probe import probe
 from ladtalk.media.timing import source_indices
-from ladtalk.media.video import encoded_size, ffmpeg_exe, probe, read_frames
 
 FPS = 10.0
 
@@ -74,7 +77,7 @@ def test_video_without_any_face_fails_before_model_work(media, tmp_path):
     msg = str(exc.value)
     assert "no face was detected in any of the 8 frames" in msg
     assert str(video) in msg and "--box" in msg
-    assert stub.calls == 0 and pipe._lipsync is None  # the model was not even loaded
+    assert stub.calls == 0 and not pipe.lipsyncer_loaded  # the model was not even loaded
     assert not out.exists() and _leftovers(tmp_path) == ["empty room.mp4"]
 
 
@@ -82,7 +85,7 @@ def test_box_outside_the_frame_is_rejected_up_front(media, tmp_path, pipe):
     with pytest.raises(InputError, match="outside"):
         pipe.run(media["video"], media["speech"], tmp_path / "o.mp4",
                  GenerateOptions(box=(500, 600, 500, 600)))
-    assert pipe._lipsync is None
+    assert not pipe.lipsyncer_loaded
 
 
 # ------------------------------------------------------------------------- undecodable
@@ -123,7 +126,7 @@ def test_audio_without_speech(media, tmp_path, pipe):
     with pytest.raises(InputError, match="no audible speech") as exc:
         pipe.run(media["video"], silent, tmp_path / "out.mp4", _box_opts())
     assert str(silent) in str(exc.value)
-    assert pipe._lipsync is None
+    assert not pipe.lipsyncer_loaded
 
 
 def test_zero_length_audio(media, tmp_path, pipe):
@@ -267,7 +270,7 @@ def test_bad_options(media, tmp_path, pipe, kw, match):
 # ------------------------------------------------------------------------- concurrency
 def test_concurrent_calls_write_distinct_correct_outputs(media, tmp_path, monkeypatch):
     frames_by_out = {}
-    real_writer = pipeline_mod.VideoWriter
+    real_writer = runner_mod.VideoWriter
 
     class Recording(real_writer):
         def __init__(self, path, *a, **k):
@@ -278,7 +281,7 @@ def test_concurrent_calls_write_distinct_correct_outputs(media, tmp_path, monkey
             self.frames.append(np.array(frames, copy=True))
             super().write(frames)
 
-    monkeypatch.setattr(pipeline_mod, "VideoWriter", Recording)
+    monkeypatch.setattr(runner_mod, "VideoWriter", Recording)
     pipe = Pipeline(StubGenerator(), device="cpu", batch_size=4)
     other = make_face_video(tmp_path / "other.mp4", 7, FPS)
     jobs = [(media["video"], make_speech(tmp_path / "a.wav", 1.6, seed=1), tmp_path / "a.mp4"),

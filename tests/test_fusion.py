@@ -145,3 +145,23 @@ def test_resolution_rejects_nonsense():
     for bad in (0, -5, float("nan")):
         with pytest.raises(ValueError):
             choose_resolution(bad)
+
+
+def test_restorer_restore01_is_the_batched_loop_with_optional_fusion():
+    """``Restorer.restore01``: (N, 3, H, W) [0, 1] in, CPU float32 out (input size, or
+    ``size=``), batch by batch equal to ``restore_tensor``; ``fusion=None`` is the decode."""
+    from pipeline_helpers import tiny_sovqae
+
+    from ladtalk.generation.restore import Restorer
+    x = torch.cat([_face(32, seed=s) for s in range(5)])
+    strong = FusionConfig(low_strength=0.0, high_strength=0.0, shape_tolerance=0.0)
+    r = Restorer(tiny_sovqae(resolution=32), device="cpu", batch_size=2, precision="fp32",
+                 fusion=strong)
+    plain = r.restore01(x, fusion=None)
+    assert plain.shape == x.shape and plain.dtype == torch.float32 and plain.device.type == "cpu"
+    torch.testing.assert_close(plain, r.restore_tensor(x).images, atol=1e-5, rtol=0)
+    assert (plain - x).abs().mean() > 1e-3                  # a real decode
+    torch.testing.assert_close(r.restore01(x), x, atol=1e-6, rtol=0)   # its own fusion: (0, 0)
+    big = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    assert r.restore01(big, fusion=None, size=32).shape == (5, 3, 32, 32)
+    assert r.restore01(big, fusion=None).shape == (5, 3, 64, 64)

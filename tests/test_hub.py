@@ -14,15 +14,19 @@ import pytest
 import torch
 from torch import nn
 
-from ladtalk.checkpoints import hub
-from ladtalk.checkpoints.hub import (
+from ladtalk.checkpoints import (
+    DEFAULTS,
+    PROXY_VARS,
     CheckpointSpec,
     convert_to_safetensors,
+    hub_reachable,
     load_into,
     load_state_dict,
     parse_checkpoint,
     parse_hub_reference,
+    reset_reachability,
     resolve_checkpoint,
+    save_safetensors,
 )
 from ladtalk.errors import CheckpointError, InputError
 
@@ -160,9 +164,9 @@ def test_resolve_hub_reference_from_offline_cache():
         resolve_checkpoint("hf://owner/repo/sub/w.pth@v9")
 
 
-@pytest.mark.parametrize("name", sorted(hub.DEFAULTS))
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
 def test_missing_default_names_repo_file_env_and_flag(name):
-    entry = hub.DEFAULTS[name]
+    entry = DEFAULTS[name]
     with pytest.raises(CheckpointError) as err:
         resolve_checkpoint(name)
     msg = str(err.value)
@@ -173,7 +177,7 @@ def test_missing_default_names_repo_file_env_and_flag(name):
 
 def test_precedence_override_then_env_then_default(tmp_path, monkeypatch):
     cached = b"default from the hub cache"
-    entry = hub.DEFAULTS["s3fd"]
+    entry = DEFAULTS["s3fd"]
     make_hf_cache(hf_cache(), entry.spec.repo_id, {entry.spec.filename: cached})
     assert resolve_checkpoint("s3fd").read_bytes() == cached            # default
 
@@ -195,7 +199,7 @@ def test_precedence_override_then_env_then_default(tmp_path, monkeypatch):
 
 
 def test_default_with_wrong_size_is_rejected():
-    entry = hub.DEFAULTS["wav2lip"]
+    entry = DEFAULTS["wav2lip"]
     make_hf_cache(hf_cache(), entry.spec.repo_id, {entry.spec.filename: b"short"})
     with pytest.raises(CheckpointError, match=r"5 bytes.*435,801,865.*--wav2lip"):
         resolve_checkpoint("wav2lip")
@@ -285,7 +289,7 @@ def test_truncated_files_rejected_with_path(tmp_path):
         load_state_dict(tmp_path / "legacy_cut.pth")
 
     st = tmp_path / "w.safetensors"
-    hub.save_safetensors(sd, st)
+    save_safetensors(sd, st)
     (tmp_path / "cut.safetensors").write_bytes(st.read_bytes()[:-40])
     with pytest.raises(CheckpointError, match=r"cut\.safetensors.*truncated or corrupt"):
         load_state_dict(tmp_path / "cut.safetensors")
@@ -406,15 +410,20 @@ def test_wav2lip_upstream_checkpoint_roundtrip_matches_golden(golden_dir, tmp_pa
 def test_unreachable_hub_uses_the_cache_at_once(monkeypatch):
     """Without HF_HUB_OFFLINE but with no network, a cached file resolves and a missing one
     fails fast with a message that says the Hub cannot be reached (no ~25 s of retries)."""
+    import socket
     import time
 
     from huggingface_hub import constants
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    for var in hub._PROXY_VARS:
+    for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setattr(hub, "_REACHABLE", {})
-    assert hub.hub_reachable() is False
+    with socket.socket() as probe:  # a free local port: nothing listens there yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    reset_reachability()
+    assert hub_reachable() is False
     data = b"cached while online"
     make_hf_cache(hf_cache(), "owner/repo", {"w.pth": data})
     assert resolve_checkpoint("hf://owner/repo/w.pth").read_bytes() == data
@@ -423,10 +432,18 @@ def test_unreachable_hub_uses_the_cache_at_once(monkeypatch):
         resolve_checkpoint("wav2lip")
     assert time.monotonic() - t0 < 5
     msg = str(err.value)
-    for needle in ("cannot be reached", "http://127.0.0.1:9", "LADTALK_WAV2LIP", "--wav2lip"):
+    for needle in ("cannot be reached", endpoint, "LADTALK_WAV2LIP", "--wav2lip"):
         assert needle in msg, (needle, msg)
     assert "unset HF_HUB_OFFLINE" not in msg
-    # the probe is remembered for a while; a proxy leaves the decision to huggingface_hub
-    assert list(hub._REACHABLE) == ["http://127.0.0.1:9"]
+    # the probe's answer is remembered for a while: a server that starts listening now is
+    # only seen after the memory is reset
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen(1)
+        assert hub_reachable() is False
+        reset_reachability()
+        assert hub_reachable() is True
+    reset_reachability()
+    # a proxy leaves the decision to huggingface_hub
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert hub.hub_reachable() is True
+    assert hub_reachable() is True

@@ -153,3 +153,21 @@ def test_pipeline_check_works_with_a_custom_restorer(media, tmp_path):
         pipe.run(media["other"], media["speech"], tmp_path / "x.mp4",
                  GenerateOptions(identity="my-model", box=OTHER_FACE_BOX))
     assert "identity 'my-model' does not match" in str(err.value)
+
+
+def test_crop_psnr_is_the_package_psnr():
+    """The check's per-crop PSNR is :func:`ladtalk.metrics.image.psnr` on each crop (with an
+    optional pixel mask), floored at 120 dB for identical crops."""
+    from ladtalk.generation.blend import lower_face_mask
+    from ladtalk.generation.identity_match import psnr_uint8
+    from ladtalk.metrics.image import psnr
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    got = psnr_uint8(a, b)
+    assert got == pytest.approx([psnr(x, y) for x, y in zip(a, b)], abs=1e-9)
+    mask = lower_face_mask(32) > 0
+    masked = psnr_uint8(a, b, mask)
+    assert masked == pytest.approx([psnr(x[mask], y[mask]) for x, y in zip(a, b)], abs=1e-9)
+    assert not np.allclose(masked, got)
+    assert psnr_uint8(a, a) == pytest.approx([120.0] * 3)

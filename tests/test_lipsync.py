@@ -239,7 +239,7 @@ def test_precision_names_resolve_per_device(monkeypatch):
     assert dev.resolve_dtype("fp16", cpu) == torch.float32  # no fast fp16 convs on CPU
     assert dev.resolve_dtype("bf16", cpu) == torch.bfloat16
     for native, expect in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda native=native: native)
         assert dev.resolve_dtype("auto", cpu) == expect
     cuda = torch.device("cuda")  # a device object only: nothing is allocated
     assert dev.resolve_dtype("auto", cuda) == torch.float16

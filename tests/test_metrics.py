@@ -18,6 +18,7 @@ from ladtalk.metrics import (
     frechet_distance_from_features,
     mouth_psnr,
     psnr,
+    psnr_torch,
     sliding_evaluation,
     sliding_frechet,
     sliding_sequence,
@@ -69,6 +70,41 @@ def test_psnr_refuses_ambiguous_input():
         psnr(a, (b * 255).astype(np.uint8))
     with pytest.raises(InputError, match="shape"):
         psnr(a, b[:-1])
+
+
+def test_psnr_mask_and_floor():
+    a, b = _images("random", np.uint8, seed=3)
+    mask = np.zeros(a.shape[:2], bool)
+    mask[10:30, 5:25] = True
+    expected = psnr(a[10:30, 5:25], b[10:30, 5:25])
+    assert psnr(a, b, mask=mask) == pytest.approx(expected, abs=1e-12)
+    # only the masked pixels count: changing the others does not move the score
+    c = b.copy()
+    c[~mask] = 0
+    assert psnr(a, c, mask=mask) == pytest.approx(expected, abs=1e-12)
+    # the floor caps identical images (and an empty mask) at a finite value
+    assert psnr(a, a, mse_floor=1e-10) == pytest.approx(10 * np.log10(255 ** 2 / 1e-10))
+    assert psnr(a, b, mask=np.zeros_like(mask)) == float("inf")
+    with pytest.raises(InputError, match="mask"):
+        psnr(a, b, mask=mask[:-1])
+
+
+def test_psnr_torch_per_image_matches_numpy():
+    import torch
+    rng = np.random.default_rng(4)
+    y = rng.random((3, 3, 16, 12))
+    x = np.clip(y + rng.normal(0, 0.05, y.shape), 0, 1)
+    x[2] = y[2]                                   # identical image: floored, not inf
+    got = psnr_torch(torch.from_numpy(y).float(), torch.from_numpy(x).float())
+    assert got.shape == (3,) and got.dtype == torch.float64
+    y32, x32 = y.astype(np.float32).astype(np.float64), x.astype(np.float32).astype(np.float64)
+    for i in range(2):
+        assert float(got[i]) == pytest.approx(psnr(y32[i], x32[i], data_range=1.0), abs=1e-9)
+    assert float(got[2]) == pytest.approx(100.0)
+    on255 = psnr_torch(torch.from_numpy(y * 255), torch.from_numpy(x * 255), data_range=255.0)
+    assert torch.allclose(on255[:2], got[:2], atol=1e-4)
+    with pytest.raises(InputError, match="shape"):
+        psnr_torch(torch.zeros(2, 3, 4, 4), torch.zeros(1, 3, 4, 4))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float64])

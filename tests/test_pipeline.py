@@ -28,14 +28,15 @@ from pipeline_helpers import (
 )
 
 import ladtalk._util.device
-import ladtalk.generation.pipeline as pipeline_mod
+import ladtalk.generation.runner as runner_mod
 from ladtalk.face.crop import CropConfig, face_region
 from ladtalk.generation.blend import BlendConfig, blend_face, lower_face_mask, match_colour
 from ladtalk.generation.pipeline import GenerateOptions, Pipeline
 from ladtalk.media.audio import load_audio
+from ladtalk.media.encode import VideoWriter
 from ladtalk.media.framesource import LoopedSource
+from ladtalk.media.probe import probe
 from ladtalk.media.timing import needs_random_access, source_index, source_indices
-from ladtalk.media.video import VideoWriter, probe
 
 FPS = 10.0
 
@@ -60,7 +61,7 @@ class RecordingWriter(VideoWriter):
 
 @pytest.fixture
 def recording(monkeypatch):
-    monkeypatch.setattr(pipeline_mod, "VideoWriter", RecordingWriter)
+    monkeypatch.setattr(runner_mod, "VideoWriter", RecordingWriter)
     return RecordingWriter
 
 
@@ -197,9 +198,12 @@ def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, mon
     assert not differs[:, ~inside].any()
     assert differs[:, inside].mean() > 0.05
     # the restorer is loaded once and reused
+    first = pipe.restorer_for("tiny_person")[0]
     pipe.run(media["video16"], media["wav14"], tmp_path / "c.mp4",
              GenerateOptions(identity="tiny_person", **opts))
-    assert len(pipe._restorers) == 1
+    assert pipe.restorer_for("tiny_person")[0] is first
+    assert pipe.loaded_models()["restorers"] == [str(store.resolve())]
+    assert pipe.loaded_models()["lipsync"] and pipe.lipsyncer_loaded
     # both models follow the pipeline's precision (default "auto"; "fp32" = exact arithmetic)
     assert res.precision == ladtalk._util.device.precision_name(pipe.lipsyncer.dtype)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -251,7 +255,7 @@ def test_parallel_model_workers_keep_frame_order_and_content(media, tmp_path, re
     before = torch.get_num_threads()
     for workers in (1, 2):
         pipe = Pipeline(model, device="cpu", batch_size=4, workers=workers)
-        assert pipe._worker_plan()[0] == workers
+        assert pipe.worker_plan()[0] == workers
         pipe.run(media["video14_gap"], media["wav14"], tmp_path / f"w{workers}.mp4",
                  GenerateOptions(box=FACE_BOX))
         runs[workers] = recording.last.all_frames()
@@ -267,6 +271,77 @@ def test_parallel_model_workers_keep_frame_order_and_content(media, tmp_path, re
     assert torch.get_num_threads() == before and seen == [before]
     with pytest.raises(Exception, match="workers"):
         Pipeline(model, device="cpu", workers=0)
+
+
+class CountingDetector:
+    """dlib, counting the frames it is asked to look at."""
+
+    name = "dlib"
+
+    def __init__(self):
+        from ladtalk.face.detect import make_detector
+        self.inner = make_detector("dlib")
+        self.frames = 0
+
+    def detect(self, frames):
+        self.frames += len(frames)
+        return self.inner.detect(frames)
+
+
+def test_reused_track_skips_detection_and_gives_the_same_output(media, tmp_path, recording):
+    """The app's baseline pass: ``run(..., track=first.track)`` does not detect again and
+    writes exactly what a run that detects writes."""
+    from dataclasses import replace
+    det = CountingDetector()
+    pipe = Pipeline(StubGenerator(), device="cpu", batch_size=4, detector=det)
+    opts = GenerateOptions(detector="dlib", identity_check="off")
+    first = pipe.run(media["video14_gap"], media["wav14"], tmp_path / "a.mp4", opts)
+    detected = recording.last.all_frames()
+    assert det.frames == 14 and first.track is not None and first.track.n_source_frames == 14
+    assert first.timings["detect"] > 0
+
+    det.frames = 0
+    stages = []
+    again = pipe.run(media["video14_gap"], media["wav14"], tmp_path / "b.mp4",
+                     replace(opts, identity=None), progress=lambda *a: stages.append(a),
+                     track=first.track)
+    assert det.frames == 0 and again.track is first.track and again.timings["detect"] == 0.0
+    np.testing.assert_array_equal(recording.last.all_frames(), detected)
+    assert again.missing_face_timestamps == first.missing_face_timestamps
+    assert again.warnings == first.warnings and len(again.warnings) == 1
+    assert again.passthrough_frames == first.passthrough_frames == 4
+    assert ("detect", 14, 14) in stages
+
+    # a fresh detection gives the same boxes as the track that was reused
+    fresh = pipe.run(media["video14_gap"], media["wav14"], tmp_path / "c.mp4", opts)
+    assert det.frames == 14
+    np.testing.assert_array_equal(fresh.track.boxes, first.track.boxes)
+    np.testing.assert_array_equal(recording.last.all_frames(), detected)
+
+
+def test_a_track_that_does_not_fit_is_not_used(media, tmp_path):
+    """Other framing options or a changed face file: the track is ignored, detection runs."""
+    import os
+    import shutil
+    det = CountingDetector()
+    pipe = Pipeline(StubGenerator(), device="cpu", batch_size=4, detector=det)
+    face = Path(shutil.copy(media["video14_gap"], tmp_path / "face.mp4"))
+    opts = GenerateOptions(detector="dlib")
+    first = pipe.run(face, media["wav14"], tmp_path / "a.mp4", opts)
+    assert first.track.mismatch(first.track.key()) is None
+    for other in (GenerateOptions(detector="dlib", smooth=False),
+                  GenerateOptions(detector="dlib", pads=(0, 20, 0, 0)),
+                  GenerateOptions(detector="dlib", fps=5)):
+        det.frames = 0
+        res = pipe.run(face, media["wav14"], tmp_path / "o.mp4", other, track=first.track)
+        assert det.frames > 0 and res.track is not first.track
+    st = face.stat()
+    os.utime(face, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # "a new recording"
+    det.frames = 0
+    res = pipe.run(face, media["wav14"], tmp_path / "t.mp4", opts, track=first.track)
+    assert det.frames == 14 and res.track.face != first.track.face
+    with pytest.raises(TypeError, match="track"):
+        pipe.run(face, media["wav14"], tmp_path / "x.mp4", opts, track={"boxes": []})
 
 
 # ------------------------------------------------------------------------- timing policy

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ladtalk.evaluation.quality import measure_quality, region_mask
+from ladtalk.evaluation.quality import measure_quality, region_mask, soften96, write_report
+from ladtalk.evaluation.quality_report import QualityReport
 from ladtalk.face.crop import crop_face, face_region
 from ladtalk.generation.fusion import FusionConfig
+from ladtalk.media.resample import lipsync_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +65,7 @@ def test_a_perfect_restoration_beats_the_softened_proxy_and_is_as_sharp_as_the_t
     frames = _frames()
     oracle = _Oracle(frames)
     rep = measure_quality(oracle, _with_index(frames, oracle, 2), soften=(0.0, 1.0), lpips=False)
-    d = rep.to_dict()
+    d = rep.to_json()
     assert d["frames"] == 4 and d["resolution"] == 128 and d["face_px"] > 100
     assert set(d["soften"]) == {"0", "1"}
     for key in ("psnr", "ssim", "mouth_psnr", "sharpness", "temporal"):
@@ -73,7 +75,55 @@ def test_a_perfect_restoration_beats_the_softened_proxy_and_is_as_sharp_as_the_t
     assert soft.gain_db > 3.0                    # the true detail comes back
     assert soft.L.sharpness > soft.W.sharpness + 0.2 and soft.L.sharpness > 0.7
     assert ideal.L.ssim >= ideal.W.ssim - 1e-3
-    json.dumps(d)                                # JSON-ready
+    assert json.loads(json.dumps(d, allow_nan=False)) == d      # strict JSON as it is
+    back = QualityReport.from_json(d)
+    assert back.to_json() == d
+    assert back.soften[1.0].gain_db == pytest.approx(soft.gain_db, abs=1e-3)
+
+
+def test_quality_report_reads_the_demo_identity_meta_and_old_values(tmp_path):
+    meta = json.loads((ROOT / "checkpoints" / "identities" / "demo" / "meta.json").read_text())
+    stored = meta["quality"]
+    rep = QualityReport.from_json(stored)
+    assert rep.frames == stored["frames"] and rep.resolution == stored["resolution"]
+    assert sorted(rep.soften) == sorted(float(k) for k in stored["soften"])
+    assert rep.fusion == FusionConfig.from_dict(stored["fusion"])
+    assert rep.first_s == stored["holdout_first_s"]
+    assert rep.to_json() == stored                              # same layout, same values
+    assert "gain dB" in rep.format_table()
+    # non-finite values (a perfect mouth) are the policy's strings, and read back as floats
+    odd = json.loads(json.dumps(stored))
+    odd["soften"]["0"]["L"]["mouth_psnr"] = "inf"
+    odd["soften"]["0"].pop("sync")                              # a record without sync
+    odd["extra_key"] = 1
+    rep2 = QualityReport.from_json(odd)
+    assert rep2.soften[0.0].L.mouth_psnr == float("inf")
+    assert rep2.to_json()["soften"]["0"]["L"]["mouth_psnr"] == "inf"
+    assert rep2.to_json()["extra_key"] == 1
+    out = write_report(rep2, tmp_path / "q.json")
+    assert json.loads(out.read_text())["soften"]["0"]["L"]["mouth_psnr"] == "inf"
+
+
+def test_soften96_is_the_lipsync_path_at_96_px():
+    import cv2
+    import torch
+    crop = _frames(1)[0][0][100:196, 100:196]
+    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255
+    for sigma in (0.5, 1.0):
+        y = lipsync_path(x, sigma)
+        ours = (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(soften96(crop, sigma), ours)
+    assert soften96(crop, 0.0) is crop
+    np.testing.assert_array_equal((lipsync_path(x, 0.0)[0].permute(1, 2, 0).numpy() * 255)
+                                  .round().astype(np.uint8), crop)   # only 8-bit rounding
+    # a larger face: area-reduced to 96, softened, rounded, bicubic back (as cv2 would do)
+    big = _frames(1)[0][0][40:232, 60:252]
+    xb = torch.from_numpy(np.ascontiguousarray(big)).permute(2, 0, 1)[None].float() / 255
+    yb = lipsync_path(xb, 1.0)
+    ref = cv2.resize(soften96(cv2.resize(big, (96, 96), interpolation=cv2.INTER_AREA), 1.0),
+                     (192, 192), interpolation=cv2.INTER_CUBIC)
+    assert yb.shape == xb.shape
+    assert np.abs(yb[0].permute(1, 2, 0).numpy() * 255 - ref).mean() < 1.5
 
 
 def test_no_restoration_scores_like_the_proxy():

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from ladtalk.analysis.degrade import resolve_specs
+from ladtalk.analysis.report import RobustnessReport
 from ladtalk.analysis.robustness import evaluate_robustness, robustness_for_video
 from ladtalk.errors import InputError
 from ladtalk.generation.restore import Restorer
@@ -37,7 +39,7 @@ def face_video(tmp_path_factory) -> Path:
     """10 frames of a real (public-domain) face moving a few pixels, H.264."""
     from skimage import data
 
-    from ladtalk.media.video import VideoWriter
+    from ladtalk.media.encode import VideoWriter
     img = data.astronaut()  # face at about x 177-279, y 65-176
     path = tmp_path_factory.mktemp("video") / "astro.mp4"
     with VideoWriter(path, 25, (256, 256)) as w:
@@ -53,7 +55,8 @@ def _crops(n=3, size=32, seed=0) -> np.ndarray:
     face = data.astronaut()[60:190, 160:290]
     out = []
     for i in range(n):
-        out.append(cv2.resize(face[i:i + 120, i:i + 120], (size, size), interpolation=cv2.INTER_AREA))
+        out.append(cv2.resize(face[i:i + 120, i:i + 120], (size, size),
+                              interpolation=cv2.INTER_AREA))
     return np.stack(out)
 
 
@@ -76,36 +79,75 @@ def test_restorer_matches_model_and_handles_other_sizes(identity_dir):
         r.restore(crops.astype(np.float32))
 
 
+DEG_KEYS = ["psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored",
+            "psnr_reconstruction", "ssim_reconstruction", "psnr_gain", "ssim_gain"]
+
+
 def test_evaluate_robustness_numbers_agree_with_metrics(identity_dir):
     from ladtalk.analysis.degrade import gaussian_blur
     model = SOVQAE.from_pretrained(identity_dir)
     crops = _crops(3)
-    res = evaluate_robustness(model, crops, ["blur:1.0", "noise:0.1"], device="cpu",
+    rep = evaluate_robustness(model, crops, ["blur:1.0", "noise:0.1"], device="cpu",
                               batch_size=2, cert_faces=1, power_iters=2, n_random=2,
                               max_positions=2, layerwise=False)
     x = crops.astype(np.float64) / 255
     xb = gaussian_blur(x, 1.0)
     want = np.mean([psnr(a, b, data_range=1.0) for a, b in zip(xb, x)])
-    got = res["degradations"]["blur:1.0"]
-    assert got["psnr_degraded"] == pytest.approx(want, abs=1e-3)
-    assert got["ssim_degraded"] == pytest.approx(
+    got = rep.degradations["blur:1.0"]
+    assert got.psnr_degraded == pytest.approx(want, abs=1e-3)
+    assert got.ssim_degraded == pytest.approx(
         np.mean([ssim(a, b, data_range=1.0) for a, b in zip(xb, x)]), abs=1e-3)
     rec = Restorer(model, "cpu").restore(crops).astype(np.float64) / 255
-    assert res["reconstruction"]["psnr"] == pytest.approx(
+    assert rep.reconstruction.psnr == pytest.approx(
         np.mean([psnr(a, b, data_range=1.0) for a, b in zip(rec, x)]), abs=0.05)
-    noise = res["degradations"]["noise:0.1"]
-    assert 19.5 < noise["psnr_degraded"] < 22.5  # 10 log10(1 / 0.1^2) = 20 dB, a bit more clipped
-    assert got["psnr_gain"] == pytest.approx(got["psnr_restored"] - got["psnr_degraded"])
-    cert = res["certificate"]
-    assert set(cert["codes_preserved"]) == {"blur:1.0", "noise:0.1"}
-    assert res["frames"] == 3 and res["resolution"] == 32
+    noise = rep.degradations["noise:0.1"]
+    assert 19.5 < noise.psnr_degraded < 22.5  # 10 log10(1 / 0.1^2) = 20 dB, a bit more clipped
+    assert got.psnr_gain == pytest.approx(got.psnr_restored - got.psnr_degraded)
+    assert got.psnr_reconstruction == rep.reconstruction.psnr
+    assert set(rep.certificate.codes_preserved) == {"blur:1.0", "noise:0.1"}
+    assert rep.frames == 3 and rep.resolution == 32
+    s = rep.settings
+    assert (s.cost.cert_faces, s.cost.power_iters, s.cost.layerwise) == (1, 2, False)
+    assert s.batch_size == 2 and s.device == "cpu"
     # batching does not change anything (noise is seeded per frame)
-    res2 = evaluate_robustness(model, crops, ["noise:0.1"], device="cpu", batch_size=3,
+    rep2 = evaluate_robustness(model, crops, ["noise:0.1"], device="cpu", batch_size=3,
                                certificate=False)
-    assert res2["degradations"]["noise:0.1"]["psnr_restored"] == pytest.approx(
-        noise["psnr_restored"], abs=1e-6)
+    assert rep2.degradations["noise:0.1"].psnr_restored == pytest.approx(
+        noise.psnr_restored, abs=1e-6)
+    assert rep2.certificate is None and "certificate" not in rep2.to_json()
     with pytest.raises(InputError, match="not a downscale"):
         evaluate_robustness(model, crops, ["down:96"], device="cpu", certificate=False)
+    with pytest.raises(InputError, match="duplicate"):
+        evaluate_robustness(model, crops, ["noise:0.1", "noise"], device="cpu",
+                            certificate=False)
+    with pytest.raises(TypeError):
+        evaluate_robustness(model, crops, ["noise:0.1"], device="cpu", cert_face=2)
+
+
+def test_report_json_layout_and_round_trip(identity_dir):
+    model = SOVQAE.from_pretrained(identity_dir)
+    rep = evaluate_robustness(model, _crops(2), ["blur:1.0"], device="cpu", cost="app")
+    d = rep.to_json()
+    assert list(d) == ["frames", "resolution", "reconstruction", "degradations",
+                       "certificate", "settings"]
+    assert list(d["degradations"]["blur:1.0"]) == DEG_KEYS
+    assert list(d["reconstruction"]) == ["psnr", "ssim"]
+    assert list(d["settings"]) == [
+        "seed", "device", "batch_size", "cert_faces", "power_iters", "n_random", "eps",
+        "max_positions", "layerwise", "restore_seconds", "certificate_seconds", "psnr", "ssim"]
+    assert (d["settings"]["cert_faces"], d["settings"]["layerwise"]) == (1, False)
+    assert d["certificate"]["d_C"] == rep.certificate.d_C
+    text = json.dumps(d, allow_nan=False)
+    back = RobustnessReport.from_json(json.loads(text))
+    assert back == rep and back.to_json() == d
+    # files written before the one JSON policy had null for non-finite numbers
+    old = json.loads(text)
+    old["degradations"]["blur:1.0"]["psnr_restored"] = None
+    old["certificate"]["radius"] = None
+    back = RobustnessReport.from_json(old)
+    assert math.isnan(back.degradations["blur:1.0"].psnr_restored)
+    assert math.isnan(back.certificate.radius)
+    assert back.to_json()["degradations"]["blur:1.0"]["psnr_restored"] == "nan"
 
 
 def _cli(args, timeout=300):
@@ -146,6 +188,9 @@ def test_robustness_cli_on_face_video(identity_dir, face_video, tmp_path):
     norms = cert["degradation_norms"]
     assert 0 < norms["blur:1.0"]["mean"] and 0 < norms["noise:0.1"]["mean"]
     assert len(res["frame_indices"]) == 4 and res["frame_indices"] == sorted(res["frame_indices"])
+    assert {"identity_dir", "enrollment_video", "frame_range_s", "detector", "video_frames",
+            "frames_without_face", "settings"} <= set(res)
+    assert RobustnessReport.from_json(res).source.identity == "astro"
 
 
 def test_holdout_frames_and_clear_errors(identity_dir, face_video, tmp_path):
@@ -157,11 +202,21 @@ def test_holdout_frames_and_clear_errors(identity_dir, face_video, tmp_path):
     (ident / "meta.json").write_text(json.dumps(meta))
     res = robustness_for_video(ident, face_video, ["noise:0.05"], detector="dlib", device="cpu",
                                certificate=False)
-    assert res["frames_from"] == "holdout" and res["enrollment_video"] is True
-    assert res["frame_indices"] == [7, 8, 9]
+    assert res.source.frames_from == "holdout" and res.source.enrollment_video is True
+    assert res.source.frame_indices == [7, 8, 9] and res.frames == 3
     res = robustness_for_video(ident, face_video, ["noise:0.05"], frames_from="all",
                                detector="dlib", device="cpu", certificate=False, max_frames=5)
-    assert res["frames"] == 5 and res["frames_from"] == "all"
+    assert res.frames == 5 and res.source.frames_from == "all"
+    assert res.to_json()["frames_from"] == "all" and "notes" not in res.to_json()
+    # the enrollment video without a recorded holdout: every frame, with a note saying so
+    (ident / "meta.json").write_text(json.dumps({"video": face_video.name}))
+    res = robustness_for_video(ident, face_video, ["noise:0.05"], detector="dlib", device="cpu",
+                               certificate=False)
+    assert res.source.frames_from == "all" and res.frames == N_FRAMES
+    assert "seen in training" in res.to_json()["notes"][0]
+    with pytest.raises(InputError, match="without a holdout"):
+        robustness_for_video(ident, face_video, ["noise:0.05"], frames_from="holdout",
+                             detector="dlib", device="cpu", certificate=False)
     (ident / "meta.json").write_text(json.dumps({**meta, "video": "other.mp4"}))
     with pytest.raises(InputError, match="not the enrollment video"):
         robustness_for_video(ident, face_video, ["noise:0.05"], frames_from="holdout",
@@ -175,12 +230,9 @@ def test_holdout_frames_and_clear_errors(identity_dir, face_video, tmp_path):
 
 
 def test_default_specs_skip_down_at_low_resolution():
-    import argparse
-
-    from ladtalk.commands.robustness import _specs
-    ns = argparse.Namespace(blur=None, noise=None, down=None)
-    specs, notes = _specs(ns, 32)
+    specs, notes = resolve_specs(32)
     assert specs == ["blur:2.0", "noise:0.1"] and "down:96" in notes[0]
-    assert _specs(ns, 128)[0] == ["blur:2.0", "noise:0.1", "down:96"]
-    ns = argparse.Namespace(blur=[2, 2.0], noise=None, down=[96])
-    assert _specs(ns, 128)[0] == ["blur:2.0", "down:96"]
+    assert resolve_specs(128) == (["blur:2.0", "noise:0.1", "down:96"], [])
+    assert resolve_specs(128, blur=[2, 2.0], down=[96]) == (["blur:2.0", "down:96"], [])
+    # given values are kept as they are; the check against the resolution comes later
+    assert resolve_specs(32, noise=[0.05], down=[64]) == (["noise:0.05", "down:64"], [])

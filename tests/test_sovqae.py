@@ -20,13 +20,16 @@ from ladtalk.models.quantizer import (
     quantization_error,
 )
 from ladtalk.models.sovqae import SOVQAE, SOVQAEConfig, default_config_name, get_config
-from ladtalk.models.sovqae_io import (
-    config_from_taming_yaml,
+from ladtalk.models.sovqae_diffusers import (
     diffusers_config_from_sovqae,
     diffusers_to_taming,
-    infer_config_from_state_dict,
     sovqae_config_from_diffusers,
     taming_to_diffusers,
+)
+from ladtalk.models.sovqae_io import (
+    config_from_taming_yaml,
+    infer_config_from_state_dict,
+    load_sovqae,
 )
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), z_channels=64,
@@ -236,10 +239,14 @@ def _assert_same_model(a: SOVQAE, b: SOVQAE) -> None:
 def test_save_pretrained_round_trip(tiny_model, tmp_path):
     out = tmp_path / "ident" / "model"
     tiny_model.save_pretrained(out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
+    # the weights, their config and the Hub mixin's model card; no temp file left
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json",
+                                                     "model.safetensors"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
     data = json.loads((out / "config.json").read_text())
     assert data["model_type"] == "sovqae" and data["ch_mult"] == [1, 2]
+    assert data == {"model_type": "sovqae", **tiny_model.config.to_dict()}
+    assert "library_name: ladtalk" in (out / "README.md").read_text()
     loaded = SOVQAE.from_pretrained(out)
     _assert_same_model(tiny_model, loaded)
     assert not loaded.training
@@ -249,45 +256,65 @@ def test_save_pretrained_round_trip(tiny_model, tmp_path):
     # overrides of training options; weights unchanged, EMA buffers stay out of the state dict
     ema = SOVQAE.from_pretrained(out, ema=True)
     assert ema.config.ema and set(ema.state_dict()) == set(tiny_model.state_dict())
-    # from_checkpoint dispatches on the directory too
-    _assert_same_model(tiny_model, SOVQAE.from_checkpoint(out))
+    # load_sovqae dispatches on the directory too
+    _assert_same_model(tiny_model, load_sovqae(out))
+    with pytest.raises(TypeError):  # an override that is no config field
+        SOVQAE.from_pretrained(out, no_such_field=1)
+
+
+def test_identity_folders_written_before_the_mixin_hooks_load(golden_small, tmp_path):
+    """An identity folder holds only config.json (no "README.md") + model.safetensors, with
+    the config of an older release (e.g. a config name that no longer exists)."""
+    from safetensors.torch import save_file
+
+    model, ref, _ = golden_small
+    old = tmp_path / "old-identity"
+    old.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(old / "model.safetensors"))
+    cfg = {"model_type": "sovqae", **model.config.to_dict()}
+    for key in ("norm", "mid_attn", "legacy", "ema", "ema_decay", "ema_eps"):
+        del cfg[key]  # fields added later keep their defaults
+    (old / "config.json").write_text(json.dumps(cfg))
+    (old / "meta.json").write_text(json.dumps({"config_name": "cpu-f8"}))
+    loaded = SOVQAE.from_pretrained(old)
+    _assert_same_model(model, loaded)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(ref["input"]).indices, ref["indices"])
 
 
 def test_save_pretrained_is_atomic(tiny_model, tmp_path, monkeypatch):
-    import ladtalk.models.sovqae as mod
+    """Each file is replaced whole, and config.json is written last: an interrupted save
+    never leaves a folder that loads as a half-written model."""
+    import os
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
     target = tmp_path / "new"
-    calls = []
-
-    def failing_write(path, data):
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        path.write_bytes(data)
-
-    monkeypatch.setattr(mod, "_write_bytes", failing_write)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
         tiny_model.save_pretrained(target)
-    assert not target.exists() and list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    # an existing directory: a failed rewrite leaves the previous files intact, extras kept
+    assert not target.exists() or list(target.iterdir()) == []  # no file, no temp file
+    # an existing folder: a failed rewrite keeps the old weights whole and the other files
     tiny_model.save_pretrained(target)
     (target / "meta.json").write_text("{}")
     before = (target / "model.safetensors").read_bytes()
     other = _randomise(SOVQAE(tiny_model.config), seed=5)
-
-    def failing_replace(src, dst):
-        raise OSError("interrupted")
-
-    monkeypatch.setattr(mod.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
         other.save_pretrained(target)
     monkeypatch.undo()
     assert (target / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "meta.json",
-                                                        "model.safetensors"]
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]
+    assert (target / "meta.json").exists()
+    with pytest.raises(CheckpointError, match="config.json"):  # unfinished: refused
+        SOVQAE.from_pretrained(target)
     other.save_pretrained(target)
     _assert_same_model(other, SOVQAE.from_pretrained(target))
-    assert (target / "meta.json").exists()
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.json",
+                                                        "meta.json", "model.safetensors"]
 
 
 def test_from_pretrained_errors(tmp_path):
@@ -335,7 +362,7 @@ def test_taming_lightning_ckpt(golden_small, tmp_path):
     torch.save(ckpt, log / "checkpoints" / "last.ckpt")
     (log / "configs" / "2021-project.yaml").write_text(SMALL_YAML)
     for spec in (log, log / "checkpoints" / "last.ckpt"):
-        loaded = SOVQAE.from_checkpoint(spec)
+        loaded = load_sovqae(spec)
         _assert_same_model(model, loaded)
     with torch.no_grad():
         assert torch.equal(loaded.encode(ref["input"]).indices, ref["indices"])
@@ -344,7 +371,7 @@ def test_taming_lightning_ckpt(golden_small, tmp_path):
     torch.save({"state_dict": {("first_stage_model." + k): v for k, v in
                                {**sd, **fake_loss}.items()}}, lone)
     with pytest.warns(UserWarning, match="inferred"):
-        inferred = SOVQAE.from_checkpoint(lone, resolution=64)
+        inferred = load_sovqae(lone, resolution=64)
     _assert_same_model(model, inferred)
     assert infer_config_from_state_dict(sd, resolution=64) == SOVQAEConfig(**SMALL)
 
@@ -364,14 +391,14 @@ def test_pickle_with_code_is_refused(tmp_path):
     sd = SOVQAE(get_config("tiny")).state_dict()
     torch.save({"state_dict": sd, "callbacks": _TouchOnUnpickle(marker)}, p)
     with pytest.raises(CheckpointError, match="references Python code"):
-        SOVQAE.from_checkpoint(p)
+        load_sovqae(p)
     assert not marker.exists()
 
 
 def test_unreachable_hub_repo_is_a_checkpoint_error():
     # HF_HUB_OFFLINE=1 (conftest) and an empty cache: a clear CheckpointError, no traceback soup
     with pytest.raises(CheckpointError, match="Hugging Face Hub"):
-        SOVQAE.from_checkpoint("nobody-here/no-such-sovqae")
+        load_sovqae("nobody-here/no-such-sovqae")
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,9 +438,9 @@ def test_diffusers_vqmodel_numerical_equivalence(golden_small, tmp_path):
     sd = model.state_dict()
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
     assert sovqae_config_from_diffusers(dm.config) == cfg
-    # a diffusers checkpoint directory loads through from_checkpoint
+    # a diffusers checkpoint directory loads through load_sovqae
     dm.save_pretrained(tmp_path / "vq", safe_serialization=True)
-    _assert_same_model(model, SOVQAE.from_checkpoint(tmp_path / "vq"))
+    _assert_same_model(model, load_sovqae(tmp_path / "vq"))
     # old-style diffusers attention names are accepted
     legacy = {k.replace("to_q.", "query.").replace("to_out.0.", "proj_attn."): v
               for k, v in mapped.items()}

@@ -1,11 +1,10 @@
-"""Enrollment (SOVQAE fine-tuning): data, losses, trainer state, refusals, and a real
+"""Enrollment (SOVQAE fine-tuning): trainer state, refusals, crops ahead of a run, and a real
 train -> restore check on a public-domain face (scikit-image's bundled astronaut photo, NASA,
-no download), all on CPU."""
+no download), all on CPU. The building blocks: test_enrollment_data.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -16,17 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from ladtalk.enrollment import Trainer, enroll, prepare_crops, train_preset
 from ladtalk.enrollment import data as tdata
-from ladtalk.enrollment.discriminator import NLayerDiscriminator
-from ladtalk.enrollment.losses import (
-    adaptive_weight,
-    codebook_regularizer,
-    hinge_d_loss,
-    soft_min_distance,
-)
 from ladtalk.errors import InputError
 from ladtalk.face import video_crops
-from ladtalk.metrics.lpips import load_perceptual
+from ladtalk.identities.meta import load_meta
+from ladtalk.metrics.image import psnr_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +45,7 @@ def _astronaut_frames(n: int, size: int = 320, seed: int = 0) -> np.ndarray:
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float = 25.0) -> Path:
-    from ladtalk.media.video import VideoWriter
+    from ladtalk.media.encode import VideoWriter
     with VideoWriter(path, fps, (frames.shape[2], frames.shape[1])) as w:
         w.write(frames)
     return path
@@ -62,128 +56,6 @@ def face_video(tmp_path_factory) -> Path:
     return _write_video(tmp_path_factory.mktemp("vid") / "astronaut.mp4", _astronaut_frames(48))
 
 
-# -- data --------------------------------------------------------------------------------------
-def test_split_holdout_takes_the_end_of_the_video():
-    train, hold = video_crops.split_holdout(100, 0.1)
-    assert list(hold) == list(range(90, 100)) and list(train) == list(range(90))
-    train, hold = video_crops.split_holdout(20, 0.01)  # at least one frame held out
-    assert list(hold) == [19]
-    assert len(video_crops.split_holdout(30, 0.0)[1]) == 0
-    with pytest.raises(InputError, match="too few frames"):
-        video_crops.split_holdout(8, 0.5)
-    with pytest.raises(InputError):
-        video_crops.split_holdout(100, 1.0)
-
-
-def test_select_frames_subsamples_evenly():
-    keep = video_crops.select_frames(10_000, 500)
-    assert len(keep) == 500 and keep[0] == 0 and keep[-1] == 9999
-    assert np.all(np.diff(keep) > 0)
-    assert len(video_crops.select_frames(40, 500)) == 40
-
-
-def test_sampler_is_deterministic_and_resumable():
-    crops = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    a = tdata.CropSampler(crops, 4, patch=16, seed=3)
-    b = tdata.CropSampler(crops, 4, patch=16, seed=3)
-    xa = a.sample()
-    assert xa.shape == (4, 3, 16, 16) and 0 <= float(xa.min()) and float(xa.max()) <= 1
-    assert torch.equal(xa, b.sample())
-    assert a.sample(full=True).shape == (4, 3, 32, 32)
-    state = a.state()
-    nxt = a.sample()
-    a.set_state(state)
-    assert torch.equal(a.sample(), nxt)
-
-
-def test_random_degradation_changes_images_within_range():
-    x = torch.rand(12, 3, 32, 32)
-    g = torch.Generator().manual_seed(0)
-    y = tdata.random_degradation(x, g)
-    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
-    assert all(not torch.equal(y[i], x[i]) for i in range(len(x)))
-
-
-def test_face_weight_map_has_mean_one_and_peaks_in_the_face():
-    w = tdata.face_weight_map(64, 1.0)
-    assert abs(float(w.mean()) - 1) < 1e-5
-    assert float(w[0, 0, 38, 32]) > float(w[0, 0, 0, 0])
-    assert tdata.face_weight_map(64, 0.0) is None
-
-
-# -- losses ------------------------------------------------------------------------------------
-def test_soft_min_is_a_lower_bound_that_tightens():
-    codes = torch.randn(30, 8)
-    d = torch.cdist(codes, codes) + torch.eye(30) * 1e9
-    hard = float(d.min())
-    loose, tight = float(soft_min_distance(codes, 0.5)), float(soft_min_distance(codes, 0.005))
-    assert loose <= tight <= hard + 1e-5
-    assert abs(tight - hard) < 0.05
-
-
-def test_codebook_regularizer_moves_min_distance_towards_theta():
-    torch.manual_seed(0)
-    w = (torch.randn(16, 4) * 0.05).requires_grad_(True)  # codes far closer than theta = 1
-    opt = torch.optim.SGD([w], lr=0.05)
-    used = torch.arange(16)
-    before = float(torch.pdist(w.detach()).min())
-    for _ in range(200):
-        opt.zero_grad()
-        codebook_regularizer(w, used, theta=1.0, tau=0.02).backward()
-        opt.step()
-    after = float(torch.pdist(w.detach()).min())
-    assert after > before + 0.3
-    assert float(codebook_regularizer(w, used[:1]).detach()) == 0.0  # one code: nothing to separate
-
-
-def test_hinge_and_adaptive_weight_match_taming_definitions():
-    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
-    # 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake))) = 0.5 * (0.25 + 0.5)
-    assert math.isclose(float(hinge_d_loss(real, fake)), 0.375)
-    layer = torch.nn.Parameter(torch.randn(5))
-    rec = (layer * 3.0).sum()
-    g = (layer * -0.5).sum()
-    w = adaptive_weight(rec, g, layer, disc_weight=0.5)
-    expected = 0.5 * (3.0 * math.sqrt(5)) / (0.5 * math.sqrt(5) + 1e-4)
-    assert math.isclose(float(w), expected, rel_tol=1e-5)
-
-
-def test_discriminator_is_a_patchgan_with_taming_names():
-    d = NLayerDiscriminator(ndf=16, n_layers=3)
-    keys = set(d.state_dict())
-    assert "main.0.weight" in keys and "main.2.weight" in keys and "main.3.running_mean" in keys
-    out = d(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 1, 6, 6)  # one logit per 70x70-style patch
-
-
-def test_perceptual_without_weights_warns_once_and_returns_none(monkeypatch, capsys):
-    from ladtalk.metrics import lpips as losses
-    monkeypatch.delenv("LADTALK_VGG16", raising=False)
-    monkeypatch.delenv("LADTALK_LPIPS", raising=False)
-    monkeypatch.setattr(losses, "_WARNED", False)
-    model, msg = load_perceptual("cpu")
-    model2, _ = load_perceptual("cpu")
-    assert model is None and model2 is None and "LADTALK_VGG16" in msg
-    assert capsys.readouterr().err.count("perceptual (LPIPS) loss disabled") == 1
-
-
-def test_perceptual_loads_vgg_weights_from_env(monkeypatch, tmp_path):
-    from safetensors.torch import save_file
-
-    from ladtalk.metrics.lpips import LPIPS
-    ref = LPIPS()
-    sd = {k: torch.randn_like(v) for k, v in ref.state_dict().items() if k.startswith("features.")}
-    save_file(sd, str(tmp_path / "vgg16.safetensors"))
-    monkeypatch.setenv("LADTALK_VGG16", str(tmp_path / "vgg16.safetensors"))
-    monkeypatch.delenv("LADTALK_LPIPS", raising=False)
-    model, msg = load_perceptual("cpu")
-    assert model is not None and "uniform heads" in msg
-    assert torch.equal(model.features[0].weight, sd["features.0.weight"])
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    assert float(model(x, x).abs().max()) < 1e-6
-    assert float(model(x, x.flip(-1)).min()) > 0
-
-
 # -- trainer state ---------------------------------------------------------------------------
 def _tiny_model():
     from ladtalk.models.sovqae import SOVQAE, get_config
@@ -192,7 +64,6 @@ def _tiny_model():
 
 
 def test_trainer_state_round_trip_is_exact(tmp_path):
-    from ladtalk.enrollment.enroll import Trainer, train_preset
     crops = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     cfg = train_preset("tiny", kmeans_at=2, restart_every=3, disc_start=3, restore_start=0)
     sampler = tdata.CropSampler(crops, 4, seed=1)
@@ -225,13 +96,11 @@ def test_trainer_state_round_trip_is_exact(tmp_path):
 # -- refusals ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["../../etc", "a/b", "..", "", ".hidden", "x" * 80])
 def test_bad_identity_names_are_refused(bad, face_video):
-    from ladtalk.enrollment.enroll import enroll
     with pytest.raises(InputError, match="invalid identity name"):
         enroll(face_video, bad, seconds=1, config="tiny", detector="dlib")
 
 
 def test_empty_and_undecodable_videos_are_refused(tmp_path):
-    from ladtalk.enrollment.enroll import enroll
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(InputError, match="empty"):
@@ -245,7 +114,6 @@ def test_empty_and_undecodable_videos_are_refused(tmp_path):
 
 
 def test_video_without_a_face_is_refused(tmp_path):
-    from ladtalk.enrollment.enroll import enroll
     rng = np.random.default_rng(0)
     frames = np.repeat(rng.integers(0, 256, (1, 160, 160, 3), dtype=np.uint8), 12, axis=0)
     vid = _write_video(tmp_path / "noface.mp4", frames)
@@ -254,7 +122,6 @@ def test_video_without_a_face_is_refused(tmp_path):
 
 
 def test_too_few_frames_is_refused(tmp_path):
-    from ladtalk.enrollment.enroll import enroll
     vid = _write_video(tmp_path / "short.mp4", _astronaut_frames(4))
     with pytest.raises(InputError, match="at least"):
         enroll(vid, "someone", seconds=1, config="tiny", detector="dlib")
@@ -270,8 +137,7 @@ def test_cli_reports_bad_name_cleanly(face_video):
 
 # -- end to end --------------------------------------------------------------------------------
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse)).mean())
+    return float(psnr_torch(a, b).mean())
 
 
 @pytest.mark.slow
@@ -279,7 +145,6 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
     """~60-90 s on 2 busy cores: train a tiny SOVQAE on the astronaut, check restoration of
     held-out blurred frames, resume, and abort a second run from the progress callback."""
     from ladtalk.analysis.degrade import gaussian_blur
-    from ladtalk.enrollment.enroll import enroll
     from ladtalk.face.video_crops import extract_crops, split_holdout, to_tensor01
     from ladtalk.identities.store import store_path
     from ladtalk.models.sovqae import SOVQAE, get_config
@@ -326,7 +191,7 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
         y = ((model(xb * 2 - 1)[0] + 1) / 2).clamp(0, 1)
     p_deg, p_res = _psnr(xb, x), _psnr(y, x)
     assert p_res >= p_deg + 1.5, (p_deg, p_res, meta["steps"])
-    blur_meta = meta["restoration"]["blur:2.0"]  # the same probe through ladtalk.analysis.robustness
+    blur_meta = meta["restoration"]["blur:2.0"]  # the same probe, via analysis.robustness
     assert abs(blur_meta["psnr_restored"] - p_res) < 0.05
     assert abs(blur_meta["psnr_degraded"] - p_deg) < 0.05
 
@@ -338,6 +203,9 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
     assert meta2["resumed"] and meta2["steps"] > steps1
     assert meta2["steps"] == steps1 + meta2["run_steps"] and meta2["run_steps"] <= 5
     assert meta2["training_seconds"] > meta["training_seconds"]
+    typed = load_meta(path)  # the typed record reads what enroll wrote
+    assert typed.steps == meta2["steps"] and typed.resumed and typed.quality is not None
+    assert typed.frames.holdout == meta2["frames"]["holdout"] and not typed.partial
 
     # an abort mid-training leaves the previous identity byte-for-byte intact
     before = {f.name: f.read_bytes() for f in path.iterdir()}
@@ -386,7 +254,6 @@ def test_killing_enroll_leaves_previous_identity_intact(face_video, tmp_path):
 
 def test_init_from_a_saved_sovqae_directory(face_video, tmp_path):
     """--init: a fresh identity starts from given weights (config taken from them)."""
-    from ladtalk.enrollment.enroll import enroll
     from ladtalk.models.sovqae import SOVQAE, get_config
     torch.manual_seed(1)
     src = SOVQAE(get_config("tiny", attn_resolutions=(), n_embed=64))
@@ -401,3 +268,25 @@ def test_init_from_a_saved_sovqae_directory(face_video, tmp_path):
     # two small Adam steps: close to, but not equal to, the initial weights
     w0, w1 = src.decoder.conv_out.weight.detach(), got.decoder.conv_out.weight.detach()
     assert not torch.equal(w0, w1) and float((w0 - w1).abs().max()) < 0.05
+
+
+def test_prepare_crops_makes_the_crops_enroll_uses(face_video):
+    """The app crops on the CPU first; enroll must then find every crop in the cache."""
+    overrides = {"max_steps": 1, "final_frames": 2, "quality_frames": 0}
+    crops = prepare_crops(face_video, "prep", config="tiny", detector="dlib",
+                          train_overrides=overrides)
+    assert crops.resolution == 32 and len(crops) == 48
+    events = []
+    path = enroll(face_video, "prep", seconds=30, config="tiny", detector="dlib", holdout=0.15,
+                  device="cpu", show_progress=False, on_progress=events.append,
+                  train_overrides=overrides)
+    phases = {e["phase"] for e in events}
+    assert "train" in phases and not phases & {"detect", "crop"}, phases
+    # an existing identity keeps its own config and resolution
+    again = prepare_crops(face_video, "prep", detector="dlib")
+    assert again.resolution == 32 and np.array_equal(again.crops, crops.crops)
+    assert load_meta(path).config_name == "tiny"
+    # a new identity of an auto-resolution config: the measured face size decides
+    auto = prepare_crops(face_video, None, config="cpu", detector="dlib")
+    assert auto.resolution == video_crops.choose_resolution(auto.face_px)
+    assert prepare_crops(face_video, "other", config="tiny", init="demo") is None

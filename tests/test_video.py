@@ -1,4 +1,4 @@
-"""ladtalk.media.video: probing, streaming decode, still images, encoding with audio mux."""
+"""ladtalk.media probe / decode / encode: probing, streaming decode, still images, audio mux."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 
 from ladtalk.errors import InputError
-from ladtalk.media import video as V
+from ladtalk.media.decode import decode_cmd, iter_frames, read_frames, read_image
+from ladtalk.media.encode import VideoWriter, encode_cmd, encoded_size
+from ladtalk.media.ffmpeg import ffmpeg_exe
+from ladtalk.media.image import is_still_image
+from ladtalk.media.probe import probe
 
-FF = V.ffmpeg_exe()
+FF = ffmpeg_exe()
 
 
 def ff(*args: str) -> None:
@@ -76,18 +80,18 @@ def test_bundled_ffmpeg_has_libx264_and_aac():
 
 
 def test_probe_video_with_audio(media):
-    info = V.probe(media["av"])
+    info = probe(media["av"])
     assert (info.width, info.height) == (320, 240)
     assert info.fps == pytest.approx(25.0)
     assert info.duration == pytest.approx(2.0, abs=0.05)
     assert info.n_frames == 50
     assert info.has_video and info.has_audio and not info.is_image
     assert (info.video_codec, info.audio_codec) == ("h264", "aac")
-    assert V.count_frames(media["av"]) == 50
+    assert sum(len(c) for c in iter_frames(media["av"])) == 50
 
 
 def test_iter_frames_chunks_and_content(media):
-    chunks = list(V.iter_frames(media["av"], chunk_size=16))
+    chunks = list(iter_frames(media["av"], chunk_size=16))
     assert [len(c) for c in chunks] == [16, 16, 16, 2]
     assert all(c.shape[1:] == (240, 320, 3) and c.dtype == np.uint8 for c in chunks)
     # testsrc frames differ over time (moving gradient + counter), decoding is not a repeat
@@ -101,22 +105,22 @@ def test_iter_frames_chunks_and_content(media):
 
 
 def test_vertical_and_odd_sizes(media):
-    info = V.probe(media["vertical"])
+    info = probe(media["vertical"])
     assert info.size == (360, 640)
-    frames = V.read_frames(media["vertical"])
+    frames = read_frames(media["vertical"])
     assert frames.shape == (10, 640, 360, 3)
-    info = V.probe(media["odd"])
+    info = probe(media["odd"])
     assert info.size == (203, 117)
-    frames = V.read_frames(media["odd"])
+    frames = read_frames(media["odd"])
     assert frames.shape == (10, 117, 203, 3)
 
 
 def test_rotation_metadata_is_honoured(media):
-    info = V.probe(media["rotated"])
+    info = probe(media["rotated"])
     assert info.rotation in (90, 270)
     assert info.size == (240, 320)
-    plain = V.read_frames(media["av"])
-    rotated = V.read_frames(media["rotated"])
+    plain = read_frames(media["av"])
+    rotated = read_frames(media["rotated"])
     assert rotated.shape == (50, 320, 240, 3)
     # the bitstream is the same, ffmpeg only transposes: exact equality with a 90 degree turn
     assert np.array_equal(rotated[0], np.rot90(plain[0], 1)) or \
@@ -124,11 +128,11 @@ def test_rotation_metadata_is_honoured(media):
 
 
 def test_variable_frame_rate(media):
-    info = V.probe(media["vfr"])
+    info = probe(media["vfr"])
     assert info.maybe_vfr
-    native = sum(len(c) for c in V.iter_frames(media["vfr"]))
+    native = sum(len(c) for c in iter_frames(media["vfr"]))
     assert native == 40  # every decoded frame exactly once
-    resampled = V.read_frames(media["vfr"], fps=25)
+    resampled = read_frames(media["vfr"], fps=25)
     assert len(resampled) == 50  # constant 25 fps over 2 s
     # the first second holds 10 distinct frames, each repeated 2-3 times at 25 fps
     first = resampled[:25]
@@ -142,12 +146,12 @@ def test_unicode_and_space_path(tmp_path, media):
     path = folder / "vidéo clip 你好.mp4"
     frames = np.zeros((5, 48, 64, 3), np.uint8)
     frames[..., 1] = np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :]
-    with V.VideoWriter(path, 25, (64, 48), audio=media["aac"]) as w:
+    with VideoWriter(path, 25, (64, 48), audio=media["aac"]) as w:
         w.write(frames)
     assert path.exists()
-    info = V.probe(path)
+    info = probe(path)
     assert info.size == (64, 48) and info.has_audio
-    assert V.read_frames(path).shape == (5, 48, 64, 3)
+    assert read_frames(path).shape == (5, 48, 64, 3)
 
 
 def test_still_images_detected_by_content(tmp_path):
@@ -163,20 +167,20 @@ def test_still_images_detected_by_content(tmp_path):
                            [cv2.IMWRITE_JPEG_QUALITY, 95])
     jpg_as_png.write_bytes(buf.tobytes())
     for path in (png_as_mp4, jpg_as_png):
-        assert V.is_still_image(path)
-        info = V.probe(path)
+        assert is_still_image(path)
+        info = probe(path)
         assert info.is_image and info.size == (80, 60) and info.n_frames == 1
         assert not info.has_audio
-        chunks = list(V.iter_frames(path))
+        chunks = list(iter_frames(path))
         assert len(chunks) == 1 and chunks[0].shape == (1, 60, 80, 3)
-    assert np.array_equal(V.read_image(png_as_mp4), img)  # PNG is lossless, RGB order kept
-    jpg = V.read_image(jpg_as_png)
+    assert np.array_equal(read_image(png_as_mp4), img)  # PNG is lossless, RGB order kept
+    jpg = read_image(jpg_as_png)
     assert np.abs(jpg[:, :30].astype(int) - img[:, :30]).mean() < 3
 
 
 def test_video_is_not_a_still(media):
-    assert not V.is_still_image(media["av"])
-    assert not V.is_still_image(media["wav"])
+    assert not is_still_image(media["av"])
+    assert not is_still_image(media["wav"])
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "audio_only", "fake_png"])
@@ -195,13 +199,13 @@ def test_probe_errors_name_the_file(tmp_path, media, kind):
     else:
         path = media["wav"]
     with pytest.raises(InputError) as ei:
-        V.probe(path)
+        probe(path)
     assert path.name in str(ei.value)
     if kind == "audio_only":
         assert "no video stream" in str(ei.value)
     # the audio-only file is fine when video is not required
     if kind == "audio_only":
-        assert V.probe(path, require_video=False).has_audio
+        assert probe(path, require_video=False).has_audio
 
 
 def test_truncated_file_raises_with_timestamp(tmp_path):
@@ -214,7 +218,7 @@ def test_truncated_file_raises_with_timestamp(tmp_path):
     cut.write_bytes(data[: int(len(data) * 0.6)])
     for strict in (False, True):
         with pytest.raises(InputError) as ei:
-            for _ in V.iter_frames(cut, strict=strict):
+            for _ in iter_frames(cut, strict=strict):
                 pass
         msg = str(ei.value)
         assert "cut.mp4" in msg and "t=" in msg
@@ -239,7 +243,7 @@ def _ffmpeg_children() -> list:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_closing_the_generator_kills_ffmpeg(media):
     before = set(_ffmpeg_children())
-    gen = V.iter_frames(media["av"], chunk_size=2)
+    gen = iter_frames(media["av"], chunk_size=2)
     next(gen)
     assert set(_ffmpeg_children()) - before  # a decoder is running
     gen.close()
@@ -261,14 +265,14 @@ def _smooth_frames(n: int, w: int, h: int) -> np.ndarray:
 def test_writer_round_trip_even_size(tmp_path):
     frames = _smooth_frames(10, 96, 64)
     out = tmp_path / "out.mp4"
-    with V.VideoWriter(out, 25, (96, 64)) as w:
+    with VideoWriter(out, 25, (96, 64)) as w:
         w.write(frames[:4])
         for f in frames[4:]:
             w.write(f)
     assert w.frames_written == 10
-    info = V.probe(out)
+    info = probe(out)
     assert info.size == (96, 64) and info.fps == pytest.approx(25) and not info.has_audio
-    back = V.read_frames(out)
+    back = read_frames(out)
     assert back.shape == frames.shape
     assert psnr(back, frames) > 30
     assert not [p for p in tmp_path.iterdir() if p.name != "out.mp4"]  # no temp files left
@@ -277,12 +281,12 @@ def test_writer_round_trip_even_size(tmp_path):
 def test_writer_odd_size_pads_one_pixel(tmp_path):
     frames = _smooth_frames(4, 203, 117)
     out = tmp_path / "odd.mp4"
-    with V.VideoWriter(out, 25, (203, 117)) as w:
+    with VideoWriter(out, 25, (203, 117)) as w:
         w.write(frames)
-    assert V.encoded_size(203, 117) == (204, 118) == w.out_size
-    assert V.encoded_size(204, 118) == (204, 118)
-    assert V.probe(out).size == (204, 118)
-    back = V.read_frames(out)
+    assert encoded_size(203, 117) == (204, 118) == w.out_size
+    assert encoded_size(204, 118) == (204, 118)
+    assert probe(out).size == (204, 118)
+    back = read_frames(out)
     assert psnr(back[:, :117, :203], frames) > 30
     # the extra column / row replicate the edge (no black line)
     assert np.abs(back[:, :117, 203].astype(int) - frames[:, :, 202]).mean() < 6
@@ -292,40 +296,63 @@ def test_writer_odd_size_pads_one_pixel(tmp_path):
 def test_writer_copies_aac_bit_exactly_and_keeps_full_length(tmp_path, media):
     out = tmp_path / "with_aac.mp4"
     n = int(round(1.5 * 25))  # frames = audio length
-    with V.VideoWriter(out, 25, (64, 48), audio=media["aac"]) as w:
+    with VideoWriter(out, 25, (64, 48), audio=media["aac"]) as w:
         w.write(_smooth_frames(n, 64, 48))
     assert w.audio_copied is True
-    info = V.probe(out)
+    info = probe(out)
     assert info.audio_codec == "aac" and info.duration == pytest.approx(1.5, abs=0.05)
     assert pcm(out) == pcm(media["aac"])
 
 
 def test_writer_reencodes_pcm_to_aac_without_cutting(tmp_path, media):
     out = tmp_path / "with_wav.mp4"
-    with V.VideoWriter(out, 25, (64, 48), audio=media["wav"]) as w:
+    with VideoWriter(out, 25, (64, 48), audio=media["wav"]) as w:
         w.write(_smooth_frames(10, 64, 48))  # video much shorter than audio: audio not cut
     assert w.audio_copied is False
-    info = V.probe(out)
+    info = probe(out)
     assert info.audio_codec == "aac" and info.audio_sample_rate == 16000
     n_src = len(pcm(media["wav"])) // 2
     n_out = len(pcm(out)) // 2
     assert abs(n_out - n_src) <= 2048  # AAC frame padding only
     with pytest.raises(InputError):
-        V.VideoWriter(tmp_path / "copy.mp4", 25, (64, 48), audio=media["wav"],
+        VideoWriter(tmp_path / "copy.mp4", 25, (64, 48), audio=media["wav"],
                       audio_mode="copy").open()
 
 
 def test_writer_failure_leaves_no_file_and_keeps_existing(tmp_path):
     out = tmp_path / "result.mp4"
     with pytest.raises(RuntimeError, match="boom"):
-        with V.VideoWriter(out, 25, (64, 48)) as w:
+        with VideoWriter(out, 25, (64, 48)) as w:
             w.write(_smooth_frames(3, 64, 48))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     out.write_bytes(b"previous result")
     with pytest.raises(ValueError):
-        with V.VideoWriter(out, 25, (64, 48)) as w:
+        with VideoWriter(out, 25, (64, 48)) as w:
             w.write(_smooth_frames(3, 64, 48))
             w.write(np.zeros((2, 48, 66, 3), np.uint8))  # wrong size
     assert out.read_bytes() == b"previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["result.mp4"]
+
+
+def _opt(cmd: list, name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_decode_and_encode_command_lines():
+    """The compiled command lines select the streams and options the readers rely on."""
+    plain = decode_cmd("in.mp4")
+    assert plain[0] == FF and _opt(plain, "-i") == "in.mp4"
+    assert _opt(plain, "-map") == "0:v:0" and _opt(plain, "-fps_mode") == "passthrough"
+    assert _opt(plain, "-f") == "rawvideo" and _opt(plain, "-pix_fmt") == "rgb24"
+    assert "pipe:1" in plain and "-xerror" not in plain and "-loglevel" in plain
+    cfr = decode_cmd("in.mp4", fps=30000 / 1001, strict=True, max_frames=3)
+    assert _opt(cfr, "-filter_complex") == "[0:v:0]fps=fps=30000/1001[s0]"
+    assert "-fps_mode" not in cfr and "-xerror" in cfr and _opt(cfr, "-frames:v") == "3"
+    enc = encode_cmd("out.mp4", (64, 48), 25, audio="a.m4a", audio_opts={"c:a": "copy"})
+    assert _opt(enc, "-s") == "64x48" and _opt(enc, "-framerate") == "25/1"
+    maps = [enc[i + 1] for i, a in enumerate(enc) if a == "-map"]
+    assert maps[1] == "1:a:0" and maps[0].startswith("[")  # filtered video, first audio
+    assert _opt(enc, "-c:v") == "libx264" and _opt(enc, "-c:a") == "copy"
+    assert _opt(enc, "-movflags") == "+faststart" and "-y" in enc
+    assert enc.index("out.mp4") > enc.index("-c:v")

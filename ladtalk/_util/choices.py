@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Tuple, Union
 
 # Face detectors a user may pick ("auto": S3FD when its weights resolve, else dlib).
 DETECTORS: Tuple[str, ...] = ("auto", "s3fd", "dlib")
@@ -15,5 +16,53 @@ DEFAULT_PADS: Tuple[int, int, int, int] = (0, 10, 0, 0)
 LOOP_POLICIES: Tuple[str, ...] = ("pingpong", "loop", "hold")
 DEFAULT_LOOP = "pingpong"
 
+# SOVQAE configs offered for a new identity ("auto": cpu on a CPU, base on CUDA).
+ENROLL_CONFIGS: Tuple[str, ...] = ("auto", "cpu", "base", "tiny")
+
 # Precision of the models' arithmetic.
 PRECISIONS: Tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class CertificateCost:
+    """How much work the certificate's Lipschitz estimate does (docs/robustness.md).
+
+    Field names are the keyword arguments of ``evaluate_robustness`` and the keys of its
+    ``settings`` record.
+    """
+
+    cert_faces: int = 4      # faces the estimate runs on
+    power_iters: int = 6     # power iterations per Jacobian
+    n_random: int = 4        # random perturbations per face
+    eps: float = 1e-2        # their per-pixel std on the [0, 1] scale
+    max_positions: int = 4   # most sensitive latent positions per face
+    layerwise: bool = True   # also walk the encoder for the layer-wise bound
+
+    @classmethod
+    def resolve(cls, cost: Union[str, "CertificateCost"] = "full",
+                **overrides: Any) -> "CertificateCost":
+        """A preset name (or a cost), with some fields replaced (TypeError for unknown ones)."""
+        if isinstance(cost, str):
+            if cost not in CERTIFICATE_COSTS:
+                raise ValueError(f"unknown certificate cost preset {cost!r}; use one of "
+                                 f"{', '.join(CERTIFICATE_COSTS)}")
+            cost = CERTIFICATE_COSTS[cost]
+        return replace(cost, **overrides) if overrides else cost
+
+
+# Certificate cost presets: the CLI's defaults ("full"), enrollment's meta.json ("enroll") and
+# the app's few-seconds version ("app": one face, no layer-wise walk).
+CERTIFICATE_COSTS: Dict[str, CertificateCost] = {
+    "full": CertificateCost(),
+    "enroll": CertificateCost(cert_faces=2, power_iters=4, n_random=2),
+    "app": CertificateCost(cert_faces=1, power_iters=4, n_random=2, layerwise=False),
+}
+
+# What generation does when the identity does not match the input's face.
+IDENTITY_CHECKS: Tuple[str, ...] = ("refuse", "warn", "off")
+# The CLI's and the benchmark's identity check: warn and restore anyway (the library's
+# GenerateOptions default is "refuse").
+CLI_IDENTITY_CHECK = "warn"
+
+# Precision the CLI, the benchmark and the pipeline use unless told otherwise.
+DEFAULT_PRECISION = "auto"

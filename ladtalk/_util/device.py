@@ -12,6 +12,8 @@ from typing import Optional, Union
 
 import torch
 
+from ladtalk._util.choices import PRECISIONS
+
 DeviceLike = Union[str, torch.device, None]
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
@@ -61,8 +63,8 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) ->
             dtype = _DTYPES[name]
         except KeyError:
             from ladtalk.errors import InputError
-            raise InputError(f"unknown precision '{dtype}'; use one of auto, fp32, fp16, "
-                             "bf16") from None
+            raise InputError(f"unknown precision '{dtype}'; use one of "
+                             f"{', '.join(PRECISIONS)}") from None
     if device.type == "cuda":
         return dtype
     if device.type == "cpu" and dtype == torch.bfloat16:

@@ -1,0 +1,1 @@
+"""Degradations, robustness numbers, Lipschitz estimates, the certificate (docs/robustness.md)."""

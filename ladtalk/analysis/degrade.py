@@ -1,35 +1,17 @@
-"""Image degradations used to probe the SOVQAE's "latent denoising": blur, noise, down-up.
+"""Image degradations that probe the SOVQAE's "latent denoising": blur, noise, down-up.
 
-Conventions
------------
-* Canonical form: a float ``torch.Tensor`` of shape (N, C, H, W) (or (C, H, W)) with pixel
-  values on the **[0, 1] scale**. Every function also accepts numpy images in HWC or NHWC
-  layout, ``uint8`` (0..255) or float ([0, 1]); they are converted to the canonical form,
-  degraded, and converted back to the caller's layout and dtype (uint8 results are rounded).
-* ``gaussian_blur(img, sigma)``: sigma in pixels **at the image's own resolution**; separable
-  Gaussian with kernel radius ``ceil(3 sigma)`` and reflect padding (edge pixel not repeated,
-  i.e. ``... c b | a b c ...``; also valid when the radius exceeds the image size). Sigma 0 is
-  the identity. Linear, so it does not clip.
-* ``gaussian_noise(img, sigma, seed)``: additive i.i.d. Gaussian noise with standard deviation
-  ``sigma`` on the [0, 1] scale, result clipped to [0, 1]. The noise is drawn on the CPU from
-  ``torch.Generator`` seeded with ``seed`` (or from ``generator``), so it is identical on every
-  device; ``seed`` may also be a sequence with one seed per image, which makes the result
-  independent of how frames are batched.
-* ``down_up(img, size=96)``: the "Wav2Lip-like" degradation: exact area-averaging down to
-  ``size`` pixels on the longer side (96x96 for a square crop, Wav2Lip's face size), then
-  bicubic (a=-0.75, half-pixel centres, like OpenCV's INTER_CUBIC) back up to the original
-  size, clipped to [0, 1].
-
-Specs: ``parse_degradation("blur:2.0")`` returns a :class:`Degradation` (a callable with a
-canonical ``spec`` string: ``"blur:2.0"``, ``"noise:0.1"``, ``"down:96"``). The registry
-:data:`DEGRADATIONS` maps each name to its function and parameter rules.
+Canonical form: float NCHW (or CHW) tensors on the [0, 1] scale; numpy HWC / NHWC images
+(uint8 or float) are converted and given back in their own layout and dtype. Blur sigma is in
+pixels at the image's resolution, noise sigma on the [0, 1] scale (seeded on the CPU, one seed
+per image if wanted), down-up is area-down to ``size`` px then bicubic back. Specs such as
+``"blur:2.0"`` parse to :class:`Degradation`. Details: docs/robustness.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,7 +31,8 @@ def _to_canonical(img: ImageLike) -> Tuple[torch.Tensor, Callable[[torch.Tensor]
             return _float(img.unsqueeze(0)), lambda y: y.squeeze(0).to(_out_dtype(img))
         if img.dim() == 4:
             return _float(img), lambda y: y.to(_out_dtype(img))
-        raise ValueError(f"expected a (C, H, W) or (N, C, H, W) tensor, got shape {tuple(img.shape)}")
+        raise ValueError("expected a (C, H, W) or (N, C, H, W) tensor, got shape "
+                         f"{tuple(img.shape)}")
     if isinstance(img, np.ndarray):
         arr = img
         if arr.ndim == 2:
@@ -247,6 +230,43 @@ def default_degradations() -> Tuple[Degradation, ...]:
     return tuple(Degradation(n, e.default) for n, e in DEGRADATIONS.items())
 
 
+def resolve_specs(resolution: int, blur: Sequence[float] = (), noise: Sequence[float] = (),
+                  down: Sequence[int] = ()) -> Tuple[List[str], List[str]]:
+    """Specs for the requested strengths (duplicates dropped), or the defaults when none is
+    given, leaving out a default ``down`` that is no downscale at ``resolution``.
+
+    Returns ``(specs, notes)``; the notes say which defaults were skipped.
+    """
+    given = [format_spec("blur", v) for v in blur or ()]
+    given += [format_spec("noise", v) for v in noise or ()]
+    given += [format_spec("down", v) for v in down or ()]
+    if given:
+        return list(dict.fromkeys(given)), []
+    specs, notes = [], []
+    for d in default_degradations():
+        if d.name == "down" and int(d.param) >= resolution:
+            notes.append(f"default {d.spec} skipped: not a downscale at {resolution} px")
+            continue
+        specs.append(d.spec)
+    return specs, notes
+
+
+def parse_all(specs: Optional[Sequence[Union[str, Degradation]]], resolution: int,
+              where: str = "this identity's") -> List[Degradation]:
+    """Parse ``specs`` (``None``: the defaults) for crops of ``resolution`` px.
+
+    Raises :class:`InputError` for duplicates and for a ``down`` that is no downscale.
+    """
+    degs = [parse_degradation(d) for d in (default_degradations() if specs is None else specs)]
+    if len({d.spec for d in degs}) != len(degs):
+        raise InputError(f"duplicate degradations in {[d.spec for d in degs]}")
+    for d in degs:
+        if d.name == "down" and int(d.param) >= resolution:
+            raise InputError(f"{d.spec} is not a downscale at {where} {resolution} px "
+                             f"resolution; use --down with a size below {resolution}")
+    return degs
+
+
 __all__ = ["gaussian_blur", "gaussian_noise", "down_up",
            "Degradation", "DegradationType", "DEGRADATIONS", "parse_degradation",
-           "format_spec", "default_degradations"]
+           "format_spec", "default_degradations", "resolve_specs", "parse_all"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ladtalk.checkpoints import convert_to_safetensors, resolve_checkpoint
 from ladtalk.errors import InputError
 
 
@@ -26,8 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ladtalk.checkpoints.hub import convert_to_safetensors, resolve_checkpoint
-
     src = resolve_checkpoint(args.src)
     dst = Path(args.dst).expanduser()
     if dst.is_dir():

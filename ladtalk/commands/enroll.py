@@ -1,21 +1,21 @@
 """``python -m ladtalk enroll --video V --name NAME``: enroll an identity (SOVQAE fine-tuning).
 
-Detects and tracks the face in V, crops it with the generation framing, holds out the last
-``--holdout`` fraction of the frames, trains for ``--seconds`` and writes the identity
-(config.json, model.safetensors, meta.json, trainer state) atomically to the identity store
-(``$LADTALK_HOME/identities/NAME``) or ``--out DIR``. Running it again with the same name
-continues training where it stopped (weights, optimiser state and step count).
+Running it again with the same name continues training where it stopped; see
+docs/enrollment.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from typing import Any, Dict, Optional
+
+from ladtalk._util.choices import DEFAULT_DETECTOR, DETECTORS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--video", required=True, help="video of the person talking (1-5 min, frontal face)")
+    parser.add_argument("--video", required=True,
+                        help="video of the person talking (1-5 min, frontal face)")
     parser.add_argument("--name", required=True,
                         help="identity name: letters, digits, '_', '-', '.' (no slashes)")
     parser.add_argument("--seconds", type=float, default=None, metavar="BUDGET",
@@ -31,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "config: 256 for faces of 200 px or more, else 128; the measured "
                              "face size decides)")
     parser.add_argument("--holdout", type=float, default=0.1,
-                        help="fraction of frames at the END of the video never trained on (default 0.1)")
+                        help="fraction of frames at the END of the video never trained on "
+                             "(default 0.1)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write the identity to DIR instead of the identity store")
-    parser.add_argument("--detector", default="auto", choices=("auto", "s3fd", "dlib"),
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                         help="face detector (auto: S3FD when its weights are available, else dlib)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
@@ -45,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def quality_summary(meta: dict) -> str:
-    """The held-out W (Wav2Lip proxy) vs L (LaDTalk) lines of an identity's meta.json."""
-    q = meta.get("quality")
+def quality_summary(quality: Optional[Dict[str, Any]]) -> str:
+    """The held-out W (Wav2Lip proxy) vs L (LaDTalk) lines of an identity's quality record."""
+    q = quality
     if not q:
         return "quality: not measured (no held-out frames)"
     lines = [f"LaDTalk vs Wav2Lip proxy on {q['frames']} held-out frames (face "
@@ -60,27 +61,27 @@ def quality_summary(meta: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ladtalk.enrollment.enroll import enroll
+    from ladtalk._util.atomic import write_json
+    from ladtalk.enrollment import enroll
+    from ladtalk.identities.meta import load_meta
 
     path = enroll(args.video, args.name, seconds=args.seconds, config=args.config, init=args.init,
                   holdout=args.holdout, out=args.out, detector=args.detector, device=args.device,
                   batch_size=args.batch_size, fresh=args.fresh, show_progress=not args.quiet,
                   resolution=args.resolution)
-    meta = json.loads((path / "meta.json").read_text())
+    meta = load_meta(path)
     print(f"identity '{args.name}' written to {path}")
-    print(f"steps {meta['steps']} (this run {meta['run_steps']}), training "
-          f"{meta['training_seconds']:.0f} s, holdout PSNR "
-          + (f"{meta['holdout_psnr']:.2f} dB" if meta.get("holdout_psnr") is not None else "n/a"))
-    for spec, r in (meta.get("restoration") or {}).items():
+    print(f"steps {meta.steps} (this run {meta.run_steps}), training "
+          f"{meta.training_seconds:.0f} s, holdout PSNR "
+          + (f"{meta.holdout_psnr:.2f} dB" if meta.holdout_psnr is not None else "n/a"))
+    for spec, r in meta.restoration.items():
         print(f"  {spec:>10}: degraded {r['psnr_degraded']:.2f} dB -> restored "
               f"{r['psnr_restored']:.2f} dB ({r['psnr_restored'] - r['psnr_degraded']:+.2f} dB)")
-    fusion = meta.get("fusion")
-    if fusion:
-        print(f"restore strength (calibrated on the holdout): low {fusion['low_strength']:g}, "
-              f"high {fusion['high_strength']:g}")
-    print(quality_summary(meta))
+    if meta.fusion:
+        print(f"restore strength (calibrated on the holdout): low "
+              f"{meta.fusion['low_strength']:g}, high {meta.fusion['high_strength']:g}")
+    print(quality_summary(meta.quality))
     if args.json:
-        from ladtalk.identities.store import write_json_atomic
-        write_json_atomic(args.json, meta)
+        write_json(args.json, meta, sort_keys=True)
     sys.stdout.flush()
     return 0

@@ -6,7 +6,7 @@ One pair::
         [--metrics psnr,ssim,mouth_psnr,temporal,fid,lse] [--no-sliding] [--json OUT.json]
 
 prints a one-row table and, with ``--json``, writes the JSON documented in
-:mod:`ladtalk.evaluation.report` (``--json -`` prints it instead). A batch::
+docs/evaluation.md (``--json -`` prints it instead). A batch::
 
     python -m ladtalk eval --pairs pairs.csv [--json OUT.json] [--csv OUT.csv]
 
@@ -15,7 +15,8 @@ reads ``method, generated, reference[, audio]`` rows and prints method rows x me
 reported as ``needs weights``; asking explicitly (``--metrics``) only for metrics that cannot
 be computed is an error.
 
-LaDTalk against Wav2Lip on held-out frames of an enrolled person (:mod:`ladtalk.evaluation.quality`)::
+LaDTalk against Wav2Lip on held-out frames of an enrolled person
+(:mod:`ladtalk.evaluation.quality`)::
 
     python -m ladtalk eval quality --identity NAME --video HELDOUT.mp4 [--soften 0 0.5 1]
         [--holdout 0.1] [--max-frames N] [--restore-strength S|LOW,HIGH] [--json OUT]
@@ -24,14 +25,15 @@ LaDTalk against Wav2Lip on held-out frames of an enrolled person (:mod:`ladtalk.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from ladtalk._util.atomic import dumps_json, write_json
+from ladtalk._util.choices import DEFAULT_DETECTOR, DETECTORS
 from ladtalk.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ladtalk.evaluation.report import METRICS
+    from ladtalk.evaluation.config import METRICS
 
     parser.add_argument("mode", nargs="?", choices=("quality",), default=None,
                         help="'quality': frame-level LaDTalk vs Wav2Lip-proxy scores on the "
@@ -68,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "shorter video slides fully inside the longer one)")
     parser.add_argument("--max-offset", type=int, default=None, metavar="K",
                         help="consider only offsets |k| <= K (frames)")
-    parser.add_argument("--detector", choices=("auto", "s3fd", "dlib"), default="auto",
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help="face detector for the mouth region and SyncNet crops (auto: "
                         "S3FD when its weights resolve, else dlib)")
     parser.add_argument("--detect-every", type=int, default=1, metavar="K",
@@ -91,7 +93,7 @@ def run_quality(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ladtalk.evaluation.quality import DEFAULT_SOFTEN, quality_for_video
-    from ladtalk.evaluation.report import jsonable, write_json
+    from ladtalk.evaluation.table import output_path
     from ladtalk.generation.fusion import FusionConfig, parse_strength
     from ladtalk.identities.store import read_meta, resolve_identity
 
@@ -113,20 +115,17 @@ def run_quality(args: argparse.Namespace) -> int:
     out = sys.stderr if to_stdout else sys.stdout
     print(rep.format_table(), file=out)
     if to_stdout:
-        print(json.dumps(jsonable(rep.to_dict()), indent=2, allow_nan=False))
+        print(dumps_json(rep), end="")
     elif args.json:
-        print(f"json: {write_json(rep.to_dict(), args.json)}", file=out)
+        print(f"json: {write_json(output_path(args.json), rep)}", file=out)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from ladtalk.evaluation.report import (
-        EvalConfig,
-        evaluate_batch,
-        evaluate_pair,
-        single_table,
-        write_json,
-    )
+    from ladtalk.evaluation.batch import evaluate_batch, single_table
+    from ladtalk.evaluation.config import EvalConfig
+    from ladtalk.evaluation.pair import evaluate_pair
+    from ladtalk.evaluation.table import output_path
 
     if getattr(args, "mode", None) == "quality":
         return run_quality(args)
@@ -147,31 +146,20 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stderr if to_stdout else sys.stdout
 
     if args.pairs:
-        batch = evaluate_batch(args.pairs, cfg)
-        table, payload = batch, batch.to_dict()
+        table = payload = evaluate_batch(args.pairs, cfg)
     else:
-        result = evaluate_pair(args.generated, args.reference, args.audio, cfg)
-        table, payload = single_table(result), result
-        for note in result["notes"]:
+        payload = evaluate_pair(args.generated, args.reference, args.audio, cfg)
+        table = single_table(payload)
+        for note in payload.notes:
             print(f"note: {note}", file=out)
     print(table.format_table(), file=out)
-    _print_reasons(payload, out)
+    for line in table.reasons():
+        print(line, file=out)
     if to_stdout:
-        from ladtalk.evaluation.report import jsonable
-        print(json.dumps(jsonable(payload), indent=2, allow_nan=False))
+        print(dumps_json(payload), end="")
     elif args.json:
-        print(f"json: {write_json(payload, args.json)}", file=out)
+        print(f"json: {write_json(output_path(args.json), payload)}", file=out)
     if args.csv:
         print(f"csv:  {table.write_csv(args.csv)}", file=out)
     return 0
 
-
-def _print_reasons(payload: dict, out) -> None:
-    """One line per metric that could not be computed (first clip that says why)."""
-    clips = payload.get("clips") or [payload]
-    seen = set()
-    for clip in clips:
-        for name, entry in clip["metrics"].items():
-            if entry["status"] != "ok" and name not in seen:
-                seen.add(name)
-                print(f"{name}: {entry['status']} - {entry.get('reason', '')}", file=out)

@@ -20,12 +20,21 @@ import argparse
 import logging
 import sys
 
-from ladtalk.media.timing import LOOP_POLICIES
+from ladtalk._util.choices import (
+    CLI_IDENTITY_CHECK,
+    DEFAULT_DETECTOR,
+    DEFAULT_LOOP,
+    DEFAULT_PADS,
+    DEFAULT_PRECISION,
+    DETECTORS,
+    IDENTITY_CHECKS,
+    LOOP_POLICIES,
+    PRECISIONS,
+)
+from ladtalk.checkpoints import add_checkpoint_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ladtalk.checkpoints.hub import add_checkpoint_argument
-
     io = parser.add_argument_group("inputs and output")
     io.add_argument("--face", required=True, metavar="VIDEO_OR_IMAGE",
                     help="video or photo with one visible face (recognised by content, not "
@@ -40,11 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="enrolled identity whose SOVQAE restores the generated face")
     which.add_argument("--no-enhance", action="store_true",
                        help="Wav2Lip only (the baseline; same crop and blending)")
-    enh.add_argument("--identity-check", default="warn", choices=("refuse", "warn", "off"),
+    enh.add_argument("--identity-check", default=CLI_IDENTITY_CHECK, choices=IDENTITY_CHECKS,
                      help="is the identity this person? Its reconstruction PSNR on 8 face "
                           "crops of --face is compared with its own holdout PSNR "
-                          "(ladtalk.generation.identity_match). warn (default): print a warning and "
-                          "restore anyway; refuse: stop with an error; off: skip the check")
+                          "(ladtalk.generation.identity_match). warn (default): print a "
+                          "warning and restore anyway; refuse: stop with an error; off: skip "
+                          "the check")
     enh.add_argument("--restore-strength", default=None, metavar="S|LOW,HIGH",
                      help="how much of the identity's restoration to use: S for both bands or "
                           "LOW,HIGH (the band the 96 px Wav2Lip face has / the detail above "
@@ -53,13 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(meta.json 'fusion')")
     add_checkpoint_argument(parser, "wav2lip")
     face = parser.add_argument_group("face detection")
-    face.add_argument("--detector", default="auto", choices=("auto", "s3fd", "dlib"),
+    face.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                       help="auto: S3FD when its weights are available, else dlib (default)")
     face.add_argument("--box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
                       help="fixed face box in source pixels (skips detection)")
-    face.add_argument("--pads", type=int, nargs=4, default=(0, 10, 0, 0),
+    face.add_argument("--pads", type=int, nargs=4, default=DEFAULT_PADS,
                       metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                      help="pixels added to the face box before cropping (default: 0 10 0 0)")
+                      help="pixels added to the face box before cropping (default: "
+                           f"{' '.join(map(str, DEFAULT_PADS))})")
     face.add_argument("--no-smooth", action="store_true",
                       help="do not smooth face boxes over time")
     vid = parser.add_argument_group("video")
@@ -67,13 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="downscale the video by K first (the output is 1/K the size)")
     vid.add_argument("--fps", type=float, default=None, metavar="F",
                      help="output frame rate (default: the video's; 25 for a photo)")
-    vid.add_argument("--loop", default="pingpong", choices=LOOP_POLICIES,
+    vid.add_argument("--loop", default=DEFAULT_LOOP, choices=LOOP_POLICIES,
                      help="when the audio is longer than the video: pingpong (default), "
                           "loop, or hold the last frame")
     run_ = parser.add_argument_group("compute")
     run_.add_argument("--device", default=None, metavar="cpu|cuda",
                       help="default: CUDA when available, else CPU")
-    run_.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    run_.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                       help="arithmetic of Wav2Lip and the SOVQAE. auto (default): bf16 on a CPU "
                            "with native bf16 (about 2x faster), fp16 on CUDA, else fp32; "
                            "fp32: upstream's exact numbers")
@@ -90,7 +101,7 @@ def options_from_args(args: argparse.Namespace):
         detector=args.detector, box=tuple(args.box) if args.box else None,
         pads=tuple(args.pads), smooth=not args.no_smooth, resize_factor=args.resize_factor,
         fps=args.fps, loop=args.loop, batch_size=args.batch_size,
-        identity_check=getattr(args, "identity_check", "warn"),
+        identity_check=getattr(args, "identity_check", CLI_IDENTITY_CHECK),
         restore_strength=getattr(args, "restore_strength", None))
 
 

@@ -1,5 +1,6 @@
 """Training batches for enrollment: augmented crops, degradations, patches, weight maps."""
 
+from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -9,7 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from ladtalk.errors import InputError
-from ladtalk.face.video_crops import MIN_FRAMES, to_tensor01  # noqa: F401
+from ladtalk.face.video_crops import to_tensor01
+from ladtalk.media.resample import blur_nchw, down_up_nchw, lipsync_path
+
+#: the generation path's degradation under its old name (see ladtalk.media.resample)
+lipsync_degradation = lipsync_path
 
 
 def _jitter(x: torch.Tensor, gen: torch.Generator, shift: float, scale: float) -> torch.Tensor:
@@ -26,7 +31,8 @@ def _jitter(x: torch.Tensor, gen: torch.Generator, shift: float, scale: float) -
 
 
 class CropSampler:
-    """Random training batches from uint8 crops (see module doc); deterministic per ``seed``."""
+    """Random training batches from uint8 crops: flips, small shifts / zooms, colour jitter and
+    optional random patches; deterministic per ``seed``, and its RNG state is resumable."""
 
     def __init__(self, crops: np.ndarray, batch_size: int, *, patch: int = 0, flip: bool = True,
                  shift: float = 0.02, scale: float = 0.03, color: float = 0.05,
@@ -36,7 +42,8 @@ class CropSampler:
         self.crops = crops
         self.batch_size = int(batch_size)
         self.patch = int(patch) if patch and patch < crops.shape[1] else 0
-        self.flip, self.shift, self.scale, self.color = flip, float(shift), float(scale), float(color)
+        self.flip, self.shift = flip, float(shift)
+        self.scale, self.color = float(scale), float(color)
         self.gen = torch.Generator().manual_seed(int(seed))
 
     def sample(self, full: bool = False) -> torch.Tensor:
@@ -69,16 +76,9 @@ class CropSampler:
 
 @dataclass(frozen=True)
 class DegradationRanges:
-    """Strength ranges of the degradation augmentation (uniform draws) and how often each
-    kind is drawn.
-
-    Blur sigma in pixels at the crop resolution; noise sigma on the [0, 1] scale; down-up
-    target size as a fraction of the crop side. ``lipsync`` is the generation path itself:
-    area-down to ``lipsync_size`` px (Wav2Lip's 96), a Gaussian of sigma drawn from
-    ``lipsync_sigma`` *at that size* (Wav2Lip's L1-trained output is softer than a plain
-    reduction), rounding to 8 bits (Wav2Lip writes uint8), then bicubic back up to the crop
-    side. ``weights`` are the relative frequencies of (blur, noise, down-up, lipsync).
-    """
+    """Strength ranges (uniform draws) and relative frequencies ``weights`` of the (blur,
+    noise, down-up, lipsync path) augmentations; units and the lipsync path in
+    docs/enrollment.md."""
 
     blur: Tuple[float, float] = (0.5, 3.0)
     noise: Tuple[float, float] = (0.02, 0.15)
@@ -88,28 +88,11 @@ class DegradationRanges:
     weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.0)
 
 
-def lipsync_degradation(x01: torch.Tensor, sigma: float, size: int = 96) -> torch.Tensor:
-    """What the identity stage is fed at generation: ``x01`` (B, 3, S, S) in [0, 1] reduced
-    to ``size`` px by area averaging, softened by a Gaussian of ``sigma`` px at that size,
-    rounded to 8 bits, and bicubic-upsampled back to S (clamped). For S <= ``size`` only the
-    softening and rounding apply."""
-    from ladtalk.media.resample import blur_nchw, resize01
-
-    side = x01.shape[-1]
-    small = resize01(x01, size) if side > size else x01
-    if sigma > 0:
-        small = blur_nchw(small, float(sigma))
-    small = (small.clamp(0.0, 1.0) * 255.0).round() / 255.0
-    return resize01(small, side) if side > size else small
-
-
 def random_degradation(x01: torch.Tensor, gen: torch.Generator,
                        ranges: DegradationRanges = DegradationRanges()) -> torch.Tensor:
     """Degrade each image of a [0, 1] batch with one randomly chosen degradation (blur, noise,
-    area-down / bicubic-up, or the generation path :func:`lipsync_degradation`, drawn with
-    ``ranges.weights``) of random strength; returns a new tensor."""
-    from ladtalk.media.resample import blur_nchw, down_up_nchw
-
+    area-down / bicubic-up, or the generation path :func:`ladtalk.media.resample.lipsync_path`,
+    drawn with ``ranges.weights``) of random strength; returns a new tensor."""
     out = torch.empty_like(x01)
     side = x01.shape[-1]
     w = torch.tensor([max(0.0, float(v)) for v in ranges.weights], dtype=torch.float64)
@@ -132,7 +115,7 @@ def random_degradation(x01: torch.Tensor, gen: torch.Generator,
             out[i:i + 1] = down_up_nchw(xi, size)
         else:
             lo, hi = ranges.lipsync_sigma
-            out[i:i + 1] = lipsync_degradation(xi, lo + (hi - lo) * u, ranges.lipsync_size)
+            out[i:i + 1] = lipsync_path(xi, lo + (hi - lo) * u, ranges.lipsync_size)
     return out
 
 
@@ -177,7 +160,6 @@ def face_weight_map(size: int, strength: float, device=None) -> Optional[torch.T
     w = 1.0 + strength * torch.clamp(1.5 - r, 0.0, 1.0)
     w = w / w.mean()
     return w.view(1, 1, size, size).to(device)
-
 
 
 __all__ = ["CropSampler", "DegradationRanges", "random_degradation", "lipsync_degradation",

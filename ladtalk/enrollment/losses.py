@@ -1,42 +1,16 @@
-"""Loss terms of SOVQAE enrollment.
+"""Loss terms of SOVQAE enrollment (NCHW images in the model's [-1, 1] range).
 
-Images are NCHW in the model's ``[-1, 1]`` range unless stated otherwise.
-
-* :func:`reconstruction_loss`: ``l1 * |y - x| + l2 * (y - x)^2``, optionally weighted per pixel
-  (a face-region map, see :func:`ladtalk.enrollment.data.face_weight_map`), mean over pixels.
-* :func:`codebook_regularizer`: the paper's ``||d_C - theta||_2`` (theta = 1) on the minimum
-  pairwise distance ``d_C`` between codes. ``d_C`` is a hard minimum, whose gradient touches a
-  single pair, so we use a **soft minimum over the codes used in the current batch**,
-  ``softmin_tau(d) = -tau * log(sum_{i<j} exp(-d_ij / tau))`` (a lower bound of the hard min
-  that converges to it as tau -> 0), and penalise ``|softmin - theta|``; it acts on the
-  codebook only (the encoder is not involved). With an EMA codebook (no optimiser owns the
-  codebook) the same gradient is applied as an explicit step after the EMA update
-  (:func:`codebook_regularizer_step`).
-* :func:`hinge_d_loss`, :func:`generator_adv_loss`: taming's hinge GAN losses
-  (``0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(G)))`` and ``-mean D(G)``).
-* :func:`adaptive_weight`: taming's ``calculate_adaptive_weight``: the ratio of the gradient
-  norms of the reconstruction loss and the generator loss at the decoder's last layer,
-  clamped to [0, 1e4], times the discriminator weight.
-* :class:`LPIPS` + :func:`load_perceptual`: the VGG16-based LPIPS that taming's
-  ``VQLPIPSWithDiscriminator`` uses. Its weights cannot be downloaded on every machine, so they
-  are looked up from environment variables (``LADTALK_VGG16``: torchvision ``vgg16`` weights;
-  ``LADTALK_LPIPS``: the LPIPS linear heads ``lin{0..4}.model.1.weight`` (``vgg.pth``), or one
-  file with both), each resolved by :func:`ladtalk.checkpoints.hub.resolve_checkpoint` (local path or Hub
-  reference). When they are absent, :func:`load_perceptual` warns once and returns ``None``
-  and training continues without the perceptual term.
+Reconstruction, the soft-minimum codebook regulariser, taming's hinge GAN losses and adaptive
+weight; how they combine: ``docs/enrollment.md``. The perceptual loss is
+:mod:`ladtalk.metrics.lpips`.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
-
-from ladtalk.metrics.lpips import LPIPS, LPIPS_ENV, VGG16_ENV, load_perceptual  # noqa: F401
 
 
 # -- reconstruction --------------------------------------------------------------------------
@@ -66,7 +40,8 @@ def soft_min_distance(codes: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
 
 def codebook_regularizer(weight: torch.Tensor, used: Optional[torch.Tensor], theta: float = 1.0,
                          tau: float = 0.05, max_codes: int = 2048) -> torch.Tensor:
-    """``|softmin d_C(used codes) - theta|`` (see module doc); 0 when fewer than two codes."""
+    """``|softmin_tau d_C(used codes) - theta|``, the paper's ``||d_C - theta||`` made smooth
+    (a hard minimum's gradient touches one pair); 0 when fewer than two codes."""
     codes = weight
     if used is not None:
         sel = torch.unique(used.flatten())
@@ -95,7 +70,9 @@ def codebook_regularizer_step(weight: torch.Tensor, used: Optional[torch.Tensor]
 
 # -- GAN ------------------------------------------------------------------------------------
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (F.relu(1.0 - logits_real.float()).mean() + F.relu(1.0 + logits_fake.float()).mean())
+    """taming's hinge loss ``0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(G)))``."""
+    real = F.relu(1.0 - logits_real.float()).mean()
+    return 0.5 * (real + F.relu(1.0 + logits_fake.float()).mean())
 
 
 def generator_adv_loss(logits_fake: torch.Tensor) -> torch.Tensor:
@@ -117,5 +94,4 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
 
 
 __all__ = ["reconstruction_loss", "soft_min_distance", "codebook_regularizer",
-           "codebook_regularizer_step", "hinge_d_loss", "generator_adv_loss", "adaptive_weight",
-           "LPIPS", "load_perceptual", "VGG16_ENV", "LPIPS_ENV"]
+           "codebook_regularizer_step", "hinge_d_loss", "generator_adv_loss", "adaptive_weight"]

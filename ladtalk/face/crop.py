@@ -106,8 +106,8 @@ def face_region(box: Sequence[float], frame_size: Tuple[int, int],
     x1, y1, x2, y2 = (float(v) for v in box[:4])
     if not np.isfinite([x1, y1, x2, y2]).all():
         raise ValueError("face_region needs a finite box (this frame has no face)")
-    t, b, l, r = config.pads
-    x1, x2, y1, y2 = x1 - l, x2 + r, y1 - t, y2 + b
+    top, bottom, left, right = config.pads
+    x1, x2, y1, y2 = x1 - left, x2 + right, y1 - top, y2 + bottom
     if not config.square:
         rx1, ry1 = max(0, int(round(x1))), max(0, int(round(y1)))
         rx2, ry2 = min(fw, int(round(x2))), min(fh, int(round(y2)))

@@ -9,7 +9,7 @@ mapped back to full resolution.
 
 Detectors:
     :class:`S3FDDetector`    face-alignment's S3FD (the detector Wav2Lip was trained with);
-                             weights from :func:`ladtalk.checkpoints.hub.resolve_checkpoint` ("s3fd").
+                             weights from :func:`ladtalk.checkpoints.resolve_checkpoint` ("s3fd").
     :class:`DlibHOGDetector` dlib's HOG frontal detector: offline, no weights, CPU only.
     :class:`FixedBoxDetector` a user-given box (``--box Y1 Y2 X1 X2``) for every frame.
 """
@@ -92,13 +92,13 @@ def expand_boxes(boxes: np.ndarray, expand: Sequence[float]) -> np.ndarray:
     out = np.asarray(boxes, dtype=np.float64).copy()
     if out.size == 0:
         return out
-    t, b, l, r = expand
+    top, bottom, left, right = expand
     w = out[:, 2] - out[:, 0]
     h = out[:, 3] - out[:, 1]
-    out[:, 0] -= l * w
-    out[:, 2] += r * w
-    out[:, 1] -= t * h
-    out[:, 3] += b * h
+    out[:, 0] -= left * w
+    out[:, 2] += right * w
+    out[:, 1] -= top * h
+    out[:, 3] += bottom * h
     return out
 
 
@@ -165,7 +165,7 @@ def _load_state_dict(path) -> dict:
 
 
 def resolve_s3fd_weights(weights=None):
-    """Local path of the S3FD weights via :func:`ladtalk.checkpoints.hub.resolve_checkpoint` ("s3fd").
+    """Local path of the S3FD weights via :func:`ladtalk.checkpoints.resolve_checkpoint` ("s3fd").
 
     ``weights`` (a path, directory or Hub reference) overrides the default source. Raises
     :class:`CheckpointError` that says to use ``--detector dlib`` or supply the weights.
@@ -175,7 +175,7 @@ def resolve_s3fd_weights(weights=None):
             "face-alignment's s3fd-619a316812.pth, the same file as Wav2Lip's "
             "face_detection/detection/sfd/s3fd.pth")
     try:
-        from ladtalk.checkpoints.hub import resolve_checkpoint
+        from ladtalk.checkpoints import resolve_checkpoint
     except ImportError as exc:  # pragma: no cover - hub ships with the package
         if weights is not None and Path(weights).is_file():
             return Path(weights)

@@ -251,7 +251,7 @@ def track_faces(frames: FrameSource, detector, fps: float, smooth: bool = True,
     """Detect, select, fill and smooth face boxes over a whole video.
 
     ``frames`` is an ``(n, H, W, 3)`` array or an iterable of such chunks (for example
-    :func:`ladtalk.media.video.iter_frames`); only boxes are kept. ``max_gap`` is in frames
+    :func:`ladtalk.media.decode.iter_frames`); only boxes are kept. ``max_gap`` is in frames
     (default ``round(0.2 * fps)``, at least 1). ``progress(n_done)`` is called per chunk.
     """
     if fps <= 0:

@@ -1,20 +1,25 @@
 """Face crops of one video with the generation framing, cached by content; a time-ordered
-holdout. How crops are made and cached: ``docs/architecture.md``."""
+holdout. How crops are made and cached: ``docs/enrollment.md``."""
 
+from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ladtalk._util.atomic import atomic_path
 from ladtalk._util.paths import ladtalk_home
 from ladtalk.errors import InputError
+from ladtalk.face.crop import CropConfig, crop_face, face_region
+from ladtalk.face.detect import make_detector
+from ladtalk.face.track import FaceTrack, track_faces
+from ladtalk.media.decode import iter_frames
+from ladtalk.media.probe import MediaInfo, probe
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +111,9 @@ def crop_cache_dir() -> Path:
 
 
 def _save_npz_atomic(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load_cache(path: Path) -> Optional[FaceCrops]:
@@ -128,6 +126,14 @@ def _load_cache(path: Path) -> Optional[FaceCrops]:
     except Exception as exc:  # noqa: BLE001 - a bad cache is just rebuilt
         log.warning("ignoring unreadable crop cache %s (%s)", path, exc)
         return None
+
+
+def _save_crops(path: Path, out: FaceCrops) -> None:
+    _save_npz_atomic(path, {
+        "crops": out.crops, "frame_indices": out.frame_indices, "boxes": out.boxes,
+        "regions": out.regions, "fps": np.float64(out.fps),
+        "n_video_frames": np.int64(out.n_video_frames),
+        "missing": np.asarray(out.missing, dtype=np.int64), "detector": np.str_(out.detector)})
 
 
 def select_frames(n_with_face: int, max_frames: int) -> np.ndarray:
@@ -146,134 +152,163 @@ def _load_boxes(path: Path):
         return None
 
 
-def extract_crops(video, resolution: Union[int, str], detector="auto", *, device=None,
-                  crop_config=None, max_frames: int = 3000, detect_every: Optional[int] = None,
-                  cache: bool = True,
-                  progress: Optional[Callable[[str, int, int], None]] = None) -> FaceCrops:
-    """Detect, track and crop the face in every (kept) frame of ``video`` (see module doc).
+@dataclass
+class _Job:
+    """One ``extract_crops`` call: the video, its probe, the settings that key the caches."""
 
-    ``resolution``: crop side in px, or ``"auto"``: :func:`choose_resolution` of the measured
-    face size (median crop side of the kept frames). ``detector`` is a name for
-    :func:`ladtalk.face.make_detector` (``dlib``, ``s3fd``, ``auto``) or a detector object.
-    ``detect_every`` (default: 1 up to 1500 frames, then 2) runs the detector on every k-th
-    frame and interpolates between. ``progress(phase, done, total)`` is called with phase
-    ``"detect"`` / ``"crop"``. The smoothed boxes and the crops are cached separately, so
-    cropping the same video at another resolution does not detect again. Raises
-    :class:`InputError` for a missing / empty / undecodable video, a still image, no face, or
-    fewer than :data:`MIN_FRAMES` frames with a face.
-    """
-    from ladtalk.face import CropConfig, crop_face, face_region, make_detector, track_faces
-    from ladtalk.face.track import FaceTrack
-    from ladtalk.media.video import iter_frames, probe
+    path: Path
+    info: MediaInfo
+    detector: Any
+    det_name: str
+    crop_config: CropConfig
+    max_frames: int
+    detect_every: int
+    use_cache: bool
+    progress: Optional[Callable[[str, int, int], None]]
 
+    def crops_cache(self, res: int) -> Path:
+        return crop_cache_dir() / (_cache_key(self.path, int(res), self.det_name,
+                                              self.crop_config, self.max_frames,
+                                              self.detect_every) + ".npz")
+
+    def boxes_cache(self) -> Path:
+        return crop_cache_dir() / (_cache_key(self.path, "boxes", self.det_name,
+                                              self.crop_config, 0, self.detect_every)
+                                   + ".boxes.npz")
+
+    def cached(self, res: int) -> Optional[FaceCrops]:
+        path = self.crops_cache(res)
+        if not self.use_cache or not path.is_file():
+            return None
+        got = _load_cache(path)
+        if got is not None and len(got) >= MIN_FRAMES:
+            log.info("using cached face crops %s", path)
+            return got
+        return None
+
+    def report(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+
+def _open_video(video) -> Tuple[Path, MediaInfo]:
     path = Path(video).expanduser()
     if not path.is_file():
         raise InputError(f"enrollment video {path} does not exist")
     if path.stat().st_size == 0:
         raise InputError(f"enrollment video {path} is empty (0 bytes); pass a video of the "
                          "person talking (ideally 1-5 minutes, frontal face)")
-    auto = isinstance(resolution, str)
-    if auto and resolution != "auto":
-        raise ValueError(f"resolution must be a number of pixels or 'auto', got {resolution!r}")
     info = probe(path)
     if info.is_image:
         raise InputError(f"{path} is a still image; enrollment needs a video of the person "
                          f"(at least {MIN_FRAMES} frames with a visible face)")
-    crop_config = crop_config or CropConfig()
-    det_name = detector if isinstance(detector, str) else getattr(detector, "name", "custom")
+    return path, info
+
+
+def _boxes_pass(job: _Job, device) -> FaceTrack:
+    """Pass 1: detect and smooth the face boxes of every frame (cached per video)."""
+    info, boxes_path = job.info, job.boxes_cache()
+    got = _load_boxes(boxes_path) if job.use_cache and boxes_path.is_file() else None
+    if got is not None:
+        boxes, fps, det_used = got
+        return FaceTrack(boxes=boxes, raw_boxes=boxes, scores=np.zeros(len(boxes)), fps=fps,
+                         frame_size=(info.width, info.height), detector=det_used)
+    det = make_detector(job.detector, device=device) if isinstance(job.detector, str) \
+        else job.detector
     est = max(1, info.n_frames)
-    k = int(detect_every) if detect_every else (1 if est <= 1500 else 2)
-    use_cache = cache and isinstance(detector, str)
+    track = track_faces(iter_frames(job.path, chunk_size=16), det, fps=float(info.fps or 25.0),
+                        detect_every=job.detect_every,
+                        progress=lambda n: job.report("detect", n, est))
+    if len(track) == 0:
+        raise InputError(f"no frames could be decoded from {job.path}")
+    track.detector = getattr(det, "name", job.det_name)
+    if job.use_cache:
+        _save_npz_atomic(boxes_path, {"boxes": track.boxes, "fps": np.float64(track.fps),
+                                      "detector": np.str_(track.detector)})
+    return track
 
-    def crops_cache(res: int) -> Path:
-        return crop_cache_dir() / (_cache_key(path, int(res), det_name, crop_config,
-                                              max_frames, k) + ".npz")
 
-    def cached(res: int) -> Optional[FaceCrops]:
-        if not use_cache or not crops_cache(res).is_file():
-            return None
-        got = _load_cache(crops_cache(res))
-        if got is not None and len(got) >= MIN_FRAMES:
-            log.info("using cached face crops %s", crops_cache(res))
-            return got
-        return None
-
-    if not auto:
-        got = cached(int(resolution))
-        if got is not None:
-            return got
-    boxes_path = crop_cache_dir() / (_cache_key(path, "boxes", det_name, crop_config, 0, k)
-                                     + ".boxes.npz")
-    track = None
-    got_boxes = _load_boxes(boxes_path) if use_cache and boxes_path.is_file() else None
-    if got_boxes is not None:
-        boxes, fps, det_used = got_boxes
-        track = FaceTrack(boxes=boxes, raw_boxes=boxes, scores=np.zeros(len(boxes)), fps=fps,
-                          frame_size=(info.width, info.height), detector=det_used)
-    else:
-        det = make_detector(detector, device=device) if isinstance(detector, str) else detector
-        fps = float(info.fps or 25.0)
-
-        def _detect_progress(n: int) -> None:
-            if progress is not None:
-                progress("detect", n, est)
-
-        track = track_faces(iter_frames(path, chunk_size=16), det, fps=fps, detect_every=k,
-                            progress=_detect_progress)
-        if len(track) == 0:
-            raise InputError(f"no frames could be decoded from {path}")
-        track.detector = getattr(det, "name", det_name)
-        if use_cache:
-            _save_npz_atomic(boxes_path, {"boxes": track.boxes, "fps": np.float64(track.fps),
-                                          "detector": np.str_(track.detector)})
-    track.require_face(str(path))
-    has = ~np.isnan(track.boxes).any(axis=1)
-    face_frames = np.flatnonzero(has)
-    keep = face_frames[select_frames(len(face_frames), max_frames)]
+def _kept_frames(job: _Job, track: FaceTrack) -> np.ndarray:
+    track.require_face(str(job.path))
+    face_frames = np.flatnonzero(~np.isnan(track.boxes).any(axis=1))
+    keep = face_frames[select_frames(len(face_frames), job.max_frames)]
     if len(keep) < MIN_FRAMES:
-        raise InputError(f"{path}: only {len(keep)} frames with a detectable face (of "
+        raise InputError(f"{job.path}: only {len(keep)} frames with a detectable face (of "
                          f"{len(track)}); enrollment needs at least {MIN_FRAMES}. "
-                         f"{track.report(str(path))}. Use a longer video with the face visible")
-    if auto:
-        sides = [face_region(track.boxes[n], (info.width, info.height), crop_config).width
-                 for n in keep]
-        resolution = choose_resolution(float(np.median(sides)))
-        log.info("face %.0f px -> identity resolution %d px", float(np.median(sides)),
-                 resolution)
-        got = cached(int(resolution))
-        if got is not None:
-            return got
-    resolution = int(resolution)
+                         f"{track.report(str(job.path))}. Use a longer video with the face "
+                         "visible")
+    return keep
+
+
+def _measured_resolution(job: _Job, track: FaceTrack, keep: np.ndarray) -> int:
+    size = (job.info.width, job.info.height)
+    face = float(np.median([face_region(track.boxes[n], size, job.crop_config).width
+                            for n in keep]))
+    resolution = choose_resolution(face)
+    log.info("face %.0f px -> identity resolution %d px", face, resolution)
+    return resolution
+
+
+def _crops_pass(job: _Job, track: FaceTrack, keep: np.ndarray, resolution: int) -> FaceCrops:
+    """Pass 2: crop the kept frames with the generation framing."""
     keep_set = np.zeros(len(track), dtype=bool)
     keep_set[keep] = True
     crops = np.empty((len(keep), resolution, resolution, 3), dtype=np.uint8)
     regions = np.empty((len(keep), 4), dtype=np.int64)
-    j = 0
-    n = 0
-    for chunk in iter_frames(path, chunk_size=16):
+    j = n = 0
+    for chunk in iter_frames(job.path, chunk_size=16):
         for frame in chunk:
             if n < len(keep_set) and keep_set[n]:
-                region = face_region(track.boxes[n], (frame.shape[1], frame.shape[0]), crop_config)
+                region = face_region(track.boxes[n], (frame.shape[1], frame.shape[0]),
+                                     job.crop_config)
                 crops[j] = crop_face(frame, region, resolution)
                 regions[j] = region.as_tuple()
                 j += 1
             n += 1
-        if progress is not None:
-            progress("crop", n, len(track))
+        job.report("crop", n, len(track))
     if j != len(keep):
-        raise InputError(f"{path} decoded to a different number of frames on the second pass "
-                         f"({n} vs {len(track)}); re-export it (e.g. as H.264 MP4)")
+        raise InputError(f"{job.path} decoded to a different number of frames on the second "
+                         f"pass ({n} vs {len(track)}); re-export it (e.g. as H.264 MP4)")
     if track.missing_frames:
-        log.warning(track.report(str(path)))
-    out = FaceCrops(crops=crops, frame_indices=keep.astype(np.int64), boxes=track.boxes[keep],
-                    regions=regions, fps=float(track.fps), n_video_frames=len(track),
-                    missing=track.missing_frames, detector=track.detector or det_name)
-    if use_cache:
-        _save_npz_atomic(crops_cache(resolution), {
-            "crops": out.crops, "frame_indices": out.frame_indices, "boxes": out.boxes,
-            "regions": out.regions, "fps": np.float64(out.fps),
-            "n_video_frames": np.int64(out.n_video_frames),
-            "missing": np.asarray(out.missing, dtype=np.int64), "detector": np.str_(out.detector)})
+        log.warning(track.report(str(job.path)))
+    return FaceCrops(crops=crops, frame_indices=keep.astype(np.int64), boxes=track.boxes[keep],
+                     regions=regions, fps=float(track.fps), n_video_frames=len(track),
+                     missing=track.missing_frames, detector=track.detector or job.det_name)
+
+
+def extract_crops(video, resolution: Union[int, str], detector="auto", *, device=None,
+                  crop_config=None, max_frames: int = 3000, detect_every: Optional[int] = None,
+                  cache: bool = True,
+                  progress: Optional[Callable[[str, int, int], None]] = None) -> FaceCrops:
+    """Detect, track and crop the face in every kept frame of ``video``; cached by content.
+
+    ``resolution``: crop side in px, or ``"auto"`` (:func:`choose_resolution` of the measured
+    face size). ``detector``: a name for :func:`ladtalk.face.make_detector` or a detector.
+    ``detect_every`` (default 1 up to 1500 frames, then 2) interpolates between detections;
+    ``progress(phase, done, total)`` gets ``"detect"`` / ``"crop"``. Raises
+    :class:`InputError` for a missing, empty or undecodable video, a still image, no face,
+    or fewer than :data:`MIN_FRAMES` frames with a face. Details: docs/enrollment.md.
+    """
+    auto = isinstance(resolution, str)
+    if auto and resolution != "auto":
+        raise ValueError(f"resolution must be a number of pixels or 'auto', got {resolution!r}")
+    path, info = _open_video(video)
+    k = int(detect_every) if detect_every else (1 if max(1, info.n_frames) <= 1500 else 2)
+    job = _Job(path, info, detector,
+               detector if isinstance(detector, str) else getattr(detector, "name", "custom"),
+               crop_config or CropConfig(), max_frames, k, cache and isinstance(detector, str),
+               progress)
+    if not auto and (got := job.cached(int(resolution))) is not None:
+        return got
+    track = _boxes_pass(job, device)
+    keep = _kept_frames(job, track)
+    if auto:
+        resolution = _measured_resolution(job, track, keep)
+        if (got := job.cached(resolution)) is not None:
+            return got
+    out = _crops_pass(job, track, keep, int(resolution))
+    if job.use_cache:
+        _save_crops(job.crops_cache(int(resolution)), out)
     return out
 
 
@@ -295,7 +330,6 @@ def split_holdout(n: int, fraction: float) -> Tuple[np.ndarray, np.ndarray]:
     return np.arange(n - k), np.arange(n - k, n)
 
 
-
 def to_tensor01(crops: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -306,7 +340,6 @@ def even_subset(n: int, k: int) -> np.ndarray:
     if n <= k:
         return np.arange(n)
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
-
 
 
 __all__ = ["FaceCrops", "extract_crops", "split_holdout", "to_tensor01", "even_subset",

@@ -1,23 +1,8 @@
 """Paste a generated face crop back into its frame without a visible box.
 
-Two steps, the same for the Wav2Lip-only baseline (``--no-enhance``) and the restored path:
-
-1. **Colour match** (:func:`match_colour`): the generator's colours drift a little from the
-   frame (Wav2Lip output is a 96 px sigmoid reconstruction; SOVQAE decodes from a codebook).
-   Per RGB channel, the generated crop is shifted and scaled so that its mean and standard
-   deviation over a *reference band* (the upper face, which the generator only reconstructs
-   and does not change) equal those of the original crop there; the gain is clamped to
-   ``[1/max_gain, max_gain]`` so a flat band cannot blow up noise. The same affine map is
-   then applied to the whole crop, so the new mouth gets the frame's tone.
-2. **Feathered lower-face paste** (:func:`lower_face_mask`, :func:`blend_face`): only the
-   lower face is replaced. The mask is 0 above ``top`` (eyes and brows stay original), rises
-   smoothly to 1 at ``full_top``, stays 1 over mouth and jaw, and falls to exactly 0 at the
-   crop's left, right and bottom edges, so no rectangle edge is ever visible. Pixels where
-   the mask is 0, and everything outside the crop region, are left bit-exact.
-
-All fractions are of the crop's width / height; crops are square (see
-:mod:`ladtalk.face.crop`), and the mask is defined in crop coordinates, so it is the same at
-96 px (Wav2Lip) and at the identity's resolution (SOVQAE).
+:func:`match_colour` maps the crop's colours onto the frame's (statistics of an upper-face
+band), :func:`blend_face` pastes it through the feathered lower-face mask
+(:func:`lower_face_mask`); pixels outside the mask stay bit-exact. docs/generation.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
 """Fusing the identity's restoration with the Wav2Lip input it was computed from.
 
-The SOVQAE decodes a face from the identity's codebook. Where the Wav2Lip output is already
-good, a pure decode can be *worse* than its input (the codebook's reconstruction ceiling), and
-its low frequencies, which carry the lip shape and so the sync, should stay Wav2Lip's. The
-fusion keeps both promises with two calibrated strengths on a frequency split of the
-correction ``d = restored - input`` (all at the identity's resolution ``R``)::
-
-    low(d)  = up_R(area_down_96(d))      the band the 96 px Wav2Lip output can carry
-    high(d) = d - low(d)                 detail above it, which only the identity can add
-    fused   = input + low_strength * low(d) + high_strength * high(d)
-
-``low_strength = high_strength = 1`` is the plain SOVQAE decode, ``0, 0`` is the Wav2Lip
-input unchanged, ``0, 1`` is back-projection onto the 96 px input (the input's 96 px band,
-the restoration's detail above it). Enrollment calibrates the pair on held-out frames
-(:func:`calibrate`) and stores it in the identity's ``meta.json``; generation, the app and the
-API use it, ``--restore-strength`` overrides it (``S`` sets both, ``LOW,HIGH`` each).
-
-Then a lip-shape guard: the fused crop's very low frequencies (a Gaussian of ``shape_sigma``
-px at 96 px scale) may differ from the input's by at most ``shape_tolerance`` (on [0, 1]);
-larger departures are clipped back, so the mouth opening Wav2Lip drew is what is shown.
+The correction ``restored - input`` is split into the band a 96 px face carries and the
+detail above it, each scaled by a calibrated strength, then a lip-shape guard keeps the
+mouth opening Wav2Lip drew (docs/generation.md, "Restoration and fusion").
 """
 
 from __future__ import annotations

@@ -1,27 +1,8 @@
-"""Stage 1: run a pretrained Wav2Lip generator on face crops and mel windows.
+"""Wav2Lip inference on face crops and mel windows (:class:`LipSyncer`).
 
-Public convention (the rest of LaDTalk): images are **RGB**, ``uint8``, channels last.
-
-Model convention (what the released ``wav2lip.pth`` / ``wav2lip_gan.pth`` were trained on,
-and what :class:`ladtalk.models.wav2lip.Wav2Lip` therefore expects): OpenCV **BGR** crops
-of 96x96 px, scaled to [0, 1], NCHW. The 6 input channels are
-
-* 0-2: the target crop with its lower half (rows 48-95, the mouth region) set to zero, and
-* 3-5: an unmasked reference crop of the same person.
-
-At inference, upstream ``inference.py`` uses the current frame's crop for both (the
-generator sees the upper face and head pose from the masked copy, and skin / teeth / lighting
-from the reference), and so does :class:`LipSyncer` unless ``references`` are given. The mel
-input is one (80, 16) window (0.2 s) per video frame, from :mod:`ladtalk.media.audio`. The output is
-a sigmoid BGR crop in [0, 1].
-
-RGB <-> BGR happens exactly once, in this module: on the way in (:func:`build_generator_input`)
-and on the way out (:meth:`LipSyncer.predict_tensor`). Nothing else in the package should
-ever see BGR.
-
-Output quantisation: ``rounding="nearest"`` (default) rounds ``255 * y`` to the nearest
-integer; ``"floor"`` truncates like upstream's ``astype(np.uint8)`` (0.5 LSB darker on
-average), for bit-level parity with upstream results.
+The package's images are RGB uint8, channels last; the released Wav2Lip weights expect BGR
+96x96 crops in [0, 1] with the lower half of the target masked. The conversion happens in
+this module only (docs/generation.md, "Lip-sync conventions").
 """
 
 from __future__ import annotations
@@ -34,6 +15,7 @@ import torch
 from torch import nn
 
 from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
+from ladtalk.checkpoints import load_into, load_state_dict, resolve_checkpoint
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip
 
@@ -88,32 +70,20 @@ class LipSyncer:
                         device: DeviceLike = None,
                         dtype: Union[str, torch.dtype, None] = None, batch_size: int = 64,
                         rounding: str = "nearest") -> "LipSyncer":
-        """Load generator weights and wrap them.
-
-        ``spec_or_path`` is anything :func:`ladtalk.checkpoints.hub.resolve_checkpoint` accepts: the
-        default name ``"wav2lip"`` (``$LADTALK_WAV2LIP``, else the default Hub file), a local
-        ``.safetensors`` / ``.pth`` file or directory, or an ``hf://`` reference. Weights are
-        read without unpickling code (:func:`ladtalk.checkpoints.hub.load_state_dict`, which also strips
-        DataParallel's ``module.`` prefix) and loaded strictly; a mismatch raises
-        :class:`CheckpointError` listing missing / unexpected / mis-shaped keys.
-        """
-        from ladtalk.checkpoints import hub
-
-        path = hub.resolve_checkpoint(spec_or_path)
-        state = hub.load_state_dict(path)
+        """Load generator weights (anything ``resolve_checkpoint`` accepts: ``"wav2lip"``,
+        a local file or folder, an ``hf://`` reference) safely and strictly; a mismatch
+        raises :class:`CheckpointError` listing the offending keys."""
+        path = resolve_checkpoint(spec_or_path)
+        state = load_state_dict(path)
         try:
-            model = hub.load_into(Wav2Lip(), state, source=path)
+            model = load_into(Wav2Lip(), state, source=path)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}\n  {_CHECKPOINT_HINT}") from None
         return cls(model, device=device, dtype=dtype, batch_size=batch_size, rounding=rounding)
 
     def use_channels_last(self, enable: bool = True) -> "LipSyncer":
-        """Run the model in channels-last (NHWC) memory layout (``enable=False``: back to NCHW).
-
-        On CPU this is about 2x faster for Wav2Lip (oneDNN's NHWC convolutions); outputs
-        differ from the default layout only by float rounding (different conv kernels), so
-        the golden-parity tests keep the default. The generation pipeline turns it on.
-        """
+        """Run the model channels-last (NHWC; about 2x faster on CPU, equal up to float
+        rounding). ``enable=False`` goes back to NCHW, as the golden-parity tests use."""
         fmt = torch.channels_last if enable else torch.contiguous_format
         self.model = self.model.to(memory_format=fmt)
         self.memory_format = fmt

@@ -1,34 +1,26 @@
-"""Restoring face crops through an identity's SOVQAE (encode -> nearest codes -> decode).
+"""The package's one batched SOVQAE restoration loop (encode -> nearest codes -> decode).
 
-:class:`Restorer` is the one place that turns crops into SOVQAE input and back; the
-generation pipeline, the robustness command and the app all use it.
-
-Conventions: crops are ``uint8`` RGB ``(N, H, W, 3)`` (or one ``(H, W, 3)``), any square or
-non-square size; they are resized to the model's resolution (area-averaging when shrinking,
-bicubic when enlarging, like :mod:`ladtalk.face.crop`), mapped to [-1, 1], run through the
-model in batches under ``torch.no_grad`` (and fp16 autocast on CUDA), clamped, mapped back to
-[0, 1] and resized to the input size. The tensor API works on float NCHW in [0, 1].
-
-Fusion: with a :class:`ladtalk.generation.fusion.FusionConfig` (the restorer's ``fusion``, or one passed
-per call) the decode is fused with its input at model resolution (:func:`ladtalk.generation.fusion.fuse`:
-the input's 96 px band kept in proportion, the identity's detail above it). ``None`` is the
-plain decode (robustness and certificate measure the SOVQAE itself).
-:meth:`Restorer.from_identity` uses the strengths calibrated at enrollment (``meta.json``
-``fusion``) unless told otherwise.
+:class:`Restorer` turns face crops into SOVQAE input and back for generation, robustness,
+evaluation and the app: uint8 RGB crops (:meth:`Restorer.restore`) or float NCHW [0, 1]
+batches (:meth:`Restorer.restore01`, one batch: :meth:`Restorer.restore_tensor`), in batches
+under ``no_grad`` and the chosen precision, optionally fused with the input
+(:mod:`ladtalk.generation.fusion`; ``fusion=None`` is the plain decode).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
 from ladtalk.generation.fusion import FusionConfig, fuse
+from ladtalk.identities.store import read_meta, resolve_identity
 from ladtalk.media.resample import resize01
+from ladtalk.models.sovqae import SOVQAE
 
 _UNSET = object()
 
@@ -69,8 +61,6 @@ class Restorer:
         """Load an identity (store name or directory) and wrap it. ``fusion``: default the
         identity's calibrated strengths from ``meta.json`` (plain decode for identities
         enrolled before fusion existed); ``None`` for the plain decode."""
-        from ladtalk.identities.store import read_meta, resolve_identity
-        from ladtalk.models.sovqae import SOVQAE
         dev = resolve_device(device)
         path = resolve_identity(identity)
         meta = read_meta(path)
@@ -98,13 +88,21 @@ class Restorer:
                              h=enc.h.float())
 
     @torch.no_grad()
-    def restore01(self, x01: torch.Tensor, fusion: Optional[FusionConfig] = _UNSET  # type: ignore[assignment]
-                  ) -> torch.Tensor:
-        """NCHW [0, 1] images of any size -> restored (and fused: ``fusion``, default the
-        restorer's own), same size, on the CPU, in batches."""
+    def restore01(self, x01: torch.Tensor,
+                  fusion: Optional[FusionConfig] = _UNSET,  # type: ignore[assignment]
+                  size: Optional[Union[int, Tuple[int, int]]] = None) -> torch.Tensor:
+        """NCHW [0, 1] images of any size -> restored float32 images on the CPU, in batches.
+
+        ``fusion``: default the restorer's own, ``None`` the plain decode. ``size``: output
+        ``(H, W)`` (or one side); default the input's size (``self.resolution`` keeps the
+        model's resolution).
+        """
         fusion = self.fusion if fusion is _UNSET else fusion
         outs = []
-        size = tuple(x01.shape[-2:])
+        if size is None:
+            size = tuple(x01.shape[-2:])
+        elif isinstance(size, int):
+            size = (size, size)
         for s in range(0, x01.shape[0], self.batch_size):
             xb = resize01(x01[s:s + self.batch_size].to(self.device).float(), self.resolution)
             y = self.restore_tensor(xb).images
@@ -113,7 +111,7 @@ class Restorer:
             y = resize01(y, size)
             outs.append(y.cpu())
         if not outs:
-            return x01.new_zeros(x01.shape)
+            return x01.new_zeros((0, x01.shape[1], *size)).float().cpu()
         return torch.cat(outs)
 
     def restore(self, crops: np.ndarray,

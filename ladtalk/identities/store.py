@@ -6,25 +6,21 @@ gains). Identities live in ``$LADTALK_HOME/identities/NAME``; the demo identitie
 the repository live in ``checkpoints/identities/NAME``. Everywhere (CLI, pipeline, app) an
 identity is addressed by NAME or by a directory path.
 
-Writes are atomic: a new version is assembled in a hidden temp directory beside the target and
-swapped in with renames, so a crash or kill mid-write leaves the previous identity intact.
+Writes go through :func:`ladtalk._util.atomic.atomic_dir`, so a crash or a kill mid-write leaves
+the previous identity intact; :func:`resolve_identity` finishes a swap cut between its renames.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import tempfile
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import List, Union
 
 from ladtalk._util.paths import identities_dir
 from ladtalk.errors import InputError
+from ladtalk.identities.meta import IdentityMeta, load_meta, read_meta
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "identities"
@@ -87,13 +83,6 @@ def resolve_identity(name_or_dir: Union[str, Path]) -> Path:
                      f"`python -m ladtalk enroll --video VIDEO --name {text}` or pass a directory")
 
 
-def read_meta(path: Path) -> dict:
-    try:
-        return json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def list_identities() -> List[IdentityInfo]:
     """Enrolled identities first, then shipped demo identities not shadowed by a user one."""
     out: List[IdentityInfo] = []
@@ -109,38 +98,5 @@ def list_identities() -> List[IdentityInfo]:
     return out
 
 
-@contextmanager
-def atomic_identity_dir(target: Union[str, Path]) -> Iterator[Path]:
-    """Yield a fresh temp dir; on clean exit it atomically replaces ``target``.
-
-    On an exception (or a kill) the temp dir is discarded and ``target`` is untouched.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old: Optional[Path] = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json_atomic(path: Union[str, Path], data) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["IdentityInfo", "IdentityMeta", "REQUIRED_FILES", "SHIPPED_DIR", "list_identities",
+           "load_meta", "read_meta", "resolve_identity", "store_path", "validate_name"]

@@ -1,24 +1,8 @@
-"""Stream the source frames in *output* order (see :mod:`ladtalk.media.timing`), chunk by chunk.
+"""Source frames in *output* order (:mod:`ladtalk.media.timing`), one chunk in memory.
 
-:class:`LoopedSource` turns a video (or a still image) into exactly ``n_out`` frames at the
-output frame rate, following a loop policy, while holding at most one chunk of frames:
-
-* **First leg** (output frames ``0 .. n_src-1``): one sequential decode
-  (``iter_frames(fps=F)``, which also puts variable-frame-rate input on a regular timeline).
-  A video longer than the audio is cut: decoding stops (ffmpeg is killed) at ``n_out``.
-* **Later legs** (audio longer than the video):
-
-  - ``"loop"`` decodes the video again from the start for every cycle;
-  - ``"hold"`` repeats the last decoded frame;
-  - ``"pingpong"`` needs the frames in reverse order. During the first leg every decoded
-    frame is appended, as raw RGB bytes, to a cache file in the caller's (per-call) temp
-    directory, and later legs read single frames back with ``os.pread``. Reads go through
-    the page cache, not a memory map, so they do not add to the process's resident memory.
-    When the temp disk is too small for the cache, ping-pong falls back to ``"loop"`` with a
-    warning.
-
-Frames are ``uint8`` RGB; every yielded chunk is a fresh array the caller may modify in place.
-``resize`` (``(width, height)``) downsamples each decoded frame (``--resize-factor``).
+:class:`LoopedSource` yields exactly ``n_out`` frames at the output rate: one sequential
+decode, then (audio longer than the video) a re-decode per cycle (``loop``), the last frame
+(``hold``) or frames read back from an on-disk cache (``pingpong``). See docs/media.md.
 """
 
 from __future__ import annotations
@@ -33,9 +17,11 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ladtalk._util.choices import DEFAULT_LOOP
 from ladtalk.errors import InputError
+from ladtalk.media.decode import iter_frames, read_image
+from ladtalk.media.probe import MediaInfo
 from ladtalk.media.timing import check_policy, source_index
-from ladtalk.media.video import MediaInfo, iter_frames, read_image
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +62,7 @@ class LoopedSource:
     ``decode_seconds`` accumulates the time spent decoding / reading frames.
     """
 
-    def __init__(self, info: MediaInfo, fps: float, n_out: int, policy: str = "pingpong",
+    def __init__(self, info: MediaInfo, fps: float, n_out: int, policy: str = DEFAULT_LOOP,
                  chunk_size: int = 16, temp_dir: Optional[os.PathLike] = None,
                  n_src_hint: Optional[int] = None, resize: Optional[Tuple[int, int]] = None,
                  warn: Optional[Callable[[str], None]] = None):

@@ -89,3 +89,15 @@ def resize01(x: torch.Tensor, size) -> torch.Tensor:
     if h >= th and w >= tw:
         return area_resize(x, (th, tw))
     return F.interpolate(x, size=(th, tw), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def lipsync_path(x01: torch.Tensor, sigma: float, size: int = 96) -> torch.Tensor:
+    """The face as the lip-sync stage sees it: NCHW [0, 1] ``x01`` area-reduced to ``size`` px,
+    Gaussian-softened by ``sigma`` px at that size (0: none), rounded to 8 bits and bicubic-
+    upsampled back (clamped). Inputs of at most ``size`` px are only softened and rounded."""
+    side = x01.shape[-1]
+    small = resize01(x01, size) if side > size else x01
+    if sigma > 0:
+        small = blur_nchw(small, float(sigma))
+    small = (small.clamp(0.0, 1.0) * 255.0).round() / 255.0
+    return resize01(small, side) if side > size else small

@@ -1,27 +1,14 @@
-"""Timing policy: which source frame each output frame shows.
+"""Loop policy: which source frame output frame ``t`` shows (:func:`source_index`).
 
-The output always lasts exactly as long as the audio: ``n_out = num_video_frames(audio)``
-frames at the output frame rate (see :func:`ladtalk.media.audio.num_video_frames`). The source
-video has ``n_src`` frames at that same rate (it is decoded with ``-vf fps=F``). Output frame
-``t`` shows source frame :func:`source_index` ``(t, n_src, policy)``:
-
-* ``t < n_src``: always frame ``t`` (a video longer than the audio is cut at the audio's end).
-* ``"pingpong"`` (default): forwards, then backwards without repeating the end frames, then
-  forwards again: ``0 1 .. n-1 n-2 .. 1 0 1 ..`` (period ``2n - 2``). Motion stays continuous
-  at the turning points, unlike a plain loop, which jumps from the last frame to the first.
-* ``"loop"``: ``0 .. n-1 0 .. n-1 ..``.
-* ``"hold"``: the last frame is repeated (a frozen head while the audio continues).
-
-A still image is a one-frame source: every policy maps every ``t`` to 0.
+Frames ``t < n_src`` show frame ``t``; past the end ``pingpong`` runs ``0 .. n-1 n-2 .. 1 0
+..``, ``loop`` restarts at 0 and ``hold`` repeats the last frame. See docs/media.md.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
-LOOP_POLICIES: Tuple[str, ...] = ("pingpong", "loop", "hold")
+from ladtalk._util.choices import DEFAULT_LOOP, LOOP_POLICIES
 
 
 def check_policy(policy: str) -> str:
@@ -32,7 +19,7 @@ def check_policy(policy: str) -> str:
     return key
 
 
-def source_index(t: int, n_src: int, policy: str = "pingpong") -> int:
+def source_index(t: int, n_src: int, policy: str = DEFAULT_LOOP) -> int:
     """Source frame shown at output frame ``t`` (see the module docstring)."""
     if n_src < 1:
         raise ValueError(f"the source needs at least one frame, got {n_src}")
@@ -52,7 +39,7 @@ def source_index(t: int, n_src: int, policy: str = "pingpong") -> int:
     return int(p if p < n_src else period - p)
 
 
-def source_indices(n_out: int, n_src: int, policy: str = "pingpong") -> np.ndarray:
+def source_indices(n_out: int, n_src: int, policy: str = DEFAULT_LOOP) -> np.ndarray:
     """:func:`source_index` for ``t = 0 .. n_out-1`` as an int64 array."""
     if n_src < 1:
         raise ValueError(f"the source needs at least one frame, got {n_src}")

@@ -1,6 +1,7 @@
 """Evaluation metrics of the LaDTalk paper (and one the peers lack).
 
-* :mod:`.image` - PSNR, SSIM (Gaussian-window by default, scikit-image-equal), mouth-region PSNR.
+* :mod:`.image` - PSNR (numpy, masked, batched torch), SSIM (Gaussian-window by default,
+  scikit-image-equal), mouth-region PSNR.
 * :mod:`.temporal` - temporal error: flicker relative to the reference's own motion.
 * :mod:`.frechet` - Fréchet distance on features; FID through the optional ``fid`` extra.
 * :mod:`.sliding` - the paper's Sliding Evaluation (best alignment of a shorter generated clip).
@@ -16,7 +17,7 @@ from ladtalk.metrics.frechet import (
                       frechet_distance,
                       frechet_distance_from_features,
 )
-from ladtalk.metrics.image import MouthRegion, SSIMConfig, mouth_psnr, psnr, ssim
+from ladtalk.metrics.image import MouthRegion, SSIMConfig, mouth_psnr, psnr, psnr_torch, ssim
 from ladtalk.metrics.sliding import (
                       SlidingResult,
                       sliding_evaluation,
@@ -28,7 +29,7 @@ from ladtalk.metrics.sliding import (
 from ladtalk.metrics.temporal import temporal_error
 
 __all__ = [
-    "psnr", "ssim", "SSIMConfig", "mouth_psnr", "MouthRegion", "temporal_error",
+    "psnr", "psnr_torch", "ssim", "SSIMConfig", "mouth_psnr", "MouthRegion", "temporal_error",
     "frechet_distance", "frechet_distance_from_features", "feature_statistics",
     "SlidingResult", "sliding_evaluation", "sliding_sequence", "sliding_frechet",
     "sliding_search", "valid_offsets",

@@ -128,7 +128,8 @@ class InceptionFeatures:
         out = []
         with torch.no_grad():
             for start in range(0, len(frames), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + self.batch_size]))
+                chunk = frames[start:start + self.batch_size]
+                batch = torch.from_numpy(np.ascontiguousarray(chunk))
                 batch = batch.to(self.device).permute(0, 3, 1, 2).float() / scale
                 out.append(self.model(batch)[0].flatten(1).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2048))

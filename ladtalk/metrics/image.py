@@ -1,4 +1,4 @@
-"""Per-frame image metrics: PSNR, SSIM and mouth-region PSNR.
+"""Image metrics: PSNR (optionally masked, and batched on torch tensors), SSIM, mouth PSNR.
 
 Images are ``(H, W)`` or ``(H, W, C)`` arrays (channels last), either uint8 (range 0..255) or
 floating point in [0, 1]. The data range is explicit: pass ``data_range``, or leave it ``None``
@@ -9,12 +9,15 @@ guessed about. Both images must have the same shape and dtype. All arithmetic is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 
 from ladtalk.errors import InputError
+
+if TYPE_CHECKING:  # torch only for the type hints of psnr_torch
+    import torch
 
 
 def _pair(a: np.ndarray, b: np.ndarray, data_range: Optional[float], name: str):
@@ -46,16 +49,39 @@ def _pair(a: np.ndarray, b: np.ndarray, data_range: Optional[float], name: str):
 
 
 def psnr(generated: np.ndarray, reference: np.ndarray,
-         data_range: Optional[float] = None) -> float:
+         data_range: Optional[float] = None, mask: Optional[np.ndarray] = None,
+         mse_floor: float = 0.0) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(R^2 / MSE)`` over all pixels and channels.
 
-    Identical images give ``inf``.
+    ``mask``: boolean ``(H, W)`` (or full-shape) array; only those pixels count (an empty mask
+    has MSE 0). ``mse_floor`` caps the result; with the default 0 identical images give ``inf``.
     """
     g, r, rng = _pair(generated, reference, data_range, "psnr")
-    mse = float(np.mean((g - r) ** 2))
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != g.shape[:mask.ndim]:
+            raise InputError(f"psnr: mask of shape {mask.shape} does not fit images of "
+                             f"shape {g.shape}")
+        g, r = g[mask], r[mask]
+    mse = float(np.mean((g - r) ** 2)) if g.size else 0.0
+    mse = max(mse, float(mse_floor))
     if mse == 0.0:
         return float("inf")
     return float(10.0 * np.log10(rng * rng / mse))
+
+
+def psnr_torch(y: "torch.Tensor", x: "torch.Tensor", data_range: float = 1.0,
+               mse_floor: float = 1e-10) -> "torch.Tensor":
+    """Per-image PSNR (dB) of two ``(N, ...)`` torch batches, float64, shape ``(N,)``.
+
+    The MSE of each image is floored at ``mse_floor`` (1e-10: at most 100 dB on [0, 1]).
+    """
+    if y.shape != x.shape:
+        raise InputError(f"psnr_torch: batches differ in shape, {tuple(y.shape)} vs "
+                         f"{tuple(x.shape)}")
+    mse = ((y.double() - x.double()) ** 2).flatten(1).mean(1).clamp_min(mse_floor)
+    rng = float(data_range)
+    return 10.0 * (rng * rng / mse).log10()
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ _WARNED = False
 
 
 def _resolve_env(var: str):
-    from ladtalk.checkpoints.hub import resolve_checkpoint
+    from ladtalk.checkpoints import resolve_checkpoint
     value = os.environ.get(var, "").strip()
     if not value:
         return None
@@ -111,7 +111,7 @@ def load_perceptual(device=None, *, warn: bool = True) -> Tuple[Optional[LPIPS],
     A file that is set but cannot be loaded raises :class:`~ladtalk.errors.CheckpointError`.
     """
     global _WARNED
-    from ladtalk.checkpoints.hub import load_state_dict
+    from ladtalk.checkpoints import load_state_dict
     from ladtalk.errors import CheckpointError
 
     paths = [p for p in (_resolve_env(VGG16_ENV), _resolve_env(LPIPS_ENV)) if p is not None]
@@ -133,7 +133,8 @@ def load_perceptual(device=None, *, warn: bool = True) -> Tuple[Optional[LPIPS],
     missing_vgg = [k for k in own if k.startswith("features.") and k not in state]
     if wrong or missing_vgg:
         raise CheckpointError(f"perceptual weights from {', '.join(map(str, paths))} do not fit "
-                              f"VGG16/LPIPS (wrong shapes: {wrong[:3]}, missing: {missing_vgg[:3]})")
+                              f"VGG16/LPIPS (wrong shapes: {wrong[:3]}, missing: "
+                              f"{missing_vgg[:3]})")
     model.load_state_dict(state, strict=False)
     has_lin = all(f"lin{k}.model.1.weight" in state for k in range(5))
     status = "perceptual loss: LPIPS (VGG16)" if has_lin else (

@@ -238,9 +238,9 @@ def load_syncnet_lse(checkpoint: Optional[Union[str, Path]] = None,
                      device: DeviceLike = None) -> SyncNetS:
     """Build :class:`SyncNetS` with pretrained weights, in eval mode, on ``device``.
 
-    The file comes from ``ladtalk.checkpoints.hub.resolve_checkpoint("syncnet_lse", override=checkpoint)``:
-    ``checkpoint`` (a path or Hub reference, the CLI's ``--syncnet``), else ``$LADTALK_SYNCNET``,
-    else the default Hub mirror of ``syncnet_v2.model``. It is read by ``ladtalk.checkpoints.hub.load_state_dict``
+    The file is ``resolve_checkpoint("syncnet_lse", override=checkpoint)``: ``checkpoint`` (a
+    path or Hub reference, the CLI's ``--syncnet``), else ``$LADTALK_SYNCNET``, else the default
+    Hub mirror of ``syncnet_v2.model``, read by :func:`ladtalk.checkpoints.load_state_dict`
     (safetensors, or ``torch.load(weights_only=True)`` for ``.model``/``.pth``).
 
     The public ``syncnet_v2.model`` is a ``torch.save``d mapping of parameter names to tensors,
@@ -252,7 +252,7 @@ def load_syncnet_lse(checkpoint: Optional[Union[str, Path]] = None,
     module would be refused by the weights-only loader (it references Python classes) and
     nothing in it would run; extract its ``state_dict()`` on a trusted machine first.
     """
-    from ladtalk.checkpoints.hub import load_state_dict, resolve_checkpoint
+    from ladtalk.checkpoints import load_state_dict, resolve_checkpoint
 
     path = resolve_checkpoint(CHECKPOINT_NAME, override=checkpoint)
     model = SyncNetS()

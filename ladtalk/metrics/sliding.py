@@ -50,7 +50,8 @@ class SlidingResult:
 
 
 def overlap_range(offset: int, m: int, n: int) -> tuple:
-    """Index range ``(g_start, g_stop)`` of G overlapping R at ``offset``; R index = G index + offset."""
+    """Index range ``(g_start, g_stop)`` of G overlapping R at ``offset`` (R index = G index
+    + offset)."""
     return max(0, -offset), min(m, n - offset)
 
 
@@ -115,12 +116,15 @@ def sliding_sequence(generated: Sequence[Any], reference: Sequence[Any],
                      max_offset: Optional[int] = None) -> SlidingResult:
     """Sliding evaluation of a metric on aligned sub-sequences, ``metric(G[g0:g1], R[r0:r1])``.
 
-    For metrics that are not per-frame averages, e.g. :func:`~ladtalk.metrics.temporal.temporal_error`
-    (give ``min_overlap >= 2`` there).
+    For metrics that are not per-frame averages, e.g.
+    :func:`~ladtalk.metrics.temporal.temporal_error` (give ``min_overlap >= 2`` there).
     """
     m, n = len(generated), len(reference)
-    return sliding_search(m, n, lambda k, g0, g1: metric(generated[g0:g1], reference[g0 + k:g1 + k]),
-                          higher_is_better, min_overlap, max_offset)
+
+    def score_at(k: int, g0: int, g1: int) -> float:
+        return metric(generated[g0:g1], reference[g0 + k:g1 + k])
+
+    return sliding_search(m, n, score_at, higher_is_better, min_overlap, max_offset)
 
 
 def sliding_frechet(generated_features: np.ndarray, reference_features: np.ndarray,

@@ -1,43 +1,13 @@
 """SOVQAE: the per-identity VQGAN autoencoder (taming-transformers ``VQModel`` generator).
 
-Conventions
------------
-* Images are NCHW RGB float tensors in ``[-1, 1]``; decoded images are returned unclamped.
-* ``SOVQAEConfig`` uses taming's own field names (``model.params.ddconfig`` + ``embed_dim``,
-  ``n_embed``, and the quantizer's ``beta``), so a taming YAML maps 1:1
-  (see :func:`ladtalk.models.sovqae_io.config_from_taming_yaml`).
-* Submodules and the state dict are those of a taming ``VQModel`` without its loss /
-  discriminator: ``encoder.*``, ``quant_conv.*``, ``quantize.embedding.weight``,
-  ``post_quant_conv.*``, ``decoder.*``. Checkpoints move between the two without renaming.
-* The latent grid is ``resolution / f`` with ``f = 2 ** (len(ch_mult) - 1)``; code indices
-  are flat in (b, h, w) order, as in taming.
-
-Named configs (:func:`get_config`)
-----------------------------------
-``base``  the paper's model: 256 px, ch 128, ch_mult (1,1,2,2,4) (f=16), 2 res blocks,
-          attention at 16, z 256, codebook 1024 x 256 (72.1 M parameters; taming's ImageNet
-          f16/n1024 layout, so public weights initialise it). Default on CUDA.
-``cpu``   sized to enroll an identity in minutes on 2 CPU cores: normalisation-free, f=4,
-          0.72 M parameters, patch-trained, 256 px (128 px for small faces); default on CPU.
-          See :data:`CPU_CONFIG_NOTES` for the design and the other CPU layouts.
-``tiny``  a few-hundred-k-parameter model for unit tests.
-
-Saving / loading
-----------------
-``save_pretrained(dir)`` writes ``config.json`` (the config fields plus ``"model_type":
-"sovqae"``) and ``model.safetensors``; a new directory is assembled under a temp name beside
-it and renamed into place, an existing one gets each file replaced atomically (the identity
-store swaps whole directories on top of this). ``from_pretrained(dir_or_repo_id)`` reads them
-back (strict). Taming Lightning ``.ckpt`` files and diffusers ``VQModel`` checkpoints load
-through :meth:`SOVQAE.from_checkpoint` (see :mod:`ladtalk.models.sovqae_io`).
+Images are NCHW RGB tensors in ``[-1, 1]``. Config fields and state-dict keys are taming's,
+so taming checkpoints load without renaming (other formats: :mod:`ladtalk.models.sovqae_io`).
+The named configs and the on-disk layout are described in docs/models.md.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -47,8 +17,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ladtalk._util.atomic import write_bytes, write_json
 from ladtalk._util.device import DeviceLike, resolve_device
-from ladtalk.errors import CheckpointError
+from ladtalk.checkpoints import read_safetensors
+from ladtalk.errors import CheckpointError, InputError
 from ladtalk.models.quantizer import VectorQuantizer
 from ladtalk.models.vqgan import Decoder, Encoder
 
@@ -147,15 +119,14 @@ class SOVQAEConfig:
 
 CONFIGS: Dict[str, SOVQAEConfig] = {
     "base": SOVQAEConfig(),
-    # See CPU_CONFIG_NOTES.
+    # the CPU enrollment recipe: normalisation-free, f = 4, patch-trained (docs/models.md)
     "cpu": SOVQAEConfig(resolution=256, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
                         attn_resolutions=(), z_channels=16, embed_dim=16, n_embed=1024,
                         ema=True, norm="none", mid_attn=False),
+    # the previous cpu recipe (GroupNorm, 128 px); identities enrolled with it load as this
     "cpu-gn128": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
                               attn_resolutions=(), z_channels=16, embed_dim=16, n_embed=1024,
                               ema=True),
-    "cpu-f8": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
-                           attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
     "cpu-f4": SOVQAEConfig(resolution=128, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                            attn_resolutions=(), z_channels=64, embed_dim=64, n_embed=1024),
     "tiny": SOVQAEConfig(resolution=32, ch=32, ch_mult=(1, 2), num_res_blocks=1,
@@ -165,31 +136,12 @@ CONFIGS: Dict[str, SOVQAEConfig] = {
 #: configs whose resolution enrollment chooses from the measured face size
 AUTO_RESOLUTION_CONFIGS = ("cpu",)
 
-CPU_CONFIG_NOTES = """\
-cpu     the enrollment recipe (docs/enrollment.md): ch 32, ch_mult (1, 1, 2) -> f = 4, 1 res
-        block per level, z = embed_dim = 16, 1024 codes, EMA codebook, and *normalisation-free*
-        (norm "none", no mid attention; 0.72 M parameters). Nothing depends on whole-image
-        statistics, so it trains on 128 px patches of 256 px crops (4x cheaper per image) and
-        runs on whole crops. Its resolution follows the face: 256 px for faces of 200 px or
-        more, 128 px below (AUTO_RESOLUTION_CONFIGS; ladtalk.face.video_crops.choose_resolution).
-cpu-gn128  the previous cpu recipe: the same layout with GroupNorm and mid attention at a fixed
-        128 px, trained on whole crops (identities enrolled before the change load as this).
-cpu-f8  the team's first CPU probe layout with one res block per level: ch_mult (1, 2, 2, 4)
-        -> f = 8 (16 x 16 latent grid), z = embed_dim = 64, 1024 codes; 3.21 M parameters.
-cpu-f4  the same with ch_mult (1, 2, 2) -> f = 4 (32 x 32 grid); 1.10 M parameters.
-GroupNorm models cannot train on patches: the statistics of a patch differ from a whole
-crop's, and a patch-trained GroupNorm model reconstructs whole held-out crops at ~15 dB
-(docs/enrollment.md). With two threads on a loaded machine OpenMP spin-waiting multiplied the
-step time; OMP_WAIT_POLICY=PASSIVE (set by ``python -m ladtalk`` and the tests) removes it.
-"""
-
 
 def get_config(name: str, **overrides: Any) -> SOVQAEConfig:
     """A copy of a named config (``base``, ``cpu``, ``tiny``), optionally with field overrides."""
     try:
         cfg = CONFIGS[name]
     except KeyError:
-        from ladtalk.errors import InputError
         raise InputError(f"unknown SOVQAE config '{name}'; choose one of "
                          f"{', '.join(sorted(CONFIGS))}") from None
     return replace(cfg, **overrides)
@@ -221,8 +173,20 @@ class VQEncoding:
         return self.indices.view(b, hh, ww)
 
 
+#: the README.md ``save_pretrained`` writes beside the files (huggingface_hub model card)
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+A LaDTalk SOVQAE: the VQGAN autoencoder that restores one person's face detail
+(`config.json` + `model.safetensors`). Load it with
+`ladtalk.models.sovqae.SOVQAE.from_pretrained(...)`, or use the folder as an identity:
+`python -m ladtalk generate --identity DIR ...`.
+"""
+
+
 class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
-             tags=["vqgan", "talking-head", "ladtalk"]):
+             tags=["vqgan", "talking-head", "ladtalk"], model_card_template=MODEL_CARD):
     """Taming-compatible VQGAN generator. Build with ``SOVQAE(cfg)`` or ``SOVQAE(**fields)``."""
 
     def __init__(self, config: Optional[Union[SOVQAEConfig, Mapping[str, Any]]] = None,
@@ -235,7 +199,6 @@ class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
         elif fields_:
             config = replace(config, **fields_)
         self.config: SOVQAEConfig = config
-        self._hub_mixin_config = config  # what PyTorchModelHubMixin.push_to_hub serialises
         c = config
         self.encoder = Encoder(ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
                                attn_resolutions=c.attn_resolutions, in_channels=c.in_channels,
@@ -318,84 +281,45 @@ class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
     def config_dict(self) -> Dict[str, Any]:
         return {"model_type": MODEL_TYPE, **self.config.to_dict()}
 
-    def save_pretrained(self, save_directory: Union[str, Path], *,
-                        config: Optional[Any] = None, push_to_hub: bool = False,
-                        repo_id: Optional[str] = None, model_card_kwargs: Optional[dict] = None,
-                        **push_to_hub_kwargs: Any) -> Optional[str]:
-        """Write ``config.json`` + ``model.safetensors`` into ``save_directory`` atomically.
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Hub-mixin hook: ``model.safetensors``, then ``config.json``, each replaced atomically.
 
-        A directory that does not exist yet is assembled under a hidden temp name beside it and
-        renamed into place (all or nothing); in an existing directory each file is written to a
-        temp file and ``os.replace``-d (weights first, then config), other files are kept.
-        ``config`` is accepted for ``PyTorchModelHubMixin.push_to_hub`` compatibility; the
-        model's own config is always what is written.
+        ``config.json`` comes last, so a folder holding one was saved completely.
         """
-        target = Path(save_directory)
-        files = _serialise(self)
-        written = False
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-            try:
-                for name, data in files:
-                    _write_bytes(tmp / name, data)
-                os.rename(tmp, target)
-                written = True
-            except OSError:  # e.g. someone created the directory meanwhile: per-file below
-                pass
-            finally:
-                if not written:
-                    shutil.rmtree(tmp, ignore_errors=True)
-        if not written:
-            for name, data in files:
-                _atomic_write(target / name, data)
-        if push_to_hub:
-            return self.push_to_hub(repo_id or target.name, model_card_kwargs=model_card_kwargs,
-                                    **push_to_hub_kwargs)
-        return None
+        from safetensors.torch import save
+
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        write_bytes(Path(save_directory) / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        write_json(Path(save_directory) / CONFIG_NAME, self.config_dict(), sort_keys=True)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, Path], *,
-                        device: DeviceLike = "cpu", strict: bool = True,
-                        revision: Optional[str] = None, cache_dir: Optional[str] = None,
-                        force_download: bool = False, token: Optional[Union[str, bool]] = None,
-                        local_files_only: bool = False, **overrides: Any) -> "SOVQAE":
-        """Load a ``save_pretrained`` directory or Hub repo; ``overrides`` change non-weight
-        config fields (e.g. ``ema=True`` to continue training with EMA). Returns an eval model."""
-        src = str(pretrained_model_name_or_path)
-        if os.path.isdir(src):
-            cfg_path, w_path = os.path.join(src, CONFIG_NAME), os.path.join(src, WEIGHTS_NAME)
-            for p in (cfg_path, w_path):
-                if not os.path.isfile(p):
-                    raise CheckpointError(f"{src} is not an SOVQAE directory: {os.path.basename(p)}"
-                                          " is missing (expected config.json + model.safetensors"
-                                          " written by save_pretrained / enroll)")
-        else:
-            from huggingface_hub import hf_hub_download
-            kw = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
+    def _from_pretrained(cls, *, model_id: str, revision: Optional[str],
+                         cache_dir: Optional[Union[str, Path]], force_download: bool,
+                         local_files_only: bool, token: Optional[Union[str, bool]],
+                         config: Optional[Mapping[str, Any]] = None, device: DeviceLike = "cpu",
+                         strict: bool = True, **model_kwargs: Any) -> "SOVQAE":
+        """Hub-mixin hook behind ``from_pretrained(dir_or_repo_id, device=..., **overrides)``.
+
+        ``config`` is the parsed ``config.json`` the mixin found; other keyword arguments
+        that differ from it override non-weight fields (e.g. ``ema=True``). Returns an eval
+        model.
+        """
+        hub_kw = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
                       token=token, local_files_only=local_files_only)
-            try:
-                cfg_path = hf_hub_download(src, CONFIG_NAME, **kw)
-                w_path = hf_hub_download(src, WEIGHTS_NAME, **kw)
-            except Exception as exc:  # noqa: BLE001 - hub raises many types
-                raise CheckpointError(f"cannot load SOVQAE '{src}': not a local directory and not "
-                                      f"fetchable from the Hugging Face Hub ({exc})") from exc
-        try:
-            with open(cfg_path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{cfg_path}: unreadable config ({exc})") from exc
-        if "_class_name" in data:
-            raise CheckpointError(f"{cfg_path} is a diffusers config ({data['_class_name']}); "
-                                  "use SOVQAE.from_checkpoint for diffusers VQModel weights")
-        cfg = replace(SOVQAEConfig.from_dict(data, source=cfg_path), **overrides)
-        from safetensors.torch import load_file
-        try:
-            state = load_file(w_path, device="cpu")
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{w_path}: unreadable safetensors file ({exc})") from exc
+        if config is None:
+            _model_file(model_id, CONFIG_NAME, hub_kw)  # raises: the folder or repo lacks it
+            raise CheckpointError(f"{model_id}: config.json is unreadable")
+        if "_class_name" in config:
+            raise CheckpointError(f"{model_id} holds a diffusers config "
+                                  f"({config['_class_name']}); load diffusers VQModel weights "
+                                  "with ladtalk.models.sovqae_io.load_sovqae")
+        overrides = {k: v for k, v in model_kwargs.items()
+                     if k not in config or config[k] != v}
+        cfg = replace(SOVQAEConfig.from_dict(config, source=f"{model_id}/{CONFIG_NAME}"),
+                      **overrides)
+        w_path = _model_file(model_id, WEIGHTS_NAME, hub_kw)
         model = cls(cfg)
-        model.load_generator_state_dict(state, strict=strict, source=w_path)
+        model.load_generator_state_dict(read_safetensors(w_path), strict=strict, source=w_path)
         return model.to(resolve_device(device)).eval()
 
     def load_generator_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True,
@@ -418,44 +342,24 @@ class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
                                   f"({'; '.join(parts)}); check the config that goes with it")
         self.load_state_dict(dict(state), strict=strict)
 
-    @classmethod
-    def from_checkpoint(cls, spec: Union[str, Path], *, device: DeviceLike = "cpu",
-                        config: Optional[SOVQAEConfig] = None, **kwargs: Any) -> "SOVQAE":
-        """Load from any supported format; see :func:`ladtalk.models.sovqae_io.load_sovqae`."""
-        from ladtalk.models.sovqae_io import load_sovqae
-        return load_sovqae(spec, device=device, config=config, **kwargs)
 
 
-# -- file helpers ----------------------------------------------------------------------------
-def _serialise(model: SOVQAE):
-    from safetensors.torch import save
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights = save(state, metadata={"format": "pt"})
-    cfg = (json.dumps(model.config_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
-    return [(WEIGHTS_NAME, weights), (CONFIG_NAME, cfg)]
+def _model_file(model_id: str, filename: str, hub_kw: Dict[str, Any]) -> str:
+    """``filename`` inside a local SOVQAE folder, or downloaded from the Hub repo ``model_id``."""
+    if os.path.isdir(model_id):
+        path = os.path.join(model_id, filename)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{model_id} is not an SOVQAE directory: {filename} is missing "
+                                  "(expected config.json + model.safetensors written by "
+                                  "save_pretrained / enroll)")
+        return path
+    from huggingface_hub import hf_hub_download
 
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        return hf_hub_download(model_id, filename, **hub_kw)
+    except Exception as exc:  # noqa: BLE001 - the Hub raises many types
+        raise CheckpointError(f"cannot load SOVQAE '{model_id}': not a local directory and not "
+                              f"fetchable from the Hugging Face Hub ({exc})") from exc
 
 
 __all__ = ["SOVQAE", "SOVQAEConfig", "VQEncoding", "CONFIGS", "get_config",

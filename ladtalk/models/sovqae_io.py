@@ -1,46 +1,8 @@
-"""Loading SOVQAE weights from other VQGAN formats: taming Lightning checkpoints, taming YAML
-configs, diffusers ``VQModel`` checkpoints; and the key mapping between taming and diffusers.
+"""Loading SOVQAE weights from other VQGAN formats: SOVQAE and diffusers folders, taming
+Lightning checkpoints with their YAML configs, single weights files and Hub references.
 
-Formats understood by :func:`load_sovqae` (``SOVQAE.from_checkpoint``)
---------------------------------------------------------------------
-* an SOVQAE directory (``config.json`` with ``"model_type": "sovqae"`` + ``model.safetensors``);
-* a diffusers ``VQModel`` directory (``config.json`` with ``"_class_name": "VQModel"`` +
-  ``diffusion_pytorch_model.safetensors`` / ``.bin``), or a pipeline directory holding one under
-  ``vqvae/``;
-* a taming-transformers log directory (``checkpoints/*.ckpt`` + ``configs/*.yaml``);
-* a single weights file (``.ckpt``, ``.pt``, ``.pth``, ``.bin``, ``.safetensors``) in taming or
-  diffusers key layout. Its config comes from, in order: the ``config`` argument; a
-  ``config.json`` beside it; a YAML beside it (``<stem>.yaml``, ``*.yaml``, ``../configs/*.yaml``);
-  otherwise it is inferred from the tensor shapes (everything is recoverable except the input
-  resolution, which only decides attention placement; ``resolution`` defaults to 256);
-* a Hub reference to a single file (``hf://OWNER/REPO/FILE`` or ``OWNER/REPO:FILE``, resolved by
-  :mod:`ladtalk.checkpoints.hub`), or a Hub repo id written by ``save_pretrained``.
-
-Pickle files are only ever read through :func:`ladtalk.checkpoints.hub.load_state_dict`
-(``torch.load(weights_only=True)``). Lightning checkpoints keep generator keys only
-(``encoder.``, ``decoder.``, ``quantize.``, ``quant_conv.``, ``post_quant_conv.``); the
-``loss.*`` discriminator / LPIPS keys and anything else are dropped. A key prefix in front of
-``encoder.conv_in.weight`` (``first_stage_model.`` in latent-diffusion checkpoints,
-``module.``) is stripped.
-
-taming <-> diffusers key mapping
---------------------------------
-``encoder.down.{i}.block.{j}`` <-> ``encoder.down_blocks.{i}.resnets.{j}`` (``nin_shortcut`` <->
-``conv_shortcut``); ``encoder.down.{i}.attn.{j}`` <-> ``...attentions.{j}`` (``norm`` <->
-``group_norm``, 1x1 convs ``q/k/v/proj_out`` (C, C, 1, 1) <-> linears ``to_q/to_k/to_v/to_out.0``
-(C, C)); ``encoder.down.{i}.downsample`` <-> ``encoder.down_blocks.{i}.downsamplers.0``;
-``mid.block_1 / attn_1 / block_2`` <-> ``mid_block.resnets.0 / attentions.0 / resnets.1``;
-``norm_out`` <-> ``conv_norm_out``. The decoder's levels are stored in opposite orders: taming
-``decoder.up.{i}`` (i = 0 finest) is diffusers ``decoder.up_blocks.{L-1-i}``, and
-``upsample`` <-> ``upsamplers.0``. ``quant_conv``, ``post_quant_conv`` and
-``quantize.embedding.weight`` are shared. Old diffusers attention names (``query``, ``key``,
-``value``, ``proj_attn``) are accepted too.
-
-Equivalent diffusers config (:func:`diffusers_config_from_sovqae`): block_out_channels =
-ch * ch_mult, layers_per_block = num_res_blocks, latent_channels = z_channels, vq_embed_dim =
-embed_dim, num_vq_embeddings = n_embed, norm_num_groups 32, sample_size = resolution, and a
-level uses ``AttnDownEncoderBlock2D`` / ``AttnUpDecoderBlock2D`` exactly where taming puts
-attention (resolution / 2**i in attn_resolutions); the mid block always has attention.
+:func:`load_sovqae` accepts all of them; the formats and how a config is found are listed in
+docs/models.md. Pickles are only read through :func:`ladtalk.checkpoints.load_state_dict`.
 """
 
 from __future__ import annotations
@@ -48,12 +10,19 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
 from ladtalk._util.device import DeviceLike, resolve_device
+from ladtalk.checkpoints import (
+    CheckpointSpec,
+    load_state_dict,
+    parse_checkpoint,
+    resolve_checkpoint,
+)
 from ladtalk.errors import CheckpointError
 from ladtalk.models.sovqae import (
     CONFIG_NAME,
@@ -63,12 +32,18 @@ from ladtalk.models.sovqae import (
     WEIGHTS_NAME,
     SOVQAEConfig,
 )
+from ladtalk.models.sovqae_diffusers import (
+    DIFFUSERS_WEIGHTS,
+    count_levels,
+    diffusers_to_taming,
+    is_diffusers_layout,
+    sovqae_config_from_diffusers,
+)
 
 StateDict = Dict[str, torch.Tensor]
 ConfigLike = Union[SOVQAEConfig, Mapping[str, Any], str, Path, None]
 
 _WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
-DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # Extra quantizer tensors of taming's EMAVectorQuantizer: statistics, not weights.
 _IGNORABLE_QUANTIZE = {"quantize.embedding.cluster_size", "quantize.embedding.embed_avg",
                        "quantize.embedding.initted"}
@@ -156,120 +131,6 @@ def generator_state_dict(state: Mapping[str, torch.Tensor],
     return out
 
 
-def is_diffusers_layout(state: Mapping[str, Any]) -> bool:
-    return any(".down_blocks." in k or ".up_blocks." in k or ".mid_block." in k for k in state)
-
-
-def _num_levels(state: Mapping[str, Any], pattern: str) -> int:
-    idx = {int(m.group(1)) for k in state for m in [re.match(pattern, k)] if m}
-    if not idx:
-        raise CheckpointError(f"cannot find any level matching {pattern!r} in the state dict")
-    return max(idx) + 1
-
-
-_ATTN_T2D = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-_ATTN_D2T = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
-             "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
-
-
-def _attn_t2d(rest: str, value: torch.Tensor) -> Tuple[str, torch.Tensor]:
-    name, _, leaf = rest.rpartition(".")
-    new = _ATTN_T2D[name]
-    if name != "norm" and leaf == "weight":
-        value = value.reshape(value.shape[0], value.shape[1])
-    return f"{new}.{leaf}", value
-
-
-def _attn_d2t(rest: str, value: torch.Tensor) -> Tuple[str, torch.Tensor]:
-    name, _, leaf = rest.rpartition(".")
-    new = _ATTN_D2T[name]
-    if new != "norm" and leaf == "weight" and value.dim() == 2:
-        value = value.reshape(value.shape[0], value.shape[1], 1, 1)
-    return f"{new}.{leaf}", value
-
-
-def _resnet(rest: str, to_diffusers: bool) -> str:
-    a, b = ("nin_shortcut", "conv_shortcut") if to_diffusers else ("conv_shortcut", "nin_shortcut")
-    return b + rest[len(a):] if rest.startswith(a + ".") else rest
-
-
-def taming_to_diffusers(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename a taming VQModel generator state dict to diffusers ``VQModel`` keys."""
-    levels = _num_levels(state, r"decoder\.up\.(\d+)\.")
-    out: StateDict = {}
-    for key, v in state.items():
-        new, val = key, v
-        m = re.match(r"(encoder|decoder)\.(down|up)\.(\d+)\.(block|attn)\.(\d+)\.(.+)$", key)
-        m2 = re.match(r"(encoder|decoder)\.(down|up)\.(\d+)\.(downsample|upsample)\.(.+)$", key)
-        m3 = re.match(r"(encoder|decoder)\.mid\.(block_1|block_2|attn_1)\.(.+)$", key)
-        if m:
-            part, kind, i, sub, j, rest = m.groups()
-            i = int(i) if part == "encoder" else levels - 1 - int(i)
-            blocks = "down_blocks" if part == "encoder" else "up_blocks"
-            if sub == "block":
-                new = f"{part}.{blocks}.{i}.resnets.{j}.{_resnet(rest, True)}"
-            else:
-                rest, val = _attn_t2d(rest, v)
-                new = f"{part}.{blocks}.{i}.attentions.{j}.{rest}"
-        elif m2:
-            part, kind, i, sub, rest = m2.groups()
-            if part == "encoder":
-                new = f"encoder.down_blocks.{i}.downsamplers.0.{rest}"
-            else:
-                new = f"decoder.up_blocks.{levels - 1 - int(i)}.upsamplers.0.{rest}"
-        elif m3:
-            part, sub, rest = m3.groups()
-            if sub == "attn_1":
-                rest, val = _attn_t2d(rest, v)
-                new = f"{part}.mid_block.attentions.0.{rest}"
-            else:
-                idx = 0 if sub == "block_1" else 1
-                new = f"{part}.mid_block.resnets.{idx}.{_resnet(rest, True)}"
-        elif re.match(r"(encoder|decoder)\.norm_out\.", key):
-            new = key.replace(".norm_out.", ".conv_norm_out.", 1)
-        out[new] = val
-    return out
-
-
-def diffusers_to_taming(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename a diffusers ``VQModel`` state dict to taming VQModel generator keys."""
-    levels = _num_levels(state, r"decoder\.up_blocks\.(\d+)\.")
-    out: StateDict = {}
-    for key, v in state.items():
-        new, val = key, v
-        m = re.match(r"(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)"
-                     r"\.(\d+)\.(.+)$", key)
-        m2 = re.match(r"(encoder|decoder)\.(down_blocks|up_blocks)\.(\d+)\."
-                      r"(downsamplers|upsamplers)\.0\.(.+)$", key)
-        m3 = re.match(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)$", key)
-        if m:
-            part, _, i, sub, j, rest = m.groups()
-            i = int(i) if part == "encoder" else levels - 1 - int(i)
-            level = f"{part}.{'down' if part == 'encoder' else 'up'}.{i}"
-            if sub == "resnets":
-                new = f"{level}.block.{j}.{_resnet(rest, False)}"
-            else:
-                rest, val = _attn_d2t(rest, v)
-                new = f"{level}.attn.{j}.{rest}"
-        elif m2:
-            part, _, i, _, rest = m2.groups()
-            if part == "encoder":
-                new = f"encoder.down.{i}.downsample.{rest}"
-            else:
-                new = f"decoder.up.{levels - 1 - int(i)}.upsample.{rest}"
-        elif m3:
-            part, sub, j, rest = m3.groups()
-            if sub == "attentions":
-                rest, val = _attn_d2t(rest, v)
-                new = f"{part}.mid.attn_1.{rest}"
-            else:
-                new = f"{part}.mid.block_{int(j) + 1}.{_resnet(rest, False)}"
-        elif re.match(r"(encoder|decoder)\.conv_norm_out\.", key):
-            new = key.replace(".conv_norm_out.", ".norm_out.", 1)
-        out[new] = val
-    return out
-
-
 def infer_config_from_state_dict(state: Mapping[str, torch.Tensor], resolution: int = 256,
                                  **overrides: Any) -> SOVQAEConfig:
     """Recover the architecture from taming-layout tensor shapes.
@@ -280,10 +141,10 @@ def infer_config_from_state_dict(state: Mapping[str, torch.Tensor], resolution: 
     try:
         conv_in = state["encoder.conv_in.weight"]
         ch, in_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
-        levels = _num_levels(state, r"encoder\.down\.(\d+)\.")
+        levels = count_levels(state, r"encoder\.down\.(\d+)\.")
         ch_mult = [int(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch
                    for i in range(levels)]
-        num_res_blocks = _num_levels(state, r"encoder\.down\.0\.block\.(\d+)\.")
+        num_res_blocks = count_levels(state, r"encoder\.down\.0\.block\.(\d+)\.")
         enc_attn = [i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state]
         dec_attn = [i for i in range(levels) if f"decoder.up.{i}.attn.0.q.weight" in state]
         z_channels = int(state["encoder.conv_out.weight"].shape[0])
@@ -307,82 +168,10 @@ def infer_config_from_state_dict(state: Mapping[str, torch.Tensor], resolution: 
 
 
 # --------------------------------------------------------------------------------------------
-# diffusers configs
-
-
-def diffusers_config_from_sovqae(cfg: SOVQAEConfig) -> Dict[str, Any]:
-    """Keyword arguments for ``diffusers.VQModel`` giving the same network as ``cfg``."""
-    attn = [cfg.resolution // 2 ** i in cfg.attn_resolutions for i in range(len(cfg.ch_mult))]
-    return dict(
-        in_channels=cfg.in_channels, out_channels=cfg.out_ch,
-        down_block_types=tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D"
-                               for a in attn),
-        up_block_types=tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D"
-                             for a in reversed(attn)),
-        block_out_channels=tuple(cfg.ch * m for m in cfg.ch_mult),
-        layers_per_block=cfg.num_res_blocks, act_fn="silu", latent_channels=cfg.z_channels,
-        sample_size=cfg.resolution, num_vq_embeddings=cfg.n_embed, norm_num_groups=32,
-        vq_embed_dim=cfg.embed_dim, norm_type="group", mid_block_add_attention=True)
-
-
-def sovqae_config_from_diffusers(dcfg: Mapping[str, Any], source: str = "diffusers config",
-                                 **overrides: Any) -> SOVQAEConfig:
-    """SOVQAEConfig equivalent to a diffusers ``VQModel`` config (refuses what taming lacks)."""
-    def get(key, default):
-        return dcfg.get(key, default)
-    boc = list(get("block_out_channels", (64,)))
-    down = list(get("down_block_types", ("DownEncoderBlock2D",)))
-    up = list(get("up_block_types", ("UpDecoderBlock2D",)))
-    problems = []
-    if len(down) != len(boc) or len(up) != len(boc):
-        problems.append("down/up block types and block_out_channels differ in length")
-    ch = boc[0]
-    if any(c % ch for c in boc):
-        problems.append(f"block_out_channels {boc} are not multiples of the first")
-    if get("act_fn", "silu") != "silu" or get("norm_type", "group") != "group":
-        problems.append("only act_fn 'silu' and norm_type 'group' match taming")
-    if int(get("norm_num_groups", 32)) != 32:
-        problems.append("norm_num_groups must be 32")
-    if not get("mid_block_add_attention", True):
-        problems.append("taming's mid block always has attention")
-    enc = []
-    for t in down:
-        if t not in ("DownEncoderBlock2D", "AttnDownEncoderBlock2D"):
-            problems.append(f"unsupported down block {t}")
-        enc.append(t.startswith("Attn"))
-    dec = []
-    for t in reversed(up):
-        if t not in ("UpDecoderBlock2D", "AttnUpDecoderBlock2D"):
-            problems.append(f"unsupported up block {t}")
-        dec.append(t.startswith("Attn"))
-    if enc != dec:
-        problems.append("encoder and decoder attention levels differ")
-    if problems:
-        raise CheckpointError(f"{source}: cannot map to a taming VQGAN: " + "; ".join(problems))
-    res = int(overrides.pop("resolution", get("sample_size", 256)))
-    levels = len(boc)
-    if res % 2 ** (levels - 1):
-        res = 256 if any(enc) else 2 ** (levels - 1) * max(1, res // 2 ** (levels - 1))
-    fields_: Dict[str, Any] = dict(
-        in_channels=int(get("in_channels", 3)), out_ch=int(get("out_channels", 3)), ch=ch,
-        ch_mult=tuple(c // ch for c in boc), num_res_blocks=int(get("layers_per_block", 1)),
-        attn_resolutions=tuple(res // 2 ** i for i, a in enumerate(enc) if a),
-        z_channels=int(get("latent_channels", 3)),
-        embed_dim=int(get("vq_embed_dim", None) or get("latent_channels", 3)),
-        n_embed=int(get("num_vq_embeddings", 256)), resolution=res, double_z=False)
-    fields_.update(overrides)
-    try:
-        return SOVQAEConfig(**fields_)
-    except ValueError as exc:
-        raise CheckpointError(f"{source}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------------------------
 # loading
 
 
 def _read_state(path: Path) -> StateDict:
-    from ladtalk.checkpoints.hub import load_state_dict
     return load_state_dict(path, strip_prefix=None)
 
 
@@ -459,18 +248,17 @@ def _find_weights(d: Path) -> Optional[Path]:
 
 def load_sovqae(spec: Union[str, Path], *, device: DeviceLike = "cpu", config: ConfigLike = None,
                 resolution: Optional[int] = None, **overrides: Any) -> SOVQAE:
-    """Load an SOVQAE from any supported source (see the module docstring); returns eval mode.
+    """Load an SOVQAE from any supported source (docs/models.md); returns it in eval mode.
 
     ``config`` forces the architecture (SOVQAEConfig, dict, taming YAML or JSON path);
     ``resolution`` sets the input size used to place attention when the config is inferred;
     ``overrides`` change non-architecture fields (e.g. ``ema=True``, ``beta``).
     """
-    from ladtalk.checkpoints.hub import CheckpointSpec, parse_checkpoint, resolve_checkpoint
     text = str(spec).strip()
     local = Path(text).expanduser()
-    if not local.exists() and not text.startswith("hf://"):
-        if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text):
-            return SOVQAE.from_pretrained(text, device=device, **overrides)
+    if not local.exists() and not text.startswith("hf://") and \
+            re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text):
+        return _from_hub_repo(text, device, overrides)
     if local.is_dir() and not text.startswith("hf://"):
         state, cfg = _from_directory(local, config, resolution)
     else:
@@ -482,11 +270,21 @@ def load_sovqae(spec: Union[str, Path], *, device: DeviceLike = "cpu", config: C
                                   f"(expected one of {', '.join(_WEIGHT_SUFFIXES)} or a directory)")
         state, cfg = state_and_config_from_file(target, config, resolution)
     if overrides:
-        from dataclasses import replace
         cfg = replace(cfg, **overrides)
     model = SOVQAE(cfg)
     model.load_generator_state_dict(state, strict=True, source=text)
     return model.to(resolve_device(device)).eval()
+
+
+def _from_hub_repo(repo_id: str, device: DeviceLike, overrides: Dict[str, Any]) -> SOVQAE:
+    """A Hub repository written by ``save_pretrained`` (any failure is a CheckpointError)."""
+    try:
+        return SOVQAE.from_pretrained(repo_id, device=device, **overrides)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the Hub raises many types
+        raise CheckpointError(f"cannot load SOVQAE '{repo_id}': not a local directory and not "
+                              f"fetchable from the Hugging Face Hub ({exc})") from exc
 
 
 def _from_directory(d: Path, config: ConfigLike, resolution: Optional[int]):
@@ -513,7 +311,5 @@ def _from_directory(d: Path, config: ConfigLike, resolution: Optional[int]):
     return state_and_config_from_file(last[0] if last else cands[0], config, resolution)
 
 
-__all__ = ["config_from_taming_yaml", "generator_state_dict", "is_diffusers_layout",
-           "taming_to_diffusers", "diffusers_to_taming", "infer_config_from_state_dict",
-           "diffusers_config_from_sovqae", "sovqae_config_from_diffusers",
+__all__ = ["config_from_taming_yaml", "generator_state_dict", "infer_config_from_state_dict",
            "state_and_config_from_file", "load_sovqae"]

@@ -20,7 +20,8 @@ every scale, concatenates the matching face-encoder feature map (skip connection
 
 Module names (``face_encoder_blocks``, ``audio_encoder``, ``face_decoder_blocks``,
 ``output_block``) and their nesting match upstream, so state-dict keys are identical once
-DataParallel's ``module.`` prefix is stripped (:func:`ladtalk.checkpoints.hub.load_state_dict` does that).
+DataParallel's ``module.`` prefix is stripped (:func:`ladtalk.checkpoints.load_state_dict`
+does that).
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+"""The identity pickers: their choices, the default pick, and checking a picked value."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ladtalk.errors import InputError
+from ladtalk.identities.store import list_identities, validate_name
+
+NONE_IDENTITY = "none (Wav2Lip only)"
+DEMO_IDENTITY = "demo"
+
+
+def identity_choices(include_none: bool = True) -> List[Tuple[str, str]]:
+    """``(label, value)`` pairs for the pickers: enrolled ones, shipped demos, then none."""
+    out: List[Tuple[str, str]] = []
+    for info in list_identities():
+        tag = "shipped demo" if info.shipped else "enrolled"
+        psnr = info.meta.get("holdout_psnr")
+        extra = f", holdout {psnr:.1f} dB" if isinstance(psnr, (int, float)) else ""
+        out.append((f"{info.name} ({tag}{extra})", info.name))
+    if include_none:
+        out.append((NONE_IDENTITY, NONE_IDENTITY))
+    return out
+
+
+def default_identity(choices: Sequence[Tuple[str, str]]) -> str:
+    """The first real identity of ``choices`` (else the first value, else none)."""
+    values = [v for _, v in choices]
+    for v in values:
+        if v != NONE_IDENTITY:
+            return v
+    return values[0] if values else NONE_IDENTITY
+
+
+def keep_or_default(value, choices: Sequence[Tuple[str, str]], default: str) -> str:
+    """``value`` while it is still one of ``choices``, else ``default``."""
+    return value if value in [v for _, v in choices] else default
+
+
+def check_identity(choice, allow_none: bool = True) -> Optional[str]:
+    """A picker value -> an identity name (None for Wav2Lip only). Names only: paths are
+    refused so a public app never reads arbitrary directories."""
+    text = "" if choice is None else str(choice).strip()
+    if not text or text == NONE_IDENTITY or text.lower() == "none":
+        if allow_none:
+            return None
+        raise InputError("pick an identity (enroll one in the Enroll tab, or use the shipped "
+                         f"'{DEMO_IDENTITY}' identity)")
+    try:
+        validate_name(text)
+    except InputError:
+        raise InputError(f"identity {text!r} is not a valid name; pick one from the list") from None
+    known = [i.name for i in list_identities()]
+    if text not in known:
+        raise InputError(f"unknown identity {text!r} (known: {', '.join(known) or 'none yet'}); "
+                         "enroll it in the Enroll tab first, or refresh the page to update the "
+                         "list")
+    return text
+
+
+def identities_summary() -> List[Dict[str, object]]:
+    """JSON-friendly list of identities for the ``/identities`` endpoint."""
+    out = []
+    for info in list_identities():
+        m = info.meta
+        out.append({"name": info.name, "shipped": info.shipped,
+                    "config": m.get("config_name"), "steps": m.get("steps"),
+                    "training_seconds": m.get("training_seconds"),
+                    "holdout_psnr": m.get("holdout_psnr"),
+                    "holdout_ssim": m.get("holdout_ssim"),
+                    "restoration": m.get("restoration")})
+    return out
+
+
+def default_session_identity(video_path) -> str:
+    """Identity name for "enroll from this video first": stable per video content, so a rerun
+    on the same video continues that identity instead of starting over."""
+    h = hashlib.sha256()
+    with open(video_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return f"video-{h.hexdigest()[:12]}"

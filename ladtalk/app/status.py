@@ -1,0 +1,84 @@
+"""The status panel and the ``/status`` endpoint: device, checkpoints (and how to supply a
+missing one), limits and identities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import ladtalk
+from ladtalk.app.pickers import identities_summary
+from ladtalk.app.zerogpu import ZERO_GPU
+from ladtalk.checkpoints import resolve_checkpoint
+from ladtalk.errors import LadTalkError
+
+#: Checkpoints the app uses, and what for.
+APP_CHECKPOINTS: Dict[str, str] = {
+    "wav2lip": "needed by the Generate tab (stage 1 lip sync)",
+    "s3fd": "optional: the better face detector (the offline dlib HOG detector is used "
+            "without it)",
+}
+
+
+@dataclass
+class CheckpointStatus:
+    name: str
+    purpose: str
+    ok: bool
+    detail: str  # resolved path, or the CheckpointError message
+
+
+def checkpoint_status(names: Sequence[str] = tuple(APP_CHECKPOINTS),
+                      overrides: Optional[Dict[str, object]] = None) -> List[CheckpointStatus]:
+    """Try to resolve each checkpoint (downloads it into the HF cache when online);
+    ``overrides`` maps a name to the reference given on the command line."""
+    out = []
+    for name in names:
+        try:
+            path = resolve_checkpoint(name, override=(overrides or {}).get(name))
+            out.append(CheckpointStatus(name, APP_CHECKPOINTS.get(name, ""), True, str(path)))
+        except LadTalkError as exc:
+            out.append(CheckpointStatus(name, APP_CHECKPOINTS.get(name, ""), False, str(exc)))
+    return out
+
+
+def missing_checkpoints(statuses: Sequence[CheckpointStatus],
+                        wav2lip_error: Optional[str]) -> List[str]:
+    """Names of the checkpoints that did not resolve or load."""
+    missing = [s.name for s in statuses if not s.ok]
+    if wav2lip_error and all(s.name != "wav2lip" for s in statuses):
+        missing.append("wav2lip")
+    return missing
+
+
+def status_markdown(statuses: Sequence[CheckpointStatus], wav2lip_error: Optional[str],
+                    device: str, zero_gpu: bool) -> str:
+    lines = [f"**Device:** {device}{' (ZeroGPU)' if zero_gpu else ''}", ""]
+    lines.append("| checkpoint | status | used for |")
+    lines.append("|---|---|---|")
+    for s in statuses:
+        mark = "available" if s.ok else "**missing**"
+        lines.append(f"| `{s.name}` | {mark} | {s.purpose} |")
+    missing = [s for s in statuses if not s.ok]
+    if wav2lip_error and not any(s.name == "wav2lip" for s in missing):
+        lines += ["", f"Wav2Lip could not be loaded: {wav2lip_error}"]
+    if missing:
+        lines += ["", "**How to supply missing checkpoints** (then restart the app):", ""]
+        for s in missing:
+            lines.append(f"- `{s.name}`: {s.detail}")
+        lines += ["", "The Robustness and Enroll tabs work without them (with the shipped demo "
+                  "identity and the examples). See `checkpoints/README.md` for details."]
+    return "\n".join(lines)
+
+
+def status_dict(st: Any) -> Dict[str, Any]:
+    """The ``/status`` answer of one app state."""
+    return {
+        "ladtalk_version": ladtalk.__version__, "device": st.device,
+        "zero_gpu": ZERO_GPU, "generate_available": st.wav2lip_error is None,
+        "wav2lip_error": st.wav2lip_error,
+        "checkpoints": [{"name": s.name, "available": s.ok, "used_for": s.purpose,
+                         "detail": s.detail} for s in st.statuses],
+        "limits": st.limits.to_json(),
+        "identities": [i["name"] for i in identities_summary()],
+    }

@@ -1,0 +1,114 @@
+"""The time-budgeted training loop of one enroll run, and the atomic identity save."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from ladtalk._util.atomic import atomic_dir, write_json
+from ladtalk.enrollment.config import TrainConfig
+from ladtalk.enrollment.data import CropSampler
+from ladtalk.enrollment.trainer import Trainer
+from ladtalk.identities.meta import META_JSON, IdentityMeta
+
+ProgressFn = Callable[[Dict[str, Any]], None]
+
+
+def save_identity(target: Path, trainer: Trainer, sampler: Optional[CropSampler],
+                  meta: IdentityMeta) -> None:
+    """Write weights, trainer state and ``meta.json``; the old identity stays until done."""
+    with atomic_dir(target) as tmp:
+        trainer.model.save_pretrained(tmp)
+        trainer.save_state(tmp, sampler)
+        write_json(tmp / META_JSON, meta, sort_keys=True)
+    trainer.model.train()
+
+
+@dataclass
+class RunResult:
+    """What one run of the loop did (the run's own steps and seconds)."""
+
+    run_seconds: float = 0.0
+    run_steps: int = 0
+    holdout_psnr_during_training: Optional[float] = None
+
+
+@dataclass
+class _Averages:
+    sums: Dict[str, float] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, terms: Dict[str, float]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def take(self) -> Dict[str, float]:
+        avg = {k: round(v / max(1, self.count), 5) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return avg
+
+
+def train_loop(trainer: Trainer, sampler: CropSampler, hold_eval: Optional[torch.Tensor],
+               cfg: TrainConfig, on_progress: Optional[ProgressFn], show_progress: bool,
+               target: Path, name: str,
+               partial_meta: Callable[[RunResult], IdentityMeta]) -> RunResult:
+    """Step until ``cfg.seconds`` (or ``cfg.max_steps``) is spent; evaluate the holdout at
+    most every ``cfg.eval_seconds``; save a partial identity every ``checkpoint_seconds``."""
+    from tqdm.auto import tqdm
+
+    budget, start, steps0 = float(cfg.seconds), time.time(), trainer.step_count
+    last_eval, last_ckpt = -1e9, start
+    psnr: Optional[float] = None
+    avg = _Averages()
+
+    def done_steps() -> int:
+        return trainer.step_count - steps0
+
+    bar = tqdm(total=round(budget), unit="s", desc=f"enroll {name}", disable=not show_progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{postfix}]")
+    try:
+        while True:
+            now = time.time()
+            if now - start >= budget or (cfg.max_steps and done_steps() >= cfg.max_steps):
+                break
+            progress = (now - start) / budget
+            if cfg.max_steps:
+                progress = max(progress, done_steps() / cfg.max_steps)
+            terms = trainer.step(sampler, progress=progress)
+            avg.add(terms)
+            now = time.time()
+            elapsed = now - start
+            info: Dict[str, Any] = {"phase": "train", "step": trainer.step_count,
+                                    "run_steps": done_steps(), "elapsed": elapsed,
+                                    "budget": budget, **terms}
+            last_step = elapsed >= budget or (cfg.max_steps and done_steps() >= cfg.max_steps)
+            if hold_eval is not None and (now - last_eval >= cfg.eval_seconds or last_step):
+                psnr = info["holdout_psnr"] = trainer.holdout_psnr(hold_eval)
+                last_eval = time.time()
+                trainer.history.append({"step": trainer.step_count,
+                                        "elapsed": round(trainer.elapsed + elapsed, 1),
+                                        "holdout_psnr": round(psnr, 3), **avg.take()})
+            bar.n = min(round(elapsed), bar.total)
+            bar.set_postfix_str(f"step {trainer.step_count} rec {terms['rec']:.4f}"
+                                + (f" holdout {psnr:.2f} dB" if psnr else ""), refresh=True)
+            if on_progress is not None:
+                on_progress(dict(info))
+            if cfg.checkpoint_seconds > 0 and now - last_ckpt >= cfg.checkpoint_seconds:
+                trainer.elapsed += now - last_ckpt
+                save_identity(target, trainer, sampler,
+                              partial_meta(RunResult(now - start, done_steps(), psnr)))
+                last_ckpt = time.time()
+    finally:
+        bar.close()
+    trainer.elapsed += time.time() - last_ckpt
+    if hold_eval is not None and psnr is None:
+        psnr = trainer.holdout_psnr(hold_eval)
+    return RunResult(time.time() - start, done_steps(), psnr)
+
+
+__all__ = ["train_loop", "save_identity", "RunResult"]

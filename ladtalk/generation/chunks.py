@@ -1,0 +1,123 @@
+"""The CHUNK PROCESSOR: lip-sync -> restore -> blend for one chunk of source frames."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from ladtalk.face.crop import CropConfig, CropRegion, crop_faces, face_region
+from ladtalk.generation.blend import BlendConfig, blend_face
+from ladtalk.generation.fusion import FusionConfig
+from ladtalk.generation.track import SourceTrack
+from ladtalk.media.mel import mel_windows
+
+WAV2LIP_SIZE = 96
+
+
+class StageClock:
+    """Seconds spent per stage, summed over the threads that report them."""
+
+    def __init__(self, *names: str) -> None:
+        self._seconds: Dict[str, float] = {n: 0.0 for n in names}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, since: float) -> None:
+        with self._lock:
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - since
+
+    @contextmanager
+    def time(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, t0)
+
+    def as_dict(self) -> Dict[str, float]:
+        with self._lock:
+            return dict(self._seconds)
+
+
+@dataclass
+class ChunkProcessor:
+    """Turns a chunk of frames into lip-synced frames, in place.
+
+    ``restorer`` None (or a fusion of strength 0) pastes Wav2Lip's face directly; ``fusion``
+    None keeps the restorer's own fusion, else it is passed to ``restorer.restore``.
+    """
+
+    syncer: Any
+    mel: np.ndarray
+    starts: np.ndarray
+    track: SourceTrack
+    frame_size: Tuple[int, int]
+    crop: CropConfig = field(default_factory=CropConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
+    restorer: Any = None
+    fusion: Optional[FusionConfig] = None
+    clock: StageClock = field(default_factory=lambda: StageClock(
+        "lipsync", "restore", "blend", "encode"))
+
+    @property
+    def fusion_used(self) -> Optional[FusionConfig]:
+        if self.restorer is None:
+            return None
+        return self.fusion if self.fusion is not None else getattr(self.restorer, "fusion", None)
+
+    @property
+    def restores(self) -> bool:
+        """Whether the identity restores faces (strength 0 for both bands: it does not)."""
+        return self.restorer is not None and not getattr(self.fusion_used, "identity_off", False)
+
+    def regions(self, src: np.ndarray) -> Tuple[List[int], List[CropRegion]]:
+        """Positions in the chunk that have a usable face, and their crop regions."""
+        sel: List[int] = []
+        regions: List[CropRegion] = []
+        for i, s in enumerate(src):
+            b = self.track.box_of(int(s))
+            if b is None:
+                continue
+            try:
+                regions.append(face_region(b, self.frame_size, self.crop))
+            except ValueError:
+                continue
+            sel.append(i)
+        return sel, regions
+
+    def __call__(self, frames: np.ndarray, src: np.ndarray, t_first: int) -> int:
+        """Process ``frames`` (source indices ``src``, first output frame ``t_first``) in
+        place; returns how many frames had no face and were left unchanged."""
+        sel, regions = self.regions(src)
+        if not sel:
+            return len(frames)
+        with self.clock.time("blend"):
+            chosen = frames[sel]
+            crops = crop_faces(chosen, regions, WAV2LIP_SIZE)
+        with self.clock.time("lipsync"):
+            gen = self.syncer(crops, mel_windows(self.mel, self.starts[t_first + np.asarray(sel)]))
+        originals = crops
+        if self.restores:
+            with self.clock.time("restore"):
+                gen = self.restore(gen)
+            with self.clock.time("blend"):
+                originals = crop_faces(chosen, regions, int(self.restorer.resolution))
+        with self.clock.time("blend"):
+            for j, i in enumerate(sel):
+                blend_face(frames[i], gen[j], regions[j], originals[j], self.blend)
+        return len(frames) - len(sel)
+
+    def restore(self, gen: np.ndarray) -> np.ndarray:
+        """Wav2Lip crops -> bicubic to the identity's resolution -> restored uint8 crops."""
+        res = int(self.restorer.resolution)
+        up = np.stack([cv2.resize(g, (res, res), interpolation=cv2.INTER_CUBIC) for g in gen])
+        kw = {} if self.fusion is None else {"fusion": self.fusion}
+        return np.asarray(self.restorer.restore(up, **kw), dtype=np.uint8)
+
+
+__all__ = ["ChunkProcessor", "StageClock", "WAV2LIP_SIZE"]

@@ -1,0 +1,101 @@
+"""The input steps of a run: check the output path, read the speech, plan the source frames."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ladtalk.errors import InputError
+from ladtalk.generation.options import STILL_FPS, GenerateOptions
+from ladtalk.media.audio import SAMPLE_RATE, check_has_speech, load_audio
+from ladtalk.media.mel import mel_chunk_starts, melspectrogram, num_video_frames
+from ladtalk.media.probe import MediaInfo, probe
+
+log = logging.getLogger("ladtalk.generation.pipeline")
+
+
+@dataclass
+class Speech:
+    """The decoded speech: Wav2Lip mel spectrogram, sample count and length in seconds."""
+
+    mel: np.ndarray
+    n_samples: int
+    seconds: float
+
+
+def load_speech(audio: Path) -> Speech:
+    """Decode ``audio`` to 16 kHz mono, refuse silence / too-short clips, compute the mel."""
+    wav = load_audio(audio, SAMPLE_RATE)
+    check_has_speech(wav, SAMPLE_RATE, audio)
+    return Speech(mel=melspectrogram(wav), n_samples=len(wav), seconds=len(wav) / SAMPLE_RATE)
+
+
+@dataclass
+class SourcePlan:
+    """How the face input is read: its probe, the output rate and size, the frame count."""
+
+    info: MediaInfo
+    fps: float
+    n_out: int
+    starts: np.ndarray                     # mel window start of every output frame
+    size: Tuple[int, int]                  # (width, height) after ``resize_factor``
+    resize: Optional[Tuple[int, int]]      # None when the source is not downscaled
+    chunk_size: int
+
+
+def plan_source(face: Path, speech: Speech, opts: GenerateOptions,
+                batch_size: int) -> SourcePlan:
+    """Probe ``face`` and derive the output frame rate, frame count and frame size."""
+    info = probe(face)
+    if not info.has_video:
+        raise InputError(f"{face} has no picture; pass a video or an image with a face")
+    fps = float(opts.fps or (STILL_FPS if info.is_image else (info.fps or STILL_FPS)))
+    n_out = num_video_frames(speech.n_samples, SAMPLE_RATE, fps)
+    k = int(opts.resize_factor)
+    size = (max(1, info.width // k), max(1, info.height // k))
+    if info.maybe_vfr and opts.fps is None:
+        log.info("%s looks like variable frame rate; resampling it to a constant %.3f fps",
+                 face, fps)
+    return SourcePlan(info=info, fps=fps, n_out=n_out,
+                      starts=mel_chunk_starts(speech.mel.shape[1], fps, n_out), size=size,
+                      resize=None if k == 1 else size,
+                      chunk_size=int(opts.batch_size or batch_size))
+
+
+def estimate_frames(info: MediaInfo, fps: float) -> int:
+    """Expected number of source frames at ``fps`` (a photo has one)."""
+    if info.is_image:
+        return 1
+    if info.duration:
+        return max(1, int(round(info.duration * fps)))
+    return max(1, int(info.n_frames))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(out: Path, face: Path, audio: Path) -> None:
+    """Refuse an output path that cannot be written or would overwrite an input."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist; create it first or choose "
+                         "another --out")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'out.mp4'}")
+    for src, what in ((face, "--face"), (audio, "--audio")):
+        if _same_file(out, src):
+            raise InputError(f"--out {out} is the same file as {what}; choose another output "
+                             "name so the input is not overwritten")
+
+
+__all__ = ["Speech", "load_speech", "SourcePlan", "plan_source", "estimate_frames",
+           "check_output"]
