@@ -84,7 +84,8 @@ def main() -> int:
     torch.set_num_threads(1)
     from ladtalk.generation.identity_match import check_identity, video_face_crops
     from ladtalk.generation.restore import Restorer
-    from ladtalk.identities.store import read_meta, resolve_identity
+    from ladtalk.identities.meta import read_meta
+    from ladtalk.identities.store import resolve_identity
     from ladtalk.media.decode import read_image
 
     path = resolve_identity(args.identity)

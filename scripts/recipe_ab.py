@@ -29,7 +29,7 @@ from ladtalk.enrollment import Trainer, train_preset
 from ladtalk.enrollment.data import CropSampler
 from ladtalk.enrollment.trainer import holdout_psnr as _psnr
 from ladtalk.face.video_crops import even_subset, extract_crops, split_holdout, to_tensor01
-from ladtalk.media.resample import lipsync_path as lipsync_degradation
+from ladtalk.media.resample import lipsync_path
 from ladtalk.models.sovqae import SOVQAE, SOVQAEConfig
 
 ap = argparse.ArgumentParser()
@@ -84,7 +84,7 @@ def region_psnr(y, x):
     return _psnr(y[..., ys, xs], x[..., ys, xs])
 out = {"steps": n, "clean": _psnr(trainer.reconstruct(hold), hold)}
 for sig in (0.0, 0.5, 1.0):
-    w = lipsync_degradation(hold, sig)
+    w = lipsync_path(hold, sig)
     r = trainer.reconstruct(w)
     out[f"s{sig}"] = {"W": region_psnr(w, hold), "R": region_psnr(r, hold)}
 print(json.dumps(out, indent=1))

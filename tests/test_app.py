@@ -173,7 +173,8 @@ def test_generate_refuses_another_persons_identity(server, short_audio, tmp_path
     from gradio_client.exceptions import AppError
     from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
 
-    from ladtalk.identities.store import SHIPPED_DIR, read_meta
+    from ladtalk.identities.meta import read_meta
+    from ladtalk.identities.store import SHIPPED_DIR
     face = write_png(tmp_path / "cameraman.png", other_person_photo())
     with pytest.raises(AppError) as err:
         server.predict(face=handle_file(str(face)), audio=handle_file(str(short_audio)),

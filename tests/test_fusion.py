@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ladtalk.enrollment.data import lipsync_degradation
 from ladtalk.evaluation.quality import calibrate_fusion, soften96
 from ladtalk.face.video_crops import choose_resolution
 from ladtalk.generation.fusion import FusionConfig, band_split, fuse, parse_strength
+from ladtalk.media.resample import lipsync_path
 
 
 def _face(side: int = 64, seed: int = 0) -> torch.Tensor:
@@ -123,16 +123,16 @@ def _crops(n: int = 4, side: int = 128) -> np.ndarray:
                      for i in range(n)])
 
 
-def test_lipsync_degradation_matches_the_generation_path():
+def test_lipsync_path_matches_the_generation_path():
     import cv2
     crop = _crops(1, 192)[0]
     x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
-    y = lipsync_degradation(x, 1.0, 96)
+    y = lipsync_path(x, 1.0, 96)
     w96 = soften96(cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA), 1.0)
     up = cv2.resize(w96, (192, 192), interpolation=cv2.INTER_CUBIC)
     ours = (y[0].permute(1, 2, 0).numpy() * 255)
     assert np.abs(ours - up.astype(np.float32)).mean() < 1.5  # same path, up to rounding
-    assert y.shape == x.shape and _psnr(y, x) < _psnr(lipsync_degradation(x, 0.0, 96), x)
+    assert y.shape == x.shape and _psnr(y, x) < _psnr(lipsync_path(x, 0.0, 96), x)
 
 
 @pytest.mark.parametrize("face_px,expected", [(302, 256), (200, 256), (199.5, 128), (90, 128),

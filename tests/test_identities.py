@@ -52,7 +52,7 @@ def test_old_and_odd_layouts_load(tmp_path):
 
 def test_list_identities_carries_the_raw_meta():
     demo = next(i for i in list_identities() if i.name == "demo")
-    assert demo.shipped and demo.meta["config_name"] == "cpu"
+    assert demo.shipped and demo.meta.config_name == "cpu"
 
 
 class _FakeHfApi:

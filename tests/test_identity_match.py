@@ -29,7 +29,8 @@ from ladtalk.generation.identity_match import (
     video_face_crops,
 )
 from ladtalk.generation.pipeline import GenerateOptions, Pipeline
-from ladtalk.identities.store import SHIPPED_DIR, read_meta
+from ladtalk.identities.meta import read_meta
+from ladtalk.identities.store import SHIPPED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -26,6 +26,16 @@ def test_imports_go_down_the_layers_without_cycles(report):
     assert rep["two_way_parts"] == []
 
 
+def test_files_and_functions_are_short(report):
+    mod, rep = report
+    assert rep["files_over_limit"] == [], f"files over {mod.MAX_FILE_LINES} lines"
+    assert rep["functions_over_limit"] == [], f"functions over {mod.MAX_FUNCTION_LINES} lines"
+
+
+def test_the_audio_front_end_uses_librosa(report):
+    assert report[1]["librosa_front_end"]
+
+
 def test_few_modules_at_the_top_of_the_package(report):
     mod, rep = report
     assert len(rep["top_level_modules"]) <= mod.MAX_TOP_MODULES

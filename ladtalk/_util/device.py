@@ -13,6 +13,7 @@ from typing import Optional, Union
 import torch
 
 from ladtalk._util.choices import PRECISIONS
+from ladtalk.errors import InputError
 
 DeviceLike = Union[str, torch.device, None]
 
@@ -26,7 +27,6 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from ladtalk.errors import InputError
         raise InputError(f"device '{device}' was requested but CUDA is not available on this "
                          "machine; pass --device cpu (or leave it unset to pick automatically)")
     return dev
@@ -62,7 +62,6 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) ->
         try:
             dtype = _DTYPES[name]
         except KeyError:
-            from ladtalk.errors import InputError
             raise InputError(f"unknown precision '{dtype}'; use one of "
                              f"{', '.join(PRECISIONS)}") from None
     if device.type == "cuda":

@@ -29,7 +29,8 @@ from ladtalk.analysis.report import (
 from ladtalk.errors import InputError
 from ladtalk.face.video_crops import FaceCrops, even_subset, extract_crops
 from ladtalk.generation.restore import Restorer
-from ladtalk.identities.store import read_meta, resolve_identity
+from ladtalk.identities.meta import IdentityMeta, load_meta
+from ladtalk.identities.store import resolve_identity
 from ladtalk.media.resample import resize01
 from ladtalk.metrics.image import psnr_torch, ssim
 from ladtalk.models.sovqae import SOVQAE
@@ -159,12 +160,12 @@ def evaluate_robustness(model: torch.nn.Module, crops: CropsLike,
 
 
 # -- video ------------------------------------------------------------------------------------
-def _enrollment_match(meta: Dict[str, Any], video: Path, n_video_frames: int) -> bool:
+def _enrollment_match(meta: IdentityMeta, video: Path, n_video_frames: int) -> bool:
     """Is ``video`` the video this identity was enrolled on (by name and frame count)?"""
-    name = meta.get("video")
+    name = meta.video
     if not name or Path(str(name)).name != video.name:
         return False
-    vf = (meta.get("frames") or {}).get("video_frames")
+    vf = meta.frames.extra.get("video_frames")
     return vf is None or int(vf) == int(n_video_frames)
 
 
@@ -177,14 +178,14 @@ def _check_video(video: Union[str, Path]) -> Path:
     return video
 
 
-def _pick_frames(crops: FaceCrops, meta: Dict[str, Any], video: Path, ident: str,
+def _pick_frames(crops: FaceCrops, meta: IdentityMeta, video: Path, ident: str,
                  frames_from: str, is_enroll: bool, notes: List[str]) -> Tuple[np.ndarray, bool]:
     """Indices into ``crops`` for ``frames_from`` (before ``max_frames``), and whether they
     are the holdout frames."""
-    hold_first = (meta.get("frames") or {}).get("holdout_first_s")
+    hold_first = meta.frames.holdout_first_s
     if frames_from == "holdout" and not is_enroll:
         raise InputError(f"--frames-from holdout: {video.name} is not the enrollment video of "
-                         f"identity {ident} (enrolled on {meta.get('video') or 'unknown'}"
+                         f"identity {ident} (enrolled on {meta.video or 'unknown'}"
                          "); every frame of another video is unseen, use --frames-from all")
     if frames_from == "holdout" and hold_first is None:
         raise InputError(f"identity {ident} was enrolled without a holdout "
@@ -221,11 +222,11 @@ def robustness_for_video(identity: Union[str, Path], video: Union[str, Path],
     ident_dir = resolve_identity(identity)
     dev = resolve_device(device)
     model = SOVQAE.from_pretrained(ident_dir, device=dev)
-    meta = read_meta(ident_dir)
+    meta = load_meta(ident_dir)
     res = int(model.config.resolution)
     video = _check_video(video)
     degs = parse_all(degradations, res, f"identity {ident_dir.name}'s")  # before detection
-    enroll_max = int((meta.get("train_config") or {}).get("max_frames", 3000))
+    enroll_max = int(meta.train_config.get("max_frames", 3000))
     crops = extract_crops(video, res, detector, device=dev, max_frames=enroll_max,
                           progress=progress)
     is_enroll = _enrollment_match(meta, video, crops.n_video_frames)

@@ -48,8 +48,9 @@ from ladtalk.app.state import AppState
 from ladtalk.enrollment import prepare_crops
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.generation.options import GenerateOptions
+from ladtalk.identities.meta import load_meta
 from ladtalk.identities.publish import publish_identity
-from ladtalk.identities.store import SHIPPED_DIR, read_meta, resolve_identity, validate_name
+from ladtalk.identities.store import SHIPPED_DIR, resolve_identity, validate_name
 from ladtalk.models.sovqae import default_config_name
 
 #: the ``enroll_kwargs`` of ``create_demo`` that also decide which crops enroll uses
@@ -197,8 +198,7 @@ def enroll_request(st: AppState, video, name, seconds, config, detector, fresh, 
     run_enrollment(st, str(video), name, budget, config, detector or "auto", bool(fresh),
                    progress)
     path = resolve_identity(name)
-    meta = read_meta(path)
-    meta.pop("history", None)
+    meta = load_meta(path)
     md = identity_summary_md(meta, name)
     if repo:
         progress(0.99, desc=f"pushing to the Hub repo {repo}")
@@ -207,5 +207,5 @@ def enroll_request(st: AppState, video, name, seconds, config, detector, fresh, 
     weights = out_dir / f"{name}.safetensors"
     shutil.copy2(path / "model.safetensors", weights)
     shutil.copy2(path / "config.json", out_dir / f"{name}.config.json")
-    return md, meta, str(weights)
+    return md, {k: v for k, v in meta.to_json().items() if k != "history"}, str(weights)
 

@@ -17,7 +17,7 @@ def identity_choices(include_none: bool = True) -> List[Tuple[str, str]]:
     out: List[Tuple[str, str]] = []
     for info in list_identities():
         tag = "shipped demo" if info.shipped else "enrolled"
-        psnr = info.meta.get("holdout_psnr")
+        psnr = info.meta.holdout_psnr
         extra = f", holdout {psnr:.1f} dB" if isinstance(psnr, (int, float)) else ""
         out.append((f"{info.name} ({tag}{extra})", info.name))
     if include_none:
@@ -65,12 +65,10 @@ def identities_summary() -> List[Dict[str, object]]:
     out = []
     for info in list_identities():
         m = info.meta
-        out.append({"name": info.name, "shipped": info.shipped,
-                    "config": m.get("config_name"), "steps": m.get("steps"),
-                    "training_seconds": m.get("training_seconds"),
-                    "holdout_psnr": m.get("holdout_psnr"),
-                    "holdout_ssim": m.get("holdout_ssim"),
-                    "restoration": m.get("restoration")})
+        out.append({"name": info.name, "shipped": info.shipped, "config": m.config_name,
+                    "steps": m.steps, "training_seconds": m.training_seconds,
+                    "holdout_psnr": m.holdout_psnr, "holdout_ssim": m.holdout_ssim,
+                    "restoration": m.restoration})
     return out
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from ladtalk._util.jsonsafe import to_jsonable
+from ladtalk.identities.meta import IdentityMeta
 
 
 # ---------------------------------------------------------------------------- generate
@@ -43,17 +44,17 @@ def generate_outputs(results: Dict[str, Any], gpu_s: int, ident: Optional[str]):
 
 
 # ---------------------------------------------------------------------------- enroll
-def identity_summary_md(meta: Dict[str, Any], name: str) -> str:
+def identity_summary_md(meta: IdentityMeta, name: str) -> str:
     """Markdown summary of an identity's ``meta.json``."""
     lines = [f"### Identity `{name}`", ""]
-    psnr, ssim = meta.get("holdout_psnr"), meta.get("holdout_ssim")
-    lines.append(f"- training: {meta.get('steps')} steps, {meta.get('training_seconds')} s "
-                 f"(config `{meta.get('config_name')}`)")
+    psnr, ssim = meta.holdout_psnr, meta.holdout_ssim
+    lines.append(f"- training: {meta.steps} steps, {meta.training_seconds} s "
+                 f"(config `{meta.config_name}`)")
     if psnr is not None:
         lines.append(f"- holdout reconstruction: PSNR {psnr:.2f} dB"
                      + (f", SSIM {ssim:.3f}" if ssim is not None else "")
                      + " (frames at the end of the video, never trained on)")
-    rest = meta.get("restoration") or {}
+    rest = meta.restoration
     if rest:
         lines += ["", "| degradation | PSNR degraded | PSNR restored | gain |", "|---|---|---|---|"]
         for spec, r in rest.items():
@@ -64,12 +65,12 @@ def identity_summary_md(meta: Dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
-def quality_md(meta: Dict[str, Any]) -> List[str]:
+def quality_md(meta: IdentityMeta) -> List[str]:
     """Markdown lines: LaDTalk (L) against the Wav2Lip proxy (W) on held-out frames."""
-    q = meta.get("quality")
+    q = meta.quality
     if not q:
         return []
-    fusion = meta.get("fusion") or {}
+    fusion = meta.fusion or {}
     lines = ["", f"**LaDTalk vs Wav2Lip** on {q.get('frames')} held-out frames (face "
              f"{q.get('face_px', 0):.0f} px, identity {q.get('resolution')} px). W: the true "
              "face reduced to 96 px (the best a Wav2Lip output can be), optionally softened "

@@ -95,7 +95,8 @@ def run_quality(args: argparse.Namespace) -> int:
     from ladtalk.evaluation.quality import DEFAULT_SOFTEN, quality_for_video
     from ladtalk.evaluation.table import output_path
     from ladtalk.generation.fusion import FusionConfig, parse_strength
-    from ladtalk.identities.store import read_meta, resolve_identity
+    from ladtalk.identities.meta import load_meta
+    from ladtalk.identities.store import resolve_identity
 
     if not args.identity or not args.video:
         raise InputError("eval quality needs --identity NAME and --video V (the person's "
@@ -106,7 +107,7 @@ def run_quality(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"--restore-strength: {exc}") from None
     if strength is not None:
-        base = FusionConfig.from_dict(read_meta(resolve_identity(args.identity)).get("fusion"))
+        base = FusionConfig.from_dict(load_meta(resolve_identity(args.identity)).fusion)
         fusion = replace(base, low_strength=strength[0], high_strength=strength[1])
     rep = quality_for_video(args.identity, args.video, args.soften or DEFAULT_SOFTEN,
                             holdout=args.holdout, max_frames=args.max_frames,

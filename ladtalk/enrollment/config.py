@@ -81,6 +81,7 @@ TRAIN_PRESETS: Dict[str, TrainConfig] = {
                        degrade_weights=(1.0, 1.0, 1.0, 8.0), restore_prob=0.9,
                        final_frames=32, calibration_frames=16, quality_frames=32),
     "cpu-gn128": TrainConfig(),
+    # retired model configs: identities enrolled with them still resume with this recipe
     "cpu-f8": TrainConfig(),
     "cpu-f4": TrainConfig(),
     "base": TrainConfig(seconds=3600.0, batch_size=8, lr=2e-4, perceptual_weight=1.0,

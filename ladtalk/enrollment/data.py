@@ -13,9 +13,6 @@ from ladtalk.errors import InputError
 from ladtalk.face.video_crops import to_tensor01
 from ladtalk.media.resample import blur_nchw, down_up_nchw, lipsync_path
 
-#: the generation path's degradation under its old name (see ladtalk.media.resample)
-lipsync_degradation = lipsync_path
-
 
 def _jitter(x: torch.Tensor, gen: torch.Generator, shift: float, scale: float) -> torch.Tensor:
     """Per-image random translation (fraction of the size) and zoom, bilinear, border pad."""
@@ -162,5 +159,5 @@ def face_weight_map(size: int, strength: float, device=None) -> Optional[torch.T
     return w.view(1, 1, size, size).to(device)
 
 
-__all__ = ["CropSampler", "DegradationRanges", "random_degradation", "lipsync_degradation",
+__all__ = ["CropSampler", "DegradationRanges", "random_degradation",
            "patch_windows", "take_patches", "face_weight_map"]

@@ -12,7 +12,9 @@ from ladtalk.errors import InputError
 from ladtalk.evaluation.config import LSE_FPS, OK, UNAVAILABLE, EvalConfig
 from ladtalk.evaluation.resources import MetricUnavailable, Resources, Video, decode_video
 from ladtalk.evaluation.results import LSEMetric, SlidingMetric
+from ladtalk.media.audio import load_audio
 from ladtalk.metrics.image import mouth_psnr
+from ladtalk.metrics.lse import SAMPLES_PER_FRAME, lse_scores, syncnet_crops
 from ladtalk.metrics.sliding import (
     sliding_evaluation,
     sliding_frechet,
@@ -96,8 +98,6 @@ def longest_run(mask: np.ndarray) -> Tuple[int, int]:
 def lse_metric(gen: Video, audio_path: Optional[Path], audio_source: Optional[str],
                cfg: EvalConfig, resources: Resources, notes: List[str]) -> LSEMetric:
     """LSE-C / LSE-D of G at 25 fps on its longest run of frames with a face."""
-    from ladtalk.media.audio import load_audio
-    from ladtalk.metrics.lse import SAMPLES_PER_FRAME, lse_scores, syncnet_crops
 
     model = resources.syncnet()           # weights first: cheap to fail, and the usual gap
     if audio_path is None:

@@ -25,10 +25,14 @@ from ladtalk.evaluation.proxy import (
 )
 from ladtalk.evaluation.quality_report import QualityReport, QualityStats, SoftenResult
 from ladtalk.face.crop import CropConfig
+from ladtalk.face.video_crops import extract_crops, split_holdout
 from ladtalk.generation.blend import BlendConfig, blend_face
 from ladtalk.generation.fusion import FusionConfig
+from ladtalk.generation.restore import Restorer
+from ladtalk.identities.store import resolve_identity
 from ladtalk.media.decode import iter_frames
 from ladtalk.metrics.image import MouthRegion, psnr, ssim
+from ladtalk.metrics.lpips import load_perceptual
 
 DEFAULT_SOFTEN = (0.0, 0.5, 1.0)
 #: the pasted-region PSNR's MSE floor (grey levels squared)
@@ -91,7 +95,6 @@ class FrameScores:
 def lpips_function(device=None):
     """A callable (uint8 a, uint8 b) -> LPIPS, or None when the weights do not resolve."""
     try:
-        from ladtalk.metrics.lpips import load_perceptual
         module, _status = load_perceptual(device or "cpu", warn=False)
     except Exception:  # noqa: BLE001 - any failure to build LPIPS just drops the column
         module = None
@@ -204,9 +207,6 @@ def quality_for_video(identity: Union[str, Path], video: Union[str, Path],
     """:func:`measure_quality` on the held-out tail of ``video`` (the frames an identity
     enrolled from it with the same ``holdout`` never trained on), with the identity's
     calibrated fusion unless ``fusion`` is given."""
-    from ladtalk.face.video_crops import extract_crops, split_holdout
-    from ladtalk.generation.restore import Restorer
-    from ladtalk.identities.store import resolve_identity
 
     path = resolve_identity(identity)
     restorer = Restorer.from_identity(path, device=device, precision="fp32")

@@ -13,8 +13,11 @@ import numpy as np
 from ladtalk.errors import CheckpointError, InputError, LadTalkError
 from ladtalk.evaluation.config import LSE_FPS, NEEDS_WEIGHTS, EvalConfig
 from ladtalk.evaluation.results import VideoInfo
+from ladtalk.face import make_detector, track_faces
 from ladtalk.media.decode import iter_frames
 from ladtalk.media.probe import probe
+from ladtalk.metrics.frechet import InceptionFeatures
+from ladtalk.metrics.lse import load_syncnet_lse
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -105,7 +108,6 @@ class Resources:
 
     def detector(self):
         def build():
-            from ladtalk.face import make_detector
             try:
                 return make_detector(self.config.detector, device=self.config.device,
                                      weights=self.config.s3fd)
@@ -122,7 +124,6 @@ class Resources:
 
     def syncnet(self):
         def build():
-            from ladtalk.metrics.lse import load_syncnet_lse
             try:
                 return load_syncnet_lse(self.config.syncnet, device=self.config.device)
             except CheckpointError as exc:
@@ -134,7 +135,6 @@ class Resources:
 
     def inception(self):
         def build():
-            from ladtalk.metrics.frechet import InceptionFeatures
             try:
                 return InceptionFeatures(self.config.device)
             except LadTalkError as exc:   # missing extra, or weights not downloadable
@@ -143,7 +143,6 @@ class Resources:
 
     def track(self, frames: np.ndarray, fps: float, what: str):
         """Face track of ``frames`` with the shared detector (``--detect-every``)."""
-        from ladtalk.face import track_faces
 
         detector = self.detector()
         bar = progress_bar(len(frames), f"faces in {what}", self.config.progress)

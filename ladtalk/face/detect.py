@@ -175,7 +175,7 @@ def resolve_s3fd_weights(weights=None):
             "face-alignment's s3fd-619a316812.pth, the same file as Wav2Lip's "
             "face_detection/detection/sfd/s3fd.pth")
     try:
-        from ladtalk.checkpoints import resolve_checkpoint
+        from ladtalk.checkpoints import resolve_checkpoint  # lazy: it loads torch (start-up)
     except ImportError as exc:  # pragma: no cover - hub ships with the package
         if weights is not None and Path(weights).is_file():
             return Path(weights)

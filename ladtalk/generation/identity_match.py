@@ -31,7 +31,8 @@ from ladtalk.generation.identity_crops import (
     video_face_crops,
 )
 from ladtalk.generation.restore import Restorer
-from ladtalk.identities.store import read_meta, resolve_identity
+from ladtalk.identities.meta import IdentityMeta, as_meta, load_meta
+from ladtalk.identities.store import resolve_identity
 from ladtalk.metrics.image import psnr
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,7 @@ def _plain_restore(restorer: Any, crops: np.ndarray) -> np.ndarray:
     return rec
 
 
-def _holdout(meta: Optional[dict]) -> Optional[float]:
-    v = (meta or {}).get("holdout_psnr")
+def _finite(v: Any) -> Optional[float]:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return float(v)
     return None
@@ -222,13 +222,6 @@ def colour_reference(crops_uint8: np.ndarray) -> List[float]:
     return [round(float(v), 3) for v in c.mean(axis=0)]
 
 
-def _gain_reference(meta: Optional[dict]) -> Optional[float]:
-    v = ((meta or {}).get("identity_match_reference") or {}).get("lipsync_gain_db")
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-        return float(v)
-    return None
-
-
 def check_identity(restorer_or_model: Any, crops_uint8: np.ndarray, meta: Optional[dict],
                    *, margin_db: float = DEFAULT_MARGIN_DB,
                    absolute_db: float = ABSOLUTE_THRESHOLD_DB, identity: Optional[str] = None,
@@ -254,15 +247,17 @@ def check_identity(restorer_or_model: Any, crops_uint8: np.ndarray, meta: Option
     per = psnr_uint8(match_gains(rec, crops), crops)
     psnr_in = float(per.mean())
     psnr_raw = float(psnr_uint8(rec, crops).mean())
-    hold = _holdout(meta)
+    meta = as_meta(meta)
+    ref = meta.identity_match_reference or {}
+    hold = _finite(meta.holdout_psnr)
     if hold is not None:
         threshold, reference = hold - float(margin_db), "holdout"
     else:
         threshold, reference = float(absolute_db), "absolute"
-    gain_ref = _gain_reference(meta)
+    gain_ref = _finite(ref.get("lipsync_gain_db"))
     gain_in = None
     if gain_ref is not None:
-        mean_rgb = (meta.get("identity_match_reference") or {}).get("mean_rgb")
+        mean_rgb = ref.get("mean_rgb")
         gain_in = float(lipsync_gains(restorer, crops, mean_rgb).mean())
     m = IdentityMatch(psnr_input=psnr_in, psnr_holdout=hold, margin_db=float(margin_db),
                       threshold=float(threshold), frames=int(len(crops)), matches=False,
@@ -287,14 +282,14 @@ def run_identity_check(restorer: Any, identity: Optional[str], mode: str, *, inf
     mode = check_mode(mode)
     if mode == "off" or restorer is None:
         return None
-    meta: dict = {}
+    meta = IdentityMeta()
     name = None
     if identity is not None:
         name = Path(str(identity)).name
         try:
-            meta = read_meta(resolve_identity(identity))
+            meta = load_meta(resolve_identity(identity))
         except InputError:  # a custom restorer with a label that is not a stored identity
-            meta = {}
+            meta = IdentityMeta()
     crops = sample_face_crops(info, fps, int(restorer.resolution), frame_size, boxes=boxes,
                               fixed=fixed, crop_cfg=crop_cfg, resize=resize, n=n,
                               chunk_size=chunk_size)

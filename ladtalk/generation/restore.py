@@ -18,7 +18,8 @@ import torch
 
 from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
 from ladtalk.generation.fusion import FusionConfig, fuse
-from ladtalk.identities.store import read_meta, resolve_identity
+from ladtalk.identities.meta import IdentityMeta, load_meta
+from ladtalk.identities.store import resolve_identity
 from ladtalk.media.resample import resize01
 from ladtalk.models.sovqae import SOVQAE
 
@@ -52,7 +53,7 @@ class Restorer:
         self.batch_size = max(1, int(batch_size))
         self.dtype = resolve_dtype(precision or "fp16", self.device)
         self.fusion = fusion
-        self.meta: dict = {}
+        self.meta: Optional[IdentityMeta] = None  # set by from_identity
 
     @classmethod
     def from_identity(cls, identity: Union[str, Path], device: DeviceLike = None,
@@ -63,9 +64,9 @@ class Restorer:
         enrolled before fusion existed); ``None`` for the plain decode."""
         dev = resolve_device(device)
         path = resolve_identity(identity)
-        meta = read_meta(path)
+        meta = load_meta(path)
         if fusion is _UNSET:
-            fusion = FusionConfig.from_dict(meta["fusion"]) if meta.get("fusion") else None
+            fusion = FusionConfig.from_dict(meta.fusion) if meta.fusion else None
         restorer = cls(SOVQAE.from_pretrained(path, device=dev), dev, fusion=fusion, **kwargs)
         restorer.meta = meta
         return restorer

@@ -159,3 +159,8 @@ def read_meta(path: Union[str, Path]) -> Dict[str, Any]:
 def load_meta(path: Union[str, Path]) -> IdentityMeta:
     """The typed ``meta.json`` of an identity directory (defaults when absent)."""
     return IdentityMeta.from_json(read_meta(path))
+
+
+def as_meta(meta: Union[IdentityMeta, Dict[str, Any], None]) -> IdentityMeta:
+    """``meta`` as an :class:`IdentityMeta` (a raw ``meta.json`` dict is read; None: empty)."""
+    return meta if isinstance(meta, IdentityMeta) else IdentityMeta.from_json(meta or {})

@@ -20,7 +20,7 @@ from typing import List, Union
 
 from ladtalk._util.paths import identities_dir
 from ladtalk.errors import InputError
-from ladtalk.identities.meta import IdentityMeta, load_meta, read_meta
+from ladtalk.identities.meta import IdentityMeta, load_meta
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "identities"
@@ -41,7 +41,7 @@ class IdentityInfo:
     name: str
     path: Path
     shipped: bool
-    meta: dict
+    meta: IdentityMeta
 
 
 def _is_identity_dir(path: Path) -> bool:
@@ -94,9 +94,9 @@ def list_identities() -> List[IdentityInfo]:
             if child.name.startswith(".") or child.name in seen or not _is_identity_dir(child):
                 continue
             seen.add(child.name)
-            out.append(IdentityInfo(child.name, child, shipped, read_meta(child)))
+            out.append(IdentityInfo(child.name, child, shipped, load_meta(child)))
     return out
 
 
-__all__ = ["IdentityInfo", "IdentityMeta", "REQUIRED_FILES", "SHIPPED_DIR", "list_identities",
-           "load_meta", "read_meta", "resolve_identity", "store_path", "validate_name"]
+__all__ = ["IdentityInfo", "REQUIRED_FILES", "SHIPPED_DIR", "list_identities",
+           "resolve_identity", "store_path", "validate_name"]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 import numpy as np
 from scipy import linalg
 
+from ladtalk._util.device import resolve_device
 from ladtalk.errors import CheckpointError, InputError, LadTalkError
 
 if TYPE_CHECKING:
@@ -104,7 +105,6 @@ class InceptionFeatures:
 
     def __init__(self, device: "DeviceLike" = None, batch_size: int = 32) -> None:
         inception_cls = _import_pytorch_fid()
-        from ladtalk._util.device import resolve_device
 
         self.device = resolve_device(device)
         self.batch_size = batch_size

@@ -15,6 +15,10 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ladtalk._util.device import resolve_device
+from ladtalk.checkpoints import load_state_dict, resolve_checkpoint
+from ladtalk.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 VGG16_ENV = "LADTALK_VGG16"
@@ -96,7 +100,6 @@ _WARNED = False
 
 
 def _resolve_env(var: str):
-    from ladtalk.checkpoints import resolve_checkpoint
     value = os.environ.get(var, "").strip()
     if not value:
         return None
@@ -111,8 +114,6 @@ def load_perceptual(device=None, *, warn: bool = True) -> Tuple[Optional[LPIPS],
     A file that is set but cannot be loaded raises :class:`~ladtalk.errors.CheckpointError`.
     """
     global _WARNED
-    from ladtalk.checkpoints import load_state_dict
-    from ladtalk.errors import CheckpointError
 
     paths = [p for p in (_resolve_env(VGG16_ENV), _resolve_env(LPIPS_ENV)) if p is not None]
     state: Dict[str, torch.Tensor] = {}
@@ -140,7 +141,6 @@ def load_perceptual(device=None, *, warn: bool = True) -> Tuple[Optional[LPIPS],
     status = "perceptual loss: LPIPS (VGG16)" if has_lin else (
         "perceptual loss: VGG16 feature distance with uniform heads (no LPIPS heads in "
         f"{LPIPS_ENV})")
-    from ladtalk._util.device import resolve_device
     return model.to(resolve_device(device)), status
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ladtalk._util.device import DeviceLike, resolve_device
+from ladtalk.checkpoints import load_state_dict, resolve_checkpoint
 from ladtalk.errors import InputError
 from ladtalk.metrics.mfcc import SAMPLE_RATE, syncnet_mfcc
 from ladtalk.models.syncnet_lse import (
@@ -252,7 +253,6 @@ def load_syncnet_lse(checkpoint: Optional[Union[str, Path]] = None,
     module would be refused by the weights-only loader (it references Python classes) and
     nothing in it would run; extract its ``state_dict()`` on a trusted machine first.
     """
-    from ladtalk.checkpoints import load_state_dict, resolve_checkpoint
 
     path = resolve_checkpoint(CHECKPOINT_NAME, override=checkpoint)
     model = SyncNetS()

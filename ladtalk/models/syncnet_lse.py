@@ -27,6 +27,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
+from ladtalk.errors import CheckpointError
+
 EMBED_DIM = 1024
 CLIP_FRAMES = 5          # video frames per lip window
 CROP_SIZE = 224          # face crop side the lip trunk is built for
@@ -114,7 +116,6 @@ def adapt_state_dict(state: Dict[str, torch.Tensor], model: SyncNetS,
     ``SyncNetInstance`` wrapper) is stripped. Anything else missing, unexpected or mis-shaped
     raises :class:`~ladtalk.errors.CheckpointError` naming ``source``.
     """
-    from ladtalk.errors import CheckpointError
 
     expected = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
