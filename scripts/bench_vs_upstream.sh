@@ -56,7 +56,7 @@ for rep in $(seq "$REPEATS"); do
 done
 python - "$TMP/upstream.mp4" "$TMP/ours.mp4" <<'PY'
 import sys
-from ladtalk.media.video import probe
+from ladtalk.media.probe import probe
 for label, path in zip(("upstream", "ladtalk"), sys.argv[1:]):
     info = probe(path)
     print(f"{label} output: {info.n_frames} frames, {info.width}x{info.height} @ {info.fps:g} fps")

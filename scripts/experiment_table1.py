@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ladtalk._util.atomic import atomic_path  # noqa: E402
 from ladtalk.errors import CheckpointError, InputError, LadTalkError  # noqa: E402
 
 FORMULA_LABEL = "formula weights - not a quality measurement"
@@ -139,15 +140,14 @@ def cut_clip(video: Path, start: float, seconds: float, out_video: Path, out_wav
                                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "192k"]),
                       (out_wav, ["-map", "0:a:0", "-ac", "1", "-ar", "16000",
                                  "-c:a", "pcm_s16le"])):
-        tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
-        cmd = [ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-ss", f"{start:.3f}", "-i", str(video), "-t", f"{seconds:.3f}", *args, str(tmp)]
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise LadTalkError(f"ffmpeg could not cut {video} at {start:.2f}s: "
-                               f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
-        os.replace(tmp, dst)
+        with atomic_path(dst, suffix=dst.suffix) as tmp:
+            cmd = [ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                   "-ss", f"{start:.3f}", "-i", str(video), "-t", f"{seconds:.3f}", *args,
+                   str(tmp)]
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if proc.returncode != 0:
+                raise LadTalkError(f"ffmpeg could not cut {video} at {start:.2f}s: "
+                                   f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
 
 
 # ---------------------------------------------------------------------------------- baseline

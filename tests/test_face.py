@@ -239,7 +239,7 @@ def test_track_faces_reports_missing_frames_with_timestamps():
     assert "1.20-1.60s" in track.report("clip.mp4") and "clip.mp4" in track.report("clip.mp4")
     assert track.box(7)[0] == pytest.approx(17, abs=1e-6)  # the larger face, smoothed linear
     assert track.box(35) is None and track.has_face(20)
-    again = type(track).from_dict(track.to_dict())
+    again = type(track).from_json(track.to_json())
     assert again.missing_frames == track.missing_frames
     assert np.allclose(again.boxes[~np.isnan(again.boxes)], track.boxes[~np.isnan(track.boxes)],
                        atol=1e-3)

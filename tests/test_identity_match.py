@@ -75,7 +75,7 @@ def test_demo_identity_matches_its_person_and_not_another(demo, media):
                  "cameraman.png", "python -m ladtalk enroll --video", "Enroll from this video "
                  "first", "--no-enhance", "none (Wav2Lip only)"):
         assert text in msg, (text, msg)
-    d = other.to_dict()
+    d = other.to_json()
     assert d["matches"] is False and d["frames"] == 1 and d["psnr_holdout"] == round(hold, 3)
 
 

@@ -47,3 +47,15 @@ def test_the_checker_sees_an_upward_import(report, tmp_path):
              "ladtalk.generation.pipeline": set()}
     assert mod.layer_violations(graph) and mod.two_way_parts(graph) == []
     assert mod.cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b"]]
+
+
+def test_readme_layout_table_matches_the_tree():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed = {cell.strip().strip("`").rstrip("/") for row in table.splitlines()
+              if row.startswith("| `") for cell in row.split("|")[1].split(",")}
+    for path in listed:
+        assert (ROOT / path).exists(), f"README's layout table names {path}, which is missing"
+    parts = {f"ladtalk/{p.name}" for p in (ROOT / "ladtalk").iterdir()
+             if p.is_dir() and (p / "__init__.py").is_file()}
+    assert parts <= listed, f"parts missing from README's layout table: {sorted(parts - listed)}"

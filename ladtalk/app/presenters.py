@@ -26,7 +26,7 @@ def result_report(res, gpu_s: int) -> Dict[str, Any]:
             "missing_face_timestamps": res.missing_face_timestamps[:50],
             "audio_copied": res.audio_copied, "precision": res.precision,
             "warnings": res.warnings, "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
-            "identity_match": match.to_dict() if match is not None else None,
+            "identity_match": match.to_json() if match is not None else None,
             "fusion": getattr(res, "fusion", None),
             "gpu_seconds_requested": gpu_s}
 

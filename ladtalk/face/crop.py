@@ -28,6 +28,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ladtalk._util.choices import DEFAULT_PADS
+
 SizeLike = Union[int, Tuple[int, int]]
 
 
@@ -35,7 +37,7 @@ SizeLike = Union[int, Tuple[int, int]]
 class CropConfig:
     """How a detector box becomes a crop region (see the module docstring)."""
 
-    pads: Tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right (pixels)
+    pads: Tuple[int, int, int, int] = DEFAULT_PADS  # top, bottom, left, right (pixels)
     margin: float = 1.0  # side = max(padded w, padded h) * margin
     square: bool = True  # False: upstream framing (clipped padded box, no margin)
 

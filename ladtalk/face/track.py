@@ -29,7 +29,6 @@ row of NaN.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -211,7 +210,8 @@ class FaceTrack:
                 "visible frontal face, try '--detector s3fd' if you used dlib, or give the "
                 "face position with '--box Y1 Y2 X1 X2'")
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
+        """The track as JSON values (a frame without a face: null)."""
         def rows(a):
             return [None if np.isnan(r).any() else [round(float(v), 3) for v in r] for r in a]
         return {"fps": self.fps, "frame_size": list(self.frame_size), "detector": self.detector,
@@ -220,7 +220,7 @@ class FaceTrack:
                 "filled": [bool(v) for v in self.filled]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FaceTrack":
+    def from_json(cls, d: dict) -> "FaceTrack":
         def arr(rows):
             return np.array([[np.nan] * 4 if r is None else r for r in rows],
                             dtype=np.float64).reshape(-1, 4)
@@ -228,9 +228,6 @@ class FaceTrack:
                    scores=np.array([np.nan if s is None else s for s in d["scores"]], float),
                    fps=float(d["fps"]), frame_size=tuple(d["frame_size"]),
                    detector=d.get("detector", ""), filled=np.array(d["filled"], dtype=bool))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
 
 
 def _chunks(frames: FrameSource, chunk_size: int) -> Iterable[np.ndarray]:

@@ -93,18 +93,15 @@ class IdentityMatch:
             return True
         return self.gain_input >= self.gain_reference - float(self.gain_margin_db or 0.0)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_json(self) -> Dict[str, Any]:
+        """The measurement as JSON values (rounded to 1e-3 dB; inf / NaN as strings)."""
         d = asdict(self)
         for k in ("psnr_input", "psnr_holdout", "threshold", "psnr_raw", "gain_input",
                   "gain_reference"):
             if d[k] is not None:
                 d[k] = round(float(d[k]), 3)
         d["psnr_frames"] = [round(float(v), 3) for v in self.psnr_frames]
-        return d
-
-    def to_json(self) -> Dict[str, Any]:
-        """:meth:`to_dict` under the package's JSON policy (inf / NaN as strings)."""
-        return to_jsonable(self.to_dict())
+        return to_jsonable(d)
 
     def message(self) -> str:
         """What was measured and, on a mismatch, what to do."""
