@@ -26,6 +26,7 @@ from ladtalk.face import (
     smooth_boxes,
     track_faces,
 )
+from ladtalk.face.video_crops import centre_crop, largest_face_crop
 
 # skimage ships astronaut.png inside the wheel (public-domain NASA portrait of Eileen
 # Collins); it is read from the package directory, nothing is downloaded.
@@ -359,3 +360,19 @@ def test_feather_mask_shape_and_edges():
     assert (lower[:24] == 0).all() and lower[36, 32] == 1.0
     with pytest.raises(ValueError):
         feather_mask(32, "star")
+
+
+def test_largest_face_crop_frames_the_face_like_generation(astronaut, dlib_det):
+    crop, box = largest_face_crop(astronaut, dlib_det, 64, "astronaut.png")
+    assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
+    assert np.linalg.norm(_centre(box) - ASTRONAUT_FACE_CENTRE) < 20
+    region = face_region(np.asarray(box), (512, 512), CropConfig())
+    assert np.array_equal(crop, crop_face(astronaut, region, 64))
+    with pytest.raises(InputError, match="no face found in 'blank.png'"):
+        largest_face_crop(np.zeros((128, 128, 3), np.uint8), dlib_det, 64, "blank.png")
+
+
+def test_centre_crop_takes_the_middle_square():
+    img = np.zeros((60, 100, 3), np.uint8)
+    img[:, 20:80] = 255  # the centre 60x60 square is white, the sides black
+    assert (centre_crop(img, 30) == 255).all()

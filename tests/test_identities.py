@@ -12,7 +12,7 @@ from ladtalk._util.jsonsafe import to_jsonable
 from ladtalk.errors import InputError, LadTalkError
 from ladtalk.identities.meta import IdentityMeta, load_meta, read_meta
 from ladtalk.identities.publish import PUBLISHED_FILES, publish_identity
-from ladtalk.identities.store import SHIPPED_DIR, list_identities
+from ladtalk.identities.store import SHIPPED_DIR, identity_config, list_identities
 
 DEMO = SHIPPED_DIR / "demo"
 
@@ -112,3 +112,10 @@ def test_publish_identity_clear_errors_without_leaking_the_token(fake_hub, monke
         publish_identity("demo", "user/repo", "hf_topsecret")
     assert "hf_topsecret" not in str(err.value) and "401" in str(err.value)
     assert err.value.__cause__ is None
+
+
+def test_identity_config_is_the_model_config_it_was_saved_with():
+    cfg = identity_config("demo")
+    assert cfg.resolution == json.loads((DEMO / "config.json").read_text())["resolution"]
+    with pytest.raises(InputError):
+        identity_config("no-such-identity")

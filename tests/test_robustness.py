@@ -13,10 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from ladtalk.analysis.degrade import resolve_specs
+from ladtalk.analysis.degrade import parse_degradation, resolve_specs
 from ladtalk.analysis.report import RobustnessReport
-from ladtalk.analysis.robustness import evaluate_robustness, robustness_for_video
+from ladtalk.analysis.robustness import (
+    evaluate_robustness,
+    restoration_pictures,
+    robustness_for_video,
+)
 from ladtalk.errors import InputError
+from ladtalk.face.video_crops import to_tensor01
 from ladtalk.generation.restore import Restorer
 from ladtalk.metrics.image import psnr, ssim
 from ladtalk.models.sovqae import SOVQAE, get_config
@@ -236,3 +241,16 @@ def test_default_specs_skip_down_at_low_resolution():
     assert resolve_specs(128, blur=[2, 2.0], down=[96]) == (["blur:2.0", "down:96"], [])
     # given values are kept as they are; the check against the resolution comes later
     assert resolve_specs(32, noise=[0.05], down=[64]) == (["noise:0.05", "down:64"], [])
+
+
+def test_restoration_pictures_are_the_measured_degradations(identity_dir):
+    restorer = Restorer(SOVQAE.from_pretrained(identity_dir), "cpu")
+    x = to_tensor01(_crops(1))
+    pics = restoration_pictures(restorer, x, ["blur:1.0", "noise:0.1"])
+    assert list(pics) == ["clean", "reconstructed", "blur:1.0 degraded", "blur:1.0 restored",
+                          "noise:0.1 degraded", "noise:0.1 restored"]
+    assert np.array_equal(pics["clean"], _crops(1)[0])
+    noisy = parse_degradation("noise:0.1")(x, seed=[0])
+    want = (noisy[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    assert np.array_equal(pics["noise:0.1 degraded"], want)
+    assert all(p.shape == (32, 32, 3) and p.dtype == np.uint8 for p in pics.values())

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ladtalk.errors import InputError
-from ladtalk.media.decode import decode_cmd, iter_frames, read_frames, read_image
+from ladtalk.media.decode import decode_cmd, frame_at, iter_frames, read_frames, read_image
 from ladtalk.media.encode import VideoWriter, encode_cmd, encoded_size
 from ladtalk.media.ffmpeg import ffmpeg_exe
 from ladtalk.media.image import is_still_image
@@ -356,3 +356,11 @@ def test_decode_and_encode_command_lines():
     assert _opt(enc, "-c:v") == "libx264" and _opt(enc, "-c:a") == "copy"
     assert _opt(enc, "-movflags") == "+faststart" and "-y" in enc
     assert enc.index("out.mp4") > enc.index("-c:v")
+
+
+def test_frame_at_picks_the_frame_of_a_time_and_refuses_times_outside(media):
+    frames = read_frames(media["av"])
+    assert np.array_equal(frame_at(media["av"], 0.0), frames[0])
+    assert np.array_equal(frame_at(media["av"], 1.0), frames[25])  # 25 fps
+    with pytest.raises(InputError, match=r"outside the video 'av.mp4' \(0 to 2.00 s\)"):
+        frame_at(media["av"], 5.0)

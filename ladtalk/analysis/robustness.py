@@ -248,4 +248,18 @@ def robustness_for_video(identity: Union[str, Path], video: Union[str, Path],
     return report
 
 
-__all__ = ["evaluate_robustness", "robustness_for_video", "FRAMES_FROM"]
+def restoration_pictures(restorer: Restorer, crop01: torch.Tensor,
+                         specs: Sequence[str], seed: int = 0) -> Dict[str, np.ndarray]:
+    """``{caption: uint8 picture}`` for one crop (1, 3, H, W): clean, reconstructed, and each
+    spec's degraded and restored picture (the same noise seed as the measurement)."""
+    def u8(x: torch.Tensor) -> np.ndarray:
+        return (x[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+
+    pictures = {"clean": u8(crop01), "reconstructed": u8(restorer.restore01(crop01))}
+    for d in parse_all(specs, restorer.resolution):
+        degraded = d(crop01, seed=[seed])
+        pictures[f"{d.spec} degraded"] = u8(degraded)
+        pictures[f"{d.spec} restored"] = u8(restorer.restore01(degraded))
+    return pictures
+
+__all__ = ["evaluate_robustness", "robustness_for_video", "restoration_pictures", "FRAMES_FROM"]

@@ -37,7 +37,6 @@ from ladtalk.app.presenters import (
 )
 from ladtalk.app.progress import crop_reporter
 from ladtalk.app.robustness import (
-    crop_tensor,
     degradation_specs,
     face_crop,
     frame_from_inputs,
@@ -47,6 +46,7 @@ from ladtalk.app.robustness import (
 from ladtalk.app.state import AppState
 from ladtalk.enrollment import prepare_crops
 from ladtalk.errors import CheckpointError, InputError
+from ladtalk.face.video_crops import to_tensor01
 from ladtalk.generation.options import GenerateOptions
 from ladtalk.identities.meta import load_meta
 from ladtalk.identities.publish import publish_identity
@@ -124,7 +124,7 @@ def robustness_request(st: AppState, image, video, frame_time, identity, strengt
     progress(0.05, desc="finding the face")
     frame, label = frame_from_inputs(st.limits, image, video, frame_time)
     crop, box = face_crop(st.pipeline, frame, label, res_px, bool(is_crop), detector or "auto")
-    res, images = robustness_on_gpu(st.key, crop_tensor(crop), ident, specs, sweep_specs,
+    res, images = robustness_on_gpu(st.key, to_tensor01(crop[None]), ident, specs, sweep_specs,
                                     bool(certificate), progress)
     raw = robustness_raw(res, identity=ident, label=label, box=box, resolution=res_px,
                          specs=specs, sweep=sweep, sweep_specs=sweep_specs)

@@ -3,7 +3,6 @@ evaluation of one crop (numbers and pictures from the same restorer and noise se
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -11,16 +10,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ladtalk.analysis.degrade import format_spec, parse_degradation
-from ladtalk.analysis.robustness import evaluate_robustness
+from ladtalk.analysis.degrade import format_spec
+from ladtalk.analysis.robustness import evaluate_robustness, restoration_pictures
 from ladtalk.app.limits import AppLimits, check_face_input
 from ladtalk.errors import InputError
-from ladtalk.face.crop import CropConfig, CropRegion, crop_face, face_region
-from ladtalk.face.track import select_largest
+from ladtalk.face.video_crops import centre_crop, largest_face_crop
 from ladtalk.generation.options import GenerateOptions
-from ladtalk.identities.store import resolve_identity
-from ladtalk.media.decode import iter_frames, read_image
-from ladtalk.models.sovqae import SOVQAEConfig
+from ladtalk.identities.store import identity_config
+from ladtalk.media.decode import frame_at, read_image
 
 SWEEPS = {  # degradation -> strengths for the PSNR-vs-strength plot
     "blur": [0.5, 1.0, 1.5, 2.0, 3.0, 4.0],
@@ -30,9 +27,8 @@ SWEEPS = {  # degradation -> strengths for the PSNR-vs-strength plot
 
 
 def identity_resolution(name: str) -> int:
-    """The crop size (px) an identity works at (from its ``config.json``)."""
-    path = resolve_identity(name)
-    return int(SOVQAEConfig.from_dict(json.loads((path / "config.json").read_text())).resolution)
+    """The crop size (px) an identity works at."""
+    return int(identity_config(name).resolution)
 
 
 def degradation_specs(blur, noise, down, resolution: int) -> List[str]:
@@ -82,44 +78,18 @@ def frame_from_inputs(limits: AppLimits, image, video, frame_time) -> Tuple[np.n
     if info.is_image:
         return read_image(video), name
     t = float(frame_time or 0.0)
-    if not (0.0 <= t <= info.duration):
-        raise InputError(f"frame time {t:g} s is outside the video '{name}' "
-                         f"(0 to {info.duration:.2f} s)")
-    want = min(int(round(t * (info.fps or 25.0))), max(0, info.n_frames - 1))
-    last = None
-    for chunk in iter_frames(video, chunk_size=8, max_frames=want + 1):
-        last = chunk[-1]  # frame `want`, or the last one when the video ends earlier
-    if last is None:
-        raise InputError(f"no frame could be decoded from '{name}'")
-    return np.ascontiguousarray(last), f"{name} @ {t:g} s"
+    return frame_at(video, t, info), f"{name} @ {t:g} s"
 
 
 def face_crop(pipeline, frame: np.ndarray, name: str, resolution: int, is_crop: bool,
               detector: str) -> Tuple[np.ndarray, Optional[List[float]]]:
     """``(crop, box)``: the largest face with the generation framing, or the centre square
     of a picture that already is a face crop (box None)."""
-    h, w = frame.shape[:2]
     if is_crop:
-        side = min(h, w)
-        y0, x0 = (h - side) // 2, (w - side) // 2
-        return crop_face(frame, CropRegion(x0, y0, x0 + side, y0 + side, w, h), resolution), None
+        return centre_crop(frame, resolution), None
+    h, w = frame.shape[:2]
     det = pipeline.detector_for(GenerateOptions(detector=detector), (w, h))
-    boxes, _ = select_largest(det.detect(frame[None]))
-    if np.isnan(boxes[0]).any():
-        raise InputError(f"no face found in '{name}' (detector: {getattr(det, 'name', detector)}); "
-                         "use a clear, frontal face picture, try another detector, or tick "
-                         "'the picture is already a face crop'")
-    region = face_region(boxes[0], (w, h), CropConfig())
-    return crop_face(frame, region, resolution), [float(v) for v in boxes[0]]
-
-
-def crop_tensor(crop: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255
-
-
-def _to_u8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    return largest_face_crop(frame, det, resolution, name)
 
 
 def evaluate_crop(restorer, crops01: torch.Tensor, specs: Sequence[str],
@@ -130,9 +100,4 @@ def evaluate_crop(restorer, crops01: torch.Tensor, specs: Sequence[str],
     all_specs = list(dict.fromkeys(list(specs) + list(sweep)))
     res = evaluate_robustness(restorer.model, crops01, all_specs, device=restorer.device,
                               certificate=certificate, progress=progress, **kwargs).to_json()
-    images = {"clean": _to_u8(crops01), "reconstructed": _to_u8(restorer.restore01(crops01))}
-    for spec in specs:
-        xd = parse_degradation(spec)(crops01, seed=[0])
-        images[f"{spec} degraded"] = _to_u8(xd)
-        images[f"{spec} restored"] = _to_u8(restorer.restore01(xd))
-    return res, images
+    return res, restoration_pictures(restorer, crops01, specs)

@@ -15,9 +15,9 @@ import torch
 from ladtalk._util.atomic import atomic_path
 from ladtalk._util.paths import ladtalk_home
 from ladtalk.errors import InputError
-from ladtalk.face.crop import CropConfig, crop_face, face_region
+from ladtalk.face.crop import CropConfig, CropRegion, crop_face, face_region
 from ladtalk.face.detect import make_detector
-from ladtalk.face.track import FaceTrack, track_faces
+from ladtalk.face.track import FaceTrack, select_largest, track_faces
 from ladtalk.media.decode import iter_frames
 from ladtalk.media.probe import MediaInfo, probe
 
@@ -342,6 +342,29 @@ def even_subset(n: int, k: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
 
 
+def largest_face_crop(frame: np.ndarray, detector, size: int, name: str = "the picture",
+                      config: Optional[CropConfig] = None) -> Tuple[np.ndarray, List[float]]:
+    """``(crop, box)``: the largest face of one RGB picture, framed as generation frames it
+    (``config``, default :class:`CropConfig`) and resized to ``size`` px."""
+    h, w = frame.shape[:2]
+    boxes, _ = select_largest(detector.detect(frame[None]))
+    if np.isnan(boxes[0]).any():
+        raise InputError(f"no face found in '{name}' (detector: "
+                         f"{getattr(detector, 'name', 'unknown')}); use a clear, frontal face "
+                         "picture, try another detector, or tick 'the picture is already a "
+                         "face crop'")
+    region = face_region(boxes[0], (w, h), config or CropConfig())
+    return crop_face(frame, region, size), [float(v) for v in boxes[0]]
+
+
+def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
+    """The centre square of a picture that already is a face crop, resized to ``size`` px."""
+    h, w = frame.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return crop_face(frame, CropRegion(x0, y0, x0 + side, y0 + side, w, h), size)
+
+
 __all__ = ["FaceCrops", "extract_crops", "split_holdout", "to_tensor01", "even_subset",
            "MIN_FRAMES", "crop_cache_dir", "select_frames", "choose_resolution",
-           "RESOLUTION_STEPS"]
+           "RESOLUTION_STEPS", "largest_face_crop", "centre_crop"]

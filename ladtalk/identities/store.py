@@ -12,6 +12,7 @@ the previous identity intact; :func:`resolve_identity` finishes a swap cut betwe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import List, Union
 from ladtalk._util.paths import identities_dir
 from ladtalk.errors import InputError
 from ladtalk.identities.meta import IdentityMeta, load_meta
+from ladtalk.models.sovqae import CONFIG_NAME, SOVQAEConfig
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "identities"
@@ -98,5 +100,12 @@ def list_identities() -> List[IdentityInfo]:
     return out
 
 
-__all__ = ["IdentityInfo", "REQUIRED_FILES", "SHIPPED_DIR", "list_identities",
+def identity_config(name_or_dir: Union[str, Path]) -> SOVQAEConfig:
+    """The model config of an identity (its ``config.json``), e.g. the crop size it works at."""
+    path = resolve_identity(name_or_dir)
+    return SOVQAEConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()),
+                                  source=str(path / CONFIG_NAME))
+
+
+__all__ = ["IdentityInfo", "REQUIRED_FILES", "SHIPPED_DIR", "identity_config", "list_identities",
            "resolve_identity", "store_path", "validate_name"]

@@ -150,3 +150,22 @@ def read_image(path: PathLike) -> np.ndarray:
     if not frames:
         raise InputError(f"could not decode an image from {p}")
     return frames[0][0]
+
+
+def frame_at(path, seconds: float, info=None) -> np.ndarray:
+    """The RGB frame shown at ``seconds`` (decoding up to it; the last frame when the
+    video is shorter than its header says). ``info``: the file's :func:`probe`, if known."""
+    info = info or probe(path)
+    name = getattr(path, "name", str(path))
+    t = float(seconds)
+    if not (0.0 <= t <= info.duration):
+        raise InputError(f"frame time {t:g} s is outside the video '{name}' "
+                         f"(0 to {info.duration:.2f} s)")
+    want = min(int(round(t * (info.fps or 25.0))), max(0, info.n_frames - 1))
+    last = None
+    for chunk in iter_frames(path, chunk_size=8, max_frames=want + 1):
+        last = chunk[-1]
+    if last is None:
+        raise InputError(f"no frame could be decoded from '{name}'")
+    return np.ascontiguousarray(last)
+
