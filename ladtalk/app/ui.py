@@ -246,8 +246,9 @@ def _enroll_inputs(ctx: Ctx) -> List[gr.components.Component]:
         e_config = gr.Dropdown(list(ENROLL_CONFIGS), value="auto", label="Model config",
                                info="auto: cpu on CPU, base on GPU")
         e_det = gr.Dropdown(list(DETECTORS), value=DEFAULT_DETECTOR, label="Face detector")
-        e_fresh = gr.Checkbox(label="Start over (ignore an existing identity of this name)",
-                              value=False)
+    # on its own line: beside the dropdowns a narrow screen squeezes its label away
+    e_fresh = gr.Checkbox(label="Start over (ignore an existing identity of this name)",
+                          value=False)
     with gr.Accordion("Push to your own Hugging Face Hub repo (optional)", open=False):
         e_repo = gr.Textbox("", label="Repository", placeholder="your-user/ladtalk-alice")
         e_token = gr.Textbox("", label="Write token (used once, never stored)",
