@@ -152,7 +152,8 @@ def _child(args: argparse.Namespace) -> int:
     out = {
         "frames": res.n_frames, "fps": res.fps, "duration_s": res.duration,
         "size": list(res.size), "enhanced": res.enhanced, "n_source_frames": res.n_source_frames,
-        "timings_s": res.timings, "weights": weights, "batch_size": bs,
+        "timings_s": res.timings, "stage_fps": res.stage_fps(), "weights": weights,
+        "batch_size": bs,
         "precision": res.precision,
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
         "model_workers": list(pipe.worker_plan()),
@@ -208,13 +209,8 @@ def _child_argv(args: argparse.Namespace, audio: Path, out: Path, result: Path,
 def _summarise(length: float, child: dict, process_wall: float) -> dict:
     n = child["frames"]
     t = child["timings_s"]
-    fps: Dict[str, float] = {}
-    for stage in STAGES:
-        secs = t.get(stage, 0.0)
-        if secs > 0:
-            n_stage = child["n_source_frames"] if stage == "detect" else n
-            if n_stage:
-                fps[stage] = n_stage / secs
+    fps: Dict[str, float] = {s: child["stage_fps"][s] for s in STAGES
+                             if s in child["stage_fps"]}
     fps["end_to_end"] = n / t["total"]
     fps["process"] = n / process_wall
     return {

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import subprocess
@@ -191,16 +190,17 @@ def holdout_start(video: Path, video_seconds: float, holdout: float,
     record (``meta.json`` ``frames.holdout_first_s``), so no clip overlaps its training."""
     start = video_seconds * (1.0 - holdout)
     if identity:
+        from ladtalk.identities.meta import META_JSON, load_meta
         from ladtalk.identities.store import resolve_identity
-        meta_path = resolve_identity(identity) / "meta.json"
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("video") and meta["video"] != video.name:
+        ident_dir = resolve_identity(identity)
+        if (ident_dir / META_JSON).is_file():
+            meta = load_meta(ident_dir)
+            if meta.video and meta.video != video.name:
                 logging.warning("identity %s was enrolled on %s, not on %s: the clips are "
-                                "held out only with respect to %s", identity, meta["video"],
+                                "held out only with respect to %s", identity, meta.video,
                                 video.name, video.name)
             else:
-                first = (meta.get("frames") or {}).get("holdout_first_s")
+                first = meta.frames.holdout_first_s
                 if first is None:
                     raise InputError(
                         f"identity {identity} was enrolled on {video.name} without a holdout "
@@ -316,11 +316,11 @@ def _run(args: argparse.Namespace, t0: float) -> int:
              f"{args.clip_seconds:g}s from {start0:.2f}s, original audio; Wav2Lip: "
              f"{wav2lip_desc}")
     text = batch.format_table(title)
-    reasons = []
-    for clip in batch.to_json()["clips"]:
-        for name, entry in clip["metrics"].items():
-            line = f"{name}: {entry['status']} - {entry.get('reason', '')}"
-            if entry["status"] != "ok" and line not in reasons:
+    reasons = []  # one line per distinct reason (batch.reasons() keeps one per metric)
+    for clip in batch.clips:
+        for name, entry in clip.result.metrics.items():
+            line = f"{name}: {entry.status} - {entry.reason}"
+            if entry.status != "ok" and line not in reasons:
                 reasons.append(line)
     lines = [text] + [f"note: {s}" for s in skipped] + [f"  {r}" for r in reasons]
     if is_formula:

@@ -82,7 +82,8 @@ def main() -> int:
     import cv2
     import torch
     torch.set_num_threads(1)
-    from ladtalk.generation.identity_match import check_identity, video_face_crops
+    from ladtalk.generation.identity_crops import video_face_crops
+    from ladtalk.generation.identity_match import check_identity
     from ladtalk.generation.restore import Restorer
     from ladtalk.identities.meta import read_meta
     from ladtalk.identities.store import resolve_identity

@@ -28,8 +28,8 @@ import torch
 from ladtalk.enrollment import Trainer, train_preset
 from ladtalk.enrollment.data import CropSampler
 from ladtalk.enrollment.trainer import holdout_psnr as _psnr
-from ladtalk.face.video_crops import even_subset, extract_crops, split_holdout, to_tensor01
-from ladtalk.media.resample import lipsync_path
+from ladtalk.face.video_crops import even_subset, extract_crops, split_holdout
+from ladtalk.media.resample import lipsync_path, to_tensor01
 from ladtalk.models.sovqae import SOVQAE, SOVQAEConfig
 
 ap = argparse.ArgumentParser()

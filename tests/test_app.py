@@ -40,7 +40,8 @@ def _write_tiny_identity(home: Path, name: str) -> Path:
     (ladtalk.generation.identity_match) lets it restore the astronaut, and only the astronaut."""
     import torch
 
-    from ladtalk.generation.identity_match import check_identity, video_face_crops
+    from ladtalk.generation.identity_crops import video_face_crops
+    from ladtalk.generation.identity_match import check_identity
     from ladtalk.models.sovqae import SOVQAE, get_config
     torch.manual_seed(0)
     path = home / "identities" / name
@@ -430,6 +431,43 @@ def test_app_choices_come_from_the_shared_defaults():
             params["pad_right"].default) == DEFAULT_PADS
     assert params["detector"].default == DEFAULT_DETECTOR
     assert params["loop"].default == DEFAULT_LOOP
+
+
+def test_enroll_video_check_reuses_a_probe_already_made(monkeypatch):
+    """Generate with 'enroll first' probes the face upload once: the enrollment check takes
+    the face check's MediaInfo instead of probing again."""
+    from dataclasses import replace
+
+    from ladtalk.app import limits as app_limits
+    from ladtalk.errors import InputError
+
+    lim = app_limits.AppLimits(max_video_seconds=60.0)
+    video = EXAMPLES / "astronaut.mp4"
+    info = app_limits.check_face_input(video, lim)
+    calls = []
+    monkeypatch.setattr(app_limits, "probe", lambda *a, **k: calls.append(a) or info)
+    assert app_limits.check_enroll_video(video, lim, info) is info and calls == []
+    assert app_limits.check_enroll_video(video, lim) is info and len(calls) == 1
+    with pytest.raises(InputError, match="still image"):  # the given info is what is checked
+        app_limits.check_enroll_video(video, lim, replace(info, is_image=True))
+
+
+def test_enroll_request_presents_the_folder_enroll_wrote(monkeypatch, tmp_path):
+    """With ``enroll_kwargs={"out": DIR}`` the identity is not in the store: the summary and
+    the download come from the folder enrollment returned."""
+    from types import SimpleNamespace
+
+    from ladtalk.app import endpoints
+    from ladtalk.app.limits import AppLimits
+
+    out = _write_tiny_identity(tmp_path / "elsewhere", "carol")
+    monkeypatch.setattr(endpoints, "run_enrollment", lambda *a, **k: out)
+    st = SimpleNamespace(limits=AppLimits())
+    md, meta, weights = endpoints.enroll_request(
+        st, str(EXAMPLES / "astronaut.mp4"), "carol", 3, "tiny", "dlib", False, "", "", False,
+        lambda *a, **k: None)
+    assert meta["name"] == "carol" and "carol" in md
+    assert Path(weights).read_bytes() == (out / "model.safetensors").read_bytes()
 
 
 def test_python_app_py_starts_offline_and_serves_robustness(tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 from ladtalk._util.choices import CERTIFICATE_COSTS, CertificateCost
 from ladtalk.analysis.certificate import (
     Certificate,
+    CertificateAccumulator,
     codebook_distances,
     compute_certificate,
     two_nearest,
@@ -92,6 +93,30 @@ def test_gamma_zero_when_latents_are_codes_and_codes_preserved():
     assert isinstance(cert.lipschitz, LipschitzEstimate) and d["lipschitz"]["iters"] == 2
     back = Certificate.from_json(json.loads(json.dumps(d)))
     assert back == cert and back.to_json() == d
+
+
+def test_non_finite_layerwise_bound_gives_no_layerwise_radius():
+    model = _model()
+    with torch.no_grad():
+        h = model.encode_latent(_faces(2) * 2 - 1)
+    for bad in (float("nan"), float("inf")):
+        acc = CertificateAccumulator(model)
+        acc.add_clean(h, 3 * 32 * 32)
+        lip = LipschitzEstimate(per_position_power=2.0, per_position_random=1.0,
+                                global_power=2.0, global_random=1.0,
+                                layerwise_local=float("nan"), layerwise_naive=bad)
+        cert = acc.finalize(lip)
+        assert cert.radius_layerwise_local is None
+        assert cert.L_layerwise_local is None and cert.L_layerwise_naive is None
+        assert math.isfinite(cert.radius)
+        json.dumps(cert.to_json(), allow_nan=False)
+    acc = CertificateAccumulator(model)
+    acc.add_clean(h, 3 * 32 * 32)
+    lip = LipschitzEstimate(per_position_power=2.0, per_position_random=1.0, global_power=2.0,
+                            global_random=1.0, layerwise_local=4.0, layerwise_naive=8.0)
+    cert = acc.finalize(lip)
+    assert cert.radius_layerwise_local == pytest.approx((cert.d_C - 2 * cert.gamma) / 8.0)
+    assert cert.L_layerwise_local == 4.0 and cert.L_layerwise_naive == 8.0
 
 
 def test_random_model_reports_no_certificate_honestly():

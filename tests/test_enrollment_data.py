@@ -35,11 +35,11 @@ def test_split_holdout_takes_the_end_of_the_video():
         video_crops.split_holdout(100, 1.0)
 
 
-def test_select_frames_subsamples_evenly():
-    keep = video_crops.select_frames(10_000, 500)
+def test_even_subset_subsamples_evenly():
+    keep = video_crops.even_subset(10_000, 500)
     assert len(keep) == 500 and keep[0] == 0 and keep[-1] == 9999
     assert np.all(np.diff(keep) > 0)
-    assert len(video_crops.select_frames(40, 500)) == 40
+    assert len(video_crops.even_subset(40, 500)) == 40
 
 
 def test_sampler_is_deterministic_and_resumable():

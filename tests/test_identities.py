@@ -8,11 +8,19 @@ import shutil
 
 import pytest
 
+from ladtalk._util.atomic import OLD_PREFIX, atomic_dir, recover_dir
 from ladtalk._util.jsonsafe import to_jsonable
-from ladtalk.errors import InputError, LadTalkError
+from ladtalk.errors import CheckpointError, InputError, LadTalkError
 from ladtalk.identities.meta import IdentityMeta, load_meta, read_meta
 from ladtalk.identities.publish import PUBLISHED_FILES, publish_identity
-from ladtalk.identities.store import SHIPPED_DIR, identity_config, list_identities
+from ladtalk.identities.store import (
+    REQUIRED_FILES,
+    SHIPPED_DIR,
+    identity_config,
+    is_identity_dir,
+    list_identities,
+    resolve_identity,
+)
 
 DEMO = SHIPPED_DIR / "demo"
 
@@ -119,3 +127,36 @@ def test_identity_config_is_the_model_config_it_was_saved_with():
     assert cfg.resolution == json.loads((DEMO / "config.json").read_text())["resolution"]
     with pytest.raises(InputError):
         identity_config("no-such-identity")
+
+
+def test_identity_config_of_a_broken_config_names_the_file(tmp_path):
+    ident = tmp_path / "me"
+    shutil.copytree(DEMO, ident)
+    (ident / "config.json").write_text("{truncated")
+    with pytest.raises(CheckpointError, match=r"me[/\\]config\.json"):
+        identity_config(ident)
+
+
+def test_is_identity_dir_needs_every_required_file(tmp_path):
+    assert REQUIRED_FILES == ("config.json", "model.safetensors")
+    assert is_identity_dir(DEMO)
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "config.json").write_text("{}")
+    assert not is_identity_dir(part) and not is_identity_dir(tmp_path / "absent")
+    (part / "model.safetensors").write_bytes(b"")
+    assert is_identity_dir(part)
+
+
+def test_a_swap_cut_between_its_renames_is_finished_on_lookup(tmp_path, monkeypatch):
+    monkeypatch.setenv("LADTALK_HOME", str(tmp_path))
+    target = tmp_path / "identities" / "me"
+    with atomic_dir(target) as tmp:  # a real write, then the state a kill mid-swap leaves
+        for name in REQUIRED_FILES:
+            shutil.copy(DEMO / name, tmp / name)
+    moved = target.parent / f"{OLD_PREFIX}me-0123abcd"
+    target.rename(moved)
+    assert resolve_identity("me") == target and is_identity_dir(target)
+    assert not moved.exists()
+    recover_dir(target)  # nothing to do once the target is back
+    assert is_identity_dir(target)

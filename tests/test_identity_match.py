@@ -21,12 +21,12 @@ from pipeline_helpers import (
 )
 
 from ladtalk.errors import InputError
+from ladtalk.generation.identity_crops import video_face_crops
 from ladtalk.generation.identity_match import (
     ABSOLUTE_THRESHOLD_DB,
     DEFAULT_MARGIN_DB,
     IdentityMatch,
     check_identity,
-    video_face_crops,
 )
 from ladtalk.generation.pipeline import GenerateOptions, Pipeline
 from ladtalk.identities.meta import read_meta

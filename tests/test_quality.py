@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ladtalk.evaluation.quality import measure_quality, region_mask, soften96, write_report
+from ladtalk._util.atomic import write_json
+from ladtalk.evaluation.quality import measure_quality, region_mask, soften96
 from ladtalk.evaluation.quality_report import QualityReport
 from ladtalk.face.crop import crop_face, face_region
 from ladtalk.generation.fusion import FusionConfig
@@ -100,8 +101,23 @@ def test_quality_report_reads_the_demo_identity_meta_and_old_values(tmp_path):
     assert rep2.soften[0.0].L.mouth_psnr == float("inf")
     assert rep2.to_json()["soften"]["0"]["L"]["mouth_psnr"] == "inf"
     assert rep2.to_json()["extra_key"] == 1
-    out = write_report(rep2, tmp_path / "q.json")
+    out = write_json(tmp_path / "q.json", rep2)
     assert json.loads(out.read_text())["soften"]["0"]["L"]["mouth_psnr"] == "inf"
+
+
+def test_summary_rows_are_the_stored_numbers_in_the_stored_order():
+    stored = json.loads((ROOT / "checkpoints" / "identities" / "demo" / "meta.json")
+                        .read_text())["quality"]
+    odd = json.loads(json.dumps(stored))
+    odd["soften"]["1"]["gain_db"] = 0.6049  # as stored, even where L - W rounds otherwise
+    rows = QualityReport.from_json(odd).summary_rows()
+    assert [r.sigma for r in rows] == list(odd["soften"])
+    for r in rows:
+        raw = odd["soften"][r.sigma]
+        assert (r.w_psnr, r.l_psnr, r.gain_db, r.w_sharpness, r.l_sharpness) == (
+            raw["W"]["psnr"], raw["L"]["psnr"], raw["gain_db"], raw["W"]["sharpness"],
+            raw["L"]["sharpness"])
+    assert QualityReport.from_json(odd).to_json() == odd
 
 
 def test_soften96_is_the_lipsync_path_at_96_px():
@@ -136,6 +152,26 @@ def test_no_restoration_scores_like_the_proxy():
     rep0 = measure_quality(_Echo(), iter(frames), soften=(1.0,), lpips=False,
                            fusion=FusionConfig(0.0, 0.0))
     assert rep0.soften[1.0].gain_db == 0.0
+
+
+def test_a_given_perceptual_module_scores_the_lpips_column():
+    import torch
+
+    from ladtalk.evaluation.quality import lpips_function
+    from ladtalk.metrics.lpips import LPIPS
+    torch.manual_seed(0)
+    module = LPIPS()  # random VGG features: enough to check the module is the one used
+    frames = _frames(2)
+    rep = measure_quality(_Echo(), iter(frames), soften=(1.0,), perceptual=module,
+                          fusion=FusionConfig(0.0, 0.0))
+    r = rep.soften[1.0]
+    assert r.W.lpips is not None and r.W.lpips > 0 and r.L.lpips == r.W.lpips  # L is W here
+    fn = lpips_function(module=module)
+    a, b = frames[0][0][:64, :64], frames[1][0][:64, :64]
+    with torch.no_grad():
+        ref = module(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1,
+                     torch.from_numpy(b).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    assert fn(a, b) == float(ref.mean())
 
 
 def test_region_mask_is_the_lower_face_inside_the_region():

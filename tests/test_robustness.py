@@ -21,8 +21,8 @@ from ladtalk.analysis.robustness import (
     robustness_for_video,
 )
 from ladtalk.errors import InputError
-from ladtalk.face.video_crops import to_tensor01
 from ladtalk.generation.restore import Restorer
+from ladtalk.media.resample import to_tensor01
 from ladtalk.metrics.image import psnr, ssim
 from ladtalk.models.sovqae import SOVQAE, get_config
 

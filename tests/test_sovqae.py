@@ -329,6 +329,17 @@ def test_from_pretrained_errors(tmp_path):
         SOVQAE.from_pretrained(tmp_path / "m")
 
 
+def test_config_from_file_reads_a_saved_config(tmp_path):
+    cfg = get_config("tiny", ema=True)
+    SOVQAE(cfg).save_pretrained(tmp_path / "m")
+    assert SOVQAEConfig.from_file(tmp_path / "m" / "config.json") == cfg
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"broken\.json: unreadable JSON config"):
+        SOVQAEConfig.from_file(tmp_path / "broken.json")
+    with pytest.raises(CheckpointError, match="missing.json"):
+        SOVQAEConfig.from_file(tmp_path / "missing.json")
+
+
 # --------------------------------------------------------------------------------------------
 # taming Lightning checkpoints and YAML
 

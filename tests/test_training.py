@@ -145,8 +145,9 @@ def test_enroll_learns_to_restore_resumes_and_writes_atomically(face_video, tmp_
     """~60-90 s on 2 busy cores: train a tiny SOVQAE on the astronaut, check restoration of
     held-out blurred frames, resume, and abort a second run from the progress callback."""
     from ladtalk.analysis.degrade import gaussian_blur
-    from ladtalk.face.video_crops import extract_crops, split_holdout, to_tensor01
+    from ladtalk.face.video_crops import extract_crops, split_holdout
     from ladtalk.identities.store import store_path
+    from ladtalk.media.resample import to_tensor01
     from ladtalk.models.sovqae import SOVQAE, get_config
 
     events = []

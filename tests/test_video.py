@@ -16,7 +16,8 @@ from ladtalk.media.decode import decode_cmd, frame_at, iter_frames, read_frames,
 from ladtalk.media.encode import VideoWriter, encode_cmd, encoded_size
 from ladtalk.media.ffmpeg import ffmpeg_exe
 from ladtalk.media.image import is_still_image
-from ladtalk.media.probe import probe
+from ladtalk.media.probe import MediaInfo, estimate_frames, probe
+from ladtalk.media.resample import to_tensor01, to_uint8
 
 FF = ffmpeg_exe()
 
@@ -364,3 +365,26 @@ def test_frame_at_picks_the_frame_of_a_time_and_refuses_times_outside(media):
     assert np.array_equal(frame_at(media["av"], 1.0), frames[25])  # 25 fps
     with pytest.raises(InputError, match=r"outside the video 'av.mp4' \(0 to 2.00 s\)"):
         frame_at(media["av"], 5.0)
+
+
+def test_estimate_frames_uses_duration_then_frame_count():
+    info = MediaInfo(path=Path("x.mp4"), width=8, height=8, fps=25.0, duration=2.0,
+                     n_frames=99, has_video=True, has_audio=False, video_codec="h264",
+                     audio_codec=None, is_image=False)
+    assert estimate_frames(info, 25.0) == 50 and estimate_frames(info, 10.0) == 20
+    no_duration = MediaInfo(**{**info.__dict__, "duration": 0.0})
+    assert estimate_frames(no_duration, 25.0) == 99  # the probed count, not 1
+    assert estimate_frames(MediaInfo(**{**info.__dict__, "duration": 0.0, "n_frames": 0}),
+                           25.0) == 1
+    assert estimate_frames(MediaInfo(**{**info.__dict__, "is_image": True}), 25.0) == 1
+
+
+def test_uint8_tensor_round_trip_rounds_half_to_even():
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    x = to_tensor01(crops)
+    assert x.shape == (2, 3, 5, 7) and x.dtype.is_floating_point
+    assert np.array_equal(to_uint8(x), crops)
+    import torch
+    half = torch.tensor([0.5, 1.5, 2.5, -3.0, 300.0]).div(255.0).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    assert to_uint8(half)[0, 0, :, 0].tolist() == [0, 2, 2, 0, 255]

@@ -1,7 +1,7 @@
 """Atomic writes: a temp file (or folder) beside the target, renamed into place on success.
 
 A reader never sees a half-written file, and an error or a kill leaves the old target intact
-(at worst a ``.tmp-*`` leftover beside it, which :func:`sweep_leftovers` removes).
+(at worst a ``.tmp-*`` leftover beside it).
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator
 
 from ladtalk._util.jsonsafe import to_jsonable
+from ladtalk._util.paths import PathLike
 
-PathLike = Union[str, Path]
 TMP_PREFIX = ".tmp-"
+#: prefix of the old folder :func:`atomic_dir` moves aside while it swaps the new one in
+OLD_PREFIX = ".old-"
 
 
 @contextmanager
@@ -77,8 +79,22 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
         raise
     old = None
     if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+        old = target.parent / f"{OLD_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
         os.replace(target, old)
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: PathLike) -> None:
+    """Finish an :func:`atomic_dir` swap cut between its two renames (old moved away, new not in).
+
+    When ``target`` is missing, the newest folder moved aside for it is put back.
+    """
+    target = Path(target)
+    if target.exists():
+        return
+    backups = sorted(target.parent.glob(f"{OLD_PREFIX}{target.name}-*"),
+                     key=lambda p: p.stat().st_mtime)
+    if backups:
+        os.replace(backups[-1], target)

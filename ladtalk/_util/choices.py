@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Tuple, Union
 
+from ladtalk.errors import InputError
+
 # Face detectors a user may pick ("auto": S3FD when its weights resolve, else dlib).
 DETECTORS: Tuple[str, ...] = ("auto", "s3fd", "dlib")
 DEFAULT_DETECTOR = "auto"
@@ -60,6 +62,17 @@ CERTIFICATE_COSTS: Dict[str, CertificateCost] = {
 
 # What generation does when the identity does not match the input's face.
 IDENTITY_CHECKS: Tuple[str, ...] = ("refuse", "warn", "off")
+
+
+def check_mode(mode: Any) -> str:
+    """Validate an ``identity_check`` mode (one of :data:`IDENTITY_CHECKS`)."""
+    m = str(mode or "").strip().lower()
+    if m not in IDENTITY_CHECKS:
+        raise InputError(f"--identity-check must be one of {', '.join(IDENTITY_CHECKS)}, got "
+                         f"{mode!r}")
+    return m
+
+
 # The CLI's and the benchmark's identity check: warn and restore anyway (the library's
 # GenerateOptions default is "refuse").
 CLI_IDENTITY_CHECK = "warn"

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Union
+
+#: what functions taking a file or folder accept
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def ladtalk_home() -> Path:

@@ -84,15 +84,6 @@ def two_nearest(weight: torch.Tensor, h: torch.Tensor, chunk: int = 8192
     return (torch.cat(d1s).view(shape), torch.cat(d2s).view(shape), torch.cat(ids).view(shape))
 
 
-@torch.no_grad()
-def codes_preserved(model: nn.Module, clean01: torch.Tensor, degraded01: torch.Tensor) -> float:
-    """Fraction of latent positions whose code is the same for degraded and clean images."""
-    model.eval()
-    ic = model.encode(clean01 * 2 - 1).indices
-    idg = model.encode(degraded01 * 2 - 1).indices
-    return float((ic == idg).float().mean())
-
-
 # -- the certificate -------------------------------------------------------------------------
 _FLOATS = ("d_C", "d_C_used", "d_C_used_to_all", "gamma", "gamma_mean", "gamma_p50",
            "gamma_p90", "gamma_p99", "L_enc", "L_enc_power", "L_enc_random", "L_enc_global",
@@ -177,6 +168,11 @@ def _radius(d: float, gamma: float, lip: Optional[float]) -> float:
     return (d - 2 * gamma) / (2 * lip) if lip and lip > 0 else float("inf")
 
 
+def _finite_or_none(x: Optional[float]) -> Optional[float]:
+    """``x`` as a float, or None when it is None, NaN or infinite."""
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
 def _notes(radius: float, gamma: float, d_c: float, lip: LipschitzEstimate) -> List[str]:
     notes: List[str] = []
     if radius <= 0:
@@ -258,9 +254,10 @@ class CertificateAccumulator:
             gamma_p99=p99, L_enc=L, L_enc_power=lip.per_position_power,
             L_enc_random=lip.per_position_random, L_enc_global=lip.global_value,
             L_enc_global_power=lip.global_power, L_enc_global_random=lip.global_random,
-            L_layerwise_local=lw, L_layerwise_naive=lip.layerwise_naive, L_layerwise_global=None,
+            L_layerwise_local=_finite_or_none(lw),
+            L_layerwise_naive=_finite_or_none(lip.layerwise_naive), L_layerwise_global=None,
             radius=radius, radius_used=_radius(cb["d_C_used_to_all"], gamma, L),
-            radius_layerwise_local=_radius(cb["d_C"], gamma, lw) if lw else None,
+            radius_layerwise_local=_finite_or_none(_radius(cb["d_C"], gamma, lw)) if lw else None,
             radius_rms=radius / math.sqrt(max(1, self.image_numel)),
             certified=bool(radius > 0), position_radius_p50=r50, position_radius_p90=r90,
             frames=int(margin.shape[0]), latent_positions=int(margin.numel()),
@@ -323,4 +320,4 @@ def compute_certificate(model: nn.Module, x01: torch.Tensor, degradations: Seque
 
 
 __all__ = ["Certificate", "CertificateAccumulator", "compute_certificate", "lipschitz_for",
-           "codebook_distances", "two_nearest", "codes_preserved", "UNITS"]
+           "codebook_distances", "two_nearest", "UNITS"]

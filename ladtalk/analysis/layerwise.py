@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SWISH_MAX_SLOPE = 1.0998393  # sup |d/dx x*sigmoid(x)| (at x ~ 2.3994); min slope is ~ -0.0998
-
 
 def max_symbol_norm(w: torch.Tensor, gh: int, gw: int, max_batch_bytes: int = 1 << 27) -> float:
     """Largest spectral norm of the kernel's symbol ``sum_ab W_ab e^{2 pi i (a u/gh + b v/gw)}``
@@ -214,5 +212,4 @@ def layerwise_bounds(model: nn.Module, x01: torch.Tensor) -> LayerwiseBound:
     return LayerwiseBound(float(loc.max()), float(naive), _NOTE, [float(v) for v in loc])
 
 
-__all__ = ["LayerwiseBound", "layerwise_bounds", "conv_operator_norm_bound", "max_symbol_norm",
-           "SWISH_MAX_SLOPE"]
+__all__ = ["LayerwiseBound", "layerwise_bounds", "conv_operator_norm_bound", "max_symbol_norm"]

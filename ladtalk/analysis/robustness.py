@@ -31,7 +31,7 @@ from ladtalk.face.video_crops import FaceCrops, even_subset, extract_crops
 from ladtalk.generation.restore import Restorer
 from ladtalk.identities.meta import IdentityMeta, load_meta
 from ladtalk.identities.store import resolve_identity
-from ladtalk.media.resample import resize01
+from ladtalk.media.resample import resize01, to_tensor01, to_uint8
 from ladtalk.metrics.image import psnr_torch, ssim
 from ladtalk.models.sovqae import SOVQAE
 
@@ -51,7 +51,7 @@ def _as_tensor01(crops: CropsLike) -> torch.Tensor:
     arr = np.asarray(crops)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"crops must be uint8 RGB (N, H, W, 3), got {arr.dtype} {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
+    return to_tensor01(arr)
 
 
 def _ssim_per_frame(y: torch.Tensor, x: torch.Tensor) -> List[float]:
@@ -108,8 +108,7 @@ def _results(means: _Means, degs: Sequence[Degradation]) -> Dict[str, Degradatio
 
 def _certificate_faces(x_all: torch.Tensor, k: int, res: int) -> torch.Tensor:
     """``k`` crops evenly spread over ``x_all``, at model resolution."""
-    n = int(x_all.shape[0])
-    pick = np.unique(np.round(np.linspace(0, n - 1, min(n, max(1, k))))).astype(int)
+    pick = even_subset(int(x_all.shape[0]), max(1, k))
     return resize01(x_all[torch.as_tensor(pick)], res)
 
 
@@ -253,7 +252,7 @@ def restoration_pictures(restorer: Restorer, crop01: torch.Tensor,
     """``{caption: uint8 picture}`` for one crop (1, 3, H, W): clean, reconstructed, and each
     spec's degraded and restored picture (the same noise seed as the measurement)."""
     def u8(x: torch.Tensor) -> np.ndarray:
-        return (x[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        return to_uint8(x)[0]
 
     pictures = {"clean": u8(crop01), "reconstructed": u8(restorer.restore01(crop01))}
     for d in parse_all(specs, restorer.resolution):

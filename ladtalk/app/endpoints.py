@@ -46,11 +46,11 @@ from ladtalk.app.robustness import (
 from ladtalk.app.state import AppState
 from ladtalk.enrollment import prepare_crops
 from ladtalk.errors import CheckpointError, InputError
-from ladtalk.face.video_crops import to_tensor01
 from ladtalk.generation.options import GenerateOptions
 from ladtalk.identities.meta import load_meta
 from ladtalk.identities.publish import publish_identity
-from ladtalk.identities.store import SHIPPED_DIR, resolve_identity, validate_name
+from ladtalk.identities.store import SHIPPED_DIR, validate_name
+from ladtalk.media.resample import to_tensor01
 from ladtalk.models.sovqae import default_config_name
 
 #: the ``enroll_kwargs`` of ``create_demo`` that also decide which crops enroll uses
@@ -91,7 +91,7 @@ def generate_request(st: AppState, face, audio, identity, enroll_first, enroll_s
                              "person, but the face input is a photo; untick it or "
                              "upload a video")
         budget = check_budget(enroll_seconds or limits.enroll_budget_default, limits)
-        check_enroll_video(face, limits)
+        check_enroll_video(face, limits, info)
         ident = default_session_identity(face)
     else:
         ident = check_identity(identity)
@@ -195,9 +195,8 @@ def enroll_request(st: AppState, video, name, seconds, config, detector, fresh, 
     check_enroll_video(video, st.limits)
     repo = (hub_repo or "").strip()
     _check_hub_args(repo, token)
-    run_enrollment(st, str(video), name, budget, config, detector or "auto", bool(fresh),
-                   progress)
-    path = resolve_identity(name)
+    path = run_enrollment(st, str(video), name, budget, config, detector or "auto",
+                          bool(fresh), progress)
     meta = load_meta(path)
     md = identity_summary_md(meta, name)
     if repo:

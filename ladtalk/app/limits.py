@@ -131,10 +131,12 @@ def check_audio_input(path, limits: AppLimits) -> float:
     return seconds
 
 
-def check_enroll_video(path, limits: AppLimits) -> MediaInfo:
-    """Validate an enrollment video (a real video, long enough, not too long)."""
+def check_enroll_video(path, limits: AppLimits, info: Optional[MediaInfo] = None) -> MediaInfo:
+    """Validate an enrollment video (a real video, long enough, not too long); ``info``: its
+    :class:`MediaInfo` when already probed (with ``require_video``), to skip a second probe."""
     p = _check_upload(path, "enrollment video", limits)
-    info = _probe(p, "enrollment video", True)
+    if info is None:
+        info = _probe(p, "enrollment video", True)
     if info.is_image:
         raise InputError(f"enrollment needs a video of the person talking, but '{p.name}' is a "
                          "still image; upload 10 s to a few minutes of video of one face")

@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from ladtalk._util.jsonsafe import to_jsonable
+from ladtalk.evaluation.quality_report import QualityReport
 from ladtalk.identities.meta import IdentityMeta
 
 
@@ -67,20 +68,19 @@ def identity_summary_md(meta: IdentityMeta, name: str) -> str:
 
 def quality_md(meta: IdentityMeta) -> List[str]:
     """Markdown lines: LaDTalk (L) against the Wav2Lip proxy (W) on held-out frames."""
-    q = meta.quality
-    if not q:
+    if not meta.quality:
         return []
+    q = QualityReport.from_json(meta.quality)
     fusion = meta.fusion or {}
-    lines = ["", f"**LaDTalk vs Wav2Lip** on {q.get('frames')} held-out frames (face "
-             f"{q.get('face_px', 0):.0f} px, identity {q.get('resolution')} px). W: the true "
+    lines = ["", f"**LaDTalk vs Wav2Lip** on {q.frames} held-out frames (face "
+             f"{q.face_px:.0f} px, identity {q.resolution} px). W: the true "
              "face reduced to 96 px (the best a Wav2Lip output can be), optionally softened "
              "like a real Wav2Lip output (sigma in px at 96 px); L: that face restored by this "
              "identity. Scores against the real frame, in the pasted lower-face region.", "",
              "| softened | PSNR W → L | gain | sharpness W → L |", "|---|---|---|---|"]
-    for sigma, r in (q.get("soften") or {}).items():
-        w, l_ = r["W"], r["L"]
-        lines.append(f"| {sigma} | {w['psnr']:.2f} → {l_['psnr']:.2f} dB | "
-                     f"{r['gain_db']:+.2f} dB | {w['sharpness']:.2f} → {l_['sharpness']:.2f} |")
+    for r in q.summary_rows():
+        lines.append(f"| {r.sigma} | {r.w_psnr:.2f} → {r.l_psnr:.2f} dB | "
+                     f"{r.gain_db:+.2f} dB | {r.w_sharpness:.2f} → {r.l_sharpness:.2f} |")
     if fusion:
         lines += ["", f"Restore strength calibrated on the holdout: low band "
                   f"{fusion.get('low_strength'):g}, detail {fusion.get('high_strength'):g} "

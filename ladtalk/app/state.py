@@ -43,10 +43,6 @@ _STATES: Dict[int, AppState] = {}
 _KEYS = itertools.count(1)
 
 
-def find_state(key: int) -> Optional[AppState]:
-    return _STATES.get(key)
-
-
 def get_state(key: int) -> AppState:
     try:
         return _STATES[key]

@@ -15,8 +15,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from ladtalk._util.atomic import atomic_path
+from ladtalk._util.paths import PathLike
 from ladtalk.checkpoints.digest import file_sha256
-from ladtalk.checkpoints.reference import PathLike
 from ladtalk.checkpoints.registry import (
     CHECKPOINT_SUFFIXES,
     PICKLE_SUFFIXES,

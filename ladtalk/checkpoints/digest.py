@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Tuple
 
+from ladtalk._util.paths import PathLike
 from ladtalk.errors import CheckpointError
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 _SHA_MEMO: Dict[Tuple[str, int, int], str] = {}
 

@@ -8,7 +8,7 @@ from typing import Dict, Iterable, List, Mapping, Optional
 
 import torch
 
-from ladtalk._util.paths import converted_dir
+from ladtalk._util.paths import PathLike, converted_dir
 from ladtalk.checkpoints.convert import (
     read_pickle,
     read_safetensors,
@@ -17,7 +17,6 @@ from ladtalk.checkpoints.convert import (
     strip_key_prefix,
 )
 from ladtalk.checkpoints.digest import file_sha256
-from ladtalk.checkpoints.reference import PathLike
 from ladtalk.checkpoints.registry import PICKLE_SUFFIXES
 from ladtalk.errors import CheckpointError
 

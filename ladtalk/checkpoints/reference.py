@@ -11,10 +11,9 @@ import re
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
+from ladtalk._util.paths import PathLike
 from ladtalk.checkpoints.registry import CHECKPOINT_SUFFIXES, HEX64, CheckpointSpec
 from ladtalk.errors import CheckpointError, InputError
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 _REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _COLON_REF = re.compile(rf"^(?P<repo>{_REPO_PART}/{_REPO_PART}):(?P<rest>[^/\\].*)$")

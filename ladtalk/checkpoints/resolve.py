@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
+from ladtalk._util.paths import PathLike
 from ladtalk.checkpoints.digest import verify_sha256
-from ladtalk.checkpoints.reference import PathLike, parse_checkpoint
+from ladtalk.checkpoints.reference import parse_checkpoint
 from ladtalk.checkpoints.registry import DEFAULTS, CheckpointSpec, DefaultCheckpoint
 from ladtalk.errors import CheckpointError
 

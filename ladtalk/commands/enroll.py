@@ -48,15 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def quality_summary(quality: Optional[Dict[str, Any]]) -> str:
     """The held-out W (Wav2Lip proxy) vs L (LaDTalk) lines of an identity's quality record."""
-    q = quality
-    if not q:
+    from ladtalk.evaluation.quality_report import QualityReport
+
+    if not quality:
         return "quality: not measured (no held-out frames)"
-    lines = [f"LaDTalk vs Wav2Lip proxy on {q['frames']} held-out frames (face "
-             f"{q['face_px']:.0f} px, identity {q['resolution']} px; PSNR in the pasted region):"]
-    for sigma, r in q["soften"].items():
-        lines.append(f"  softened sigma {sigma:>3}: W {r['W']['psnr']:.2f} dB -> L "
-                     f"{r['L']['psnr']:.2f} dB ({r['gain_db']:+.2f}), sharpness "
-                     f"{r['W']['sharpness']:.2f} -> {r['L']['sharpness']:.2f}")
+    q = QualityReport.from_json(quality)
+    lines = [f"LaDTalk vs Wav2Lip proxy on {q.frames} held-out frames (face "
+             f"{q.face_px:.0f} px, identity {q.resolution} px; PSNR in the pasted region):"]
+    for r in q.summary_rows():
+        lines.append(f"  softened sigma {r.sigma:>3}: W {r.w_psnr:.2f} dB -> L "
+                     f"{r.l_psnr:.2f} dB ({r.gain_db:+.2f}), sharpness "
+                     f"{r.w_sharpness:.2f} -> {r.l_sharpness:.2f}")
     return "\n".join(lines)
 
 

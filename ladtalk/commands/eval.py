@@ -90,28 +90,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from ladtalk.evaluation.quality import DEFAULT_SOFTEN, quality_for_video
     from ladtalk.evaluation.table import output_path
-    from ladtalk.generation.fusion import FusionConfig, parse_strength
-    from ladtalk.identities.meta import load_meta
-    from ladtalk.identities.store import resolve_identity
+    from ladtalk.generation.fusion import parse_strength
 
     if not args.identity or not args.video:
         raise InputError("eval quality needs --identity NAME and --video V (the person's "
                          "video; its held-out tail is scored)")
-    fusion = None
     try:
         strength = parse_strength(args.restore_strength)
     except ValueError as exc:
         raise InputError(f"--restore-strength: {exc}") from None
-    if strength is not None:
-        base = FusionConfig.from_dict(load_meta(resolve_identity(args.identity)).fusion)
-        fusion = replace(base, low_strength=strength[0], high_strength=strength[1])
     rep = quality_for_video(args.identity, args.video, args.soften or DEFAULT_SOFTEN,
                             holdout=args.holdout, max_frames=args.max_frames,
-                            detector=args.detector, device=args.device, fusion=fusion)
+                            detector=args.detector, device=args.device, strength=strength)
     to_stdout = args.json == "-"
     out = sys.stderr if to_stdout else sys.stdout
     print(rep.format_table(), file=out)

@@ -10,7 +10,6 @@ See docs/robustness.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -65,14 +64,13 @@ def _check_numbers(args: argparse.Namespace) -> None:
                              f"{getattr(args, name)}")
 
 
-def _json_dir(path: str) -> Path:
+def _json_dir(path: str) -> None:
     """Create the folder of --json (before the slow part, so a bad path fails at once)."""
     out_dir = Path(path).expanduser().resolve().parent
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the folder {out_dir} for --json ({exc})") from None
-    return out_dir
 
 
 def _print_summary(report, video: str, json_path: str) -> None:
@@ -98,14 +96,12 @@ def run(args: argparse.Namespace) -> int:
     from ladtalk._util.atomic import write_json
     from ladtalk.analysis.degrade import resolve_specs
     from ladtalk.analysis.robustness import robustness_for_video
-    from ladtalk.identities.store import resolve_identity
-    from ladtalk.models.sovqae import SOVQAEConfig
+    from ladtalk.identities.store import identity_config, resolve_identity
 
     _check_numbers(args)
     ident_dir = resolve_identity(args.identity)
     _json_dir(args.json)
-    cfg_path = ident_dir / "config.json"
-    cfg = SOVQAEConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+    cfg = identity_config(ident_dir)
     specs, notes = resolve_specs(cfg.resolution, args.blur, args.noise, args.down)
 
     def progress(phase: str, done: int, total: int) -> None:

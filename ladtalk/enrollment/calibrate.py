@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
+from ladtalk._util.paths import PathLike
 from ladtalk.enrollment.config import TrainConfig
 from ladtalk.errors import InputError
 from ladtalk.evaluation.quality import (
@@ -36,8 +37,8 @@ def spread_runs(n: int, total: int, run: int = 8) -> np.ndarray:
     return np.unique(np.concatenate([np.arange(s, s + run) for s in starts]))
 
 
-def _quality(restorer: Restorer, hold: FaceCrops, q_idx, got: Dict[int, Any]
-             ) -> Dict[str, Any]:
+def _quality(restorer: Restorer, hold: FaceCrops, q_idx, got: Dict[int, Any],
+             perceptual: Optional[nn.Module]) -> Dict[str, Any]:
     items, prev = [], None
     for i in q_idx:
         if int(i) in got:
@@ -45,7 +46,7 @@ def _quality(restorer: Restorer, hold: FaceCrops, q_idx, got: Dict[int, Any]
             items.append((frame, box, prev is not None and int(i) == prev + 1))
             prev = int(i)
     try:
-        rep = measure_quality(restorer, items, DEFAULT_SOFTEN)
+        rep = measure_quality(restorer, items, DEFAULT_SOFTEN, perceptual=perceptual)
     except InputError as exc:
         log.warning("quality measure skipped: %s", exc)
         return {}
@@ -53,10 +54,13 @@ def _quality(restorer: Restorer, hold: FaceCrops, q_idx, got: Dict[int, Any]
     return {"quality": rep.to_json()}
 
 
-def calibrate_and_measure(model: SOVQAE, video: Union[str, Path], hold: FaceCrops,
-                          cfg: TrainConfig, device: torch.device) -> Dict[str, Any]:
+def calibrate_and_measure(model: SOVQAE, video: PathLike, hold: FaceCrops,
+                          cfg: TrainConfig, device: torch.device,
+                          perceptual: Optional[nn.Module] = None) -> Dict[str, Any]:
     """The ``meta.json`` records ``fusion``, ``fusion_calibration``,
-    ``identity_match_reference`` and ``quality``, from the held-out crops and frames."""
+    ``identity_match_reference`` and ``quality``, from the held-out crops and frames.
+    ``perceptual``: the trainer's LPIPS, reused for the quality scores (computed on the CPU)
+    when it is on the CPU; otherwise one is loaded there."""
     model.eval()
     restorer = Restorer(model, device, precision="fp32")
     q_idx = spread_runs(len(hold), cfg.quality_frames) if cfg.quality_frames > 0 else []
@@ -75,7 +79,8 @@ def calibrate_and_measure(model: SOVQAE, video: Union[str, Path], hold: FaceCrop
                                "lipsync_gain_db": round(float(ref.mean()), 4),
                                "mean_rgb": mean_rgb, "frames": int(len(ref))}}
     if len(q_idx):
-        out.update(_quality(restorer, hold, q_idx, got))
+        on_cpu = perceptual is not None and next(perceptual.parameters()).device.type == "cpu"
+        out.update(_quality(restorer, hold, q_idx, got, perceptual if on_cpu else None))
     model.train()
     return out
 

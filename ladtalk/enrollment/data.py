@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ladtalk.errors import InputError
-from ladtalk.face.video_crops import to_tensor01
-from ladtalk.media.resample import blur_nchw, down_up_nchw, lipsync_path
+from ladtalk.media.resample import blur_nchw, down_up_nchw, lipsync_path, to_tensor01
 
 
 def _jitter(x: torch.Tensor, gen: torch.Generator, shift: float, scale: float) -> torch.Tensor:

@@ -19,24 +19,28 @@ import torch
 from ladtalk import __version__
 from ladtalk._util.device import resolve_device
 from ladtalk._util.jsonsafe import parse_float
+from ladtalk._util.paths import PathLike
+from ladtalk._util.types import ProgressFn
 from ladtalk.enrollment.calibrate import calibrate_and_measure
 from ladtalk.enrollment.config import TrainConfig
 from ladtalk.enrollment.data import CropSampler
 from ladtalk.enrollment.evaluate import evaluate_identity
-from ladtalk.enrollment.loop import ProgressFn, RunResult, save_identity, train_loop
+from ladtalk.enrollment.loop import RunResult, save_identity, train_loop
 from ladtalk.enrollment.plan import (
     CropPlan,
     crop_progress,
     crops_for,
+    has_identity,
     load_model,
     plan_crops,
     resolve_train_config,
 )
-from ladtalk.enrollment.trainer import STATE_JSON, Trainer
+from ladtalk.enrollment.trainer import STATE_JSON, Trainer, read_state_info
 from ladtalk.errors import InputError
-from ladtalk.face.video_crops import FaceCrops, even_subset, split_holdout, to_tensor01
+from ladtalk.face.video_crops import FaceCrops, even_subset, split_holdout
 from ladtalk.identities.meta import FramesInfo, IdentityMeta
 from ladtalk.identities.store import store_path, validate_name
+from ladtalk.media.resample import to_tensor01
 from ladtalk.metrics.lpips import load_perceptual
 from ladtalk.models.quantizer import codebook_min_distance
 from ladtalk.models.sovqae import CONFIGS, SOVQAE, SOVQAEConfig
@@ -81,7 +85,7 @@ class _Run:
     """Everything one enroll run carries from step to step."""
 
     name: str
-    video: Union[str, Path]
+    video: PathLike
     target: Path
     device: torch.device
     t_start: float
@@ -107,13 +111,14 @@ def _perceptual(cfg: TrainConfig, device: torch.device):
 
 
 def _trainer(model: SOVQAE, cfg: TrainConfig, dev: torch.device, train_crops: np.ndarray,
-             prev_state: Optional[Path], pretrained: bool) -> Tuple[Trainer, CropSampler, str]:
+             prev_state: Optional[Path], state_info: Optional[Dict[str, Any]],
+             pretrained: bool) -> Tuple[Trainer, CropSampler, str]:
     perceptual, status = _perceptual(cfg, dev)
     # the trainer cuts patches itself, after degrading whole crops
     sampler = CropSampler(train_crops, cfg.batch_size, seed=cfg.seed)
     trainer = Trainer(model, cfg, dev, perceptual)
     if prev_state is not None:
-        trainer.load_state(prev_state, sampler)
+        trainer.load_state(prev_state, sampler, state_info)
         trainer.warmup_from = trainer.step_count  # brief warm-up again after a resume
     elif pretrained:
         trainer.kmeans_done = True  # pretrained codebook: no k-means re-init
@@ -161,7 +166,7 @@ def _evaluate(run: _Run, result: RunResult, on_progress: Optional[ProgressFn]) -
         hold_final = to_tensor01(run.hold.crops[even_subset(len(run.hold), run.cfg.final_frames)])
         evaluation = evaluate_identity(run.trainer.model, hold_final, run.device)
         fusion_info = calibrate_and_measure(run.trainer.model, run.video, run.hold, run.cfg,
-                                            run.device)
+                                            run.device, run.trainer.perceptual)
     meta = build_meta(run, result, evaluation, time.time() - t_eval)
     return replace(meta, **fusion_info)
 
@@ -171,9 +176,9 @@ def _emit(on_progress: Optional[ProgressFn], info: Dict[str, Any]) -> None:
         on_progress(dict(info))
 
 
-def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
+def enroll(video: PathLike, name: str, seconds: Optional[float] = None,
            config: Optional[Union[str, SOVQAEConfig]] = None, init: Optional[str] = None,
-           holdout: float = 0.1, out: Optional[Union[str, Path]] = None,
+           holdout: float = 0.1, out: Optional[PathLike] = None,
            detector: str = "auto", device=None, on_progress: Optional[ProgressFn] = None,
            batch_size: Optional[int] = None, fresh: bool = False, show_progress: bool = True,
            train_overrides: Optional[Dict[str, Any]] = None,
@@ -188,8 +193,10 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
     dev = resolve_device(device)
     overrides = dict(train_overrides or {})
     progress = crop_progress(on_progress, t_start)
-    # 1. crops: a new identity's resolution follows the measured face size
-    plan = plan_crops(target, config, fresh, dev, model_cfg, resolution, init, overrides)
+    # 1. crops first only for a new identity whose resolution follows the measured face size
+    # (an existing identity keeps its own: its files are read once, by load_model below)
+    plan = None if has_identity(target) and not fresh else plan_crops(
+        target, config, fresh, dev, model_cfg, resolution, init, overrides)
     crops = crops_for(video, plan, detector, dev, progress) \
         if plan is not None and plan.resolution == "auto" else None
     resolution = crops.resolution if crops is not None else resolution
@@ -198,7 +205,8 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
                                                        model_cfg, resolution)
     _check_model(model, resolution)
     prev_state = target if resumed and (target / STATE_JSON).is_file() else None
-    cfg = resolve_train_config(config_name, model.config.resolution, prev_state,
+    state_info = read_state_info(prev_state) if prev_state is not None else None
+    cfg = resolve_train_config(config_name, model.config.resolution, state_info,
                                seconds=seconds, batch_size=batch_size, **overrides)
     if crops is None or crops.resolution != model.config.resolution:
         crops = crops_for(video, CropPlan(model.config.resolution, cfg.max_frames), detector,
@@ -212,7 +220,7 @@ def enroll(video: Union[str, Path], name: str, seconds: Optional[float] = None,
     if cfg.patch and cfg.patch % model.downsample_factor:
         cfg = replace(cfg, patch=0)
     trainer, sampler, status = _trainer(model, cfg, dev, crops.crops[train_idx], prev_state,
-                                        resumed or bool(init_src))
+                                        state_info, resumed or bool(init_src))
     run = _Run(name, video, target, dev, t_start, crops, hold, cfg, config_name, trainer,
                sampler, resumed, init_src, status, t_crops)
     # 4. train, 5. evaluate, 6. save

@@ -10,12 +10,11 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ladtalk._util.atomic import atomic_dir, write_json
+from ladtalk._util.types import ProgressFn
 from ladtalk.enrollment.config import TrainConfig
 from ladtalk.enrollment.data import CropSampler
 from ladtalk.enrollment.trainer import Trainer
 from ladtalk.identities.meta import META_JSON, IdentityMeta
-
-ProgressFn = Callable[[Dict[str, Any]], None]
 
 
 def save_identity(target: Path, trainer: Trainer, sampler: Optional[CropSampler],

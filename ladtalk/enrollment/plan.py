@@ -6,24 +6,26 @@ will train on, so a caller can detect and crop on the CPU before a GPU run.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
 from ladtalk._util.device import resolve_device
+from ladtalk._util.paths import PathLike
+from ladtalk._util.types import PhaseProgress, ProgressFn
 from ladtalk.enrollment.config import TRAIN_PRESETS, TrainConfig
-from ladtalk.enrollment.trainer import STATE_JSON
+from ladtalk.enrollment.trainer import read_state_info
 from ladtalk.errors import InputError
 from ladtalk.face.video_crops import FaceCrops, extract_crops
 from ladtalk.identities.meta import load_meta
-from ladtalk.identities.store import REQUIRED_FILES, resolve_identity, store_path, validate_name
+from ladtalk.identities.store import is_identity_dir, resolve_identity, store_path, validate_name
 from ladtalk.models.sovqae import (
     AUTO_RESOLUTION_CONFIGS,
+    CONFIG_NAME,
     CONFIGS,
     SOVQAE,
     SOVQAEConfig,
@@ -34,8 +36,6 @@ from ladtalk.models.sovqae_io import load_sovqae
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[Dict[str, Any]], None]
-CropProgress = Callable[[str, int, int], None]
 _NON_ARCH = ("ema", "ema_decay", "ema_eps", "legacy", "resolution")
 
 
@@ -62,25 +62,26 @@ def saved_config_name(target: Path, cfg: SOVQAEConfig) -> str:
     return name
 
 
-def resolve_train_config(config_name: str, resolution: int, prev_state: Optional[Path],
-                         **overrides: Any) -> TrainConfig:
-    """The saved train config of a resumed identity, else the preset of its model config
+def resolve_train_config(config_name: str, resolution: int,
+                         state_info: Optional[Mapping[str, Any]], **overrides: Any) -> TrainConfig:
+    """The saved train config of a resumed identity (``state_info``: its parsed
+    ``trainer_state.json``, :func:`read_state_info`), else the preset of its model config
     (custom configs: ``tiny`` up to 64 px, else ``cpu``), with non-None overrides applied.
     A resumed run gets its preset's default budget unless ``seconds`` is given."""
     preset = config_name if config_name in TRAIN_PRESETS else (
         "tiny" if resolution <= 64 else "cpu")
     base = TRAIN_PRESETS[preset]
-    if prev_state is not None:
+    if state_info is not None:
         try:
-            saved = json.loads((prev_state / STATE_JSON).read_text()).get("train_config") or {}
+            saved = state_info.get("train_config") or {}
             base = replace(TrainConfig.from_dict(saved), seconds=base.seconds)
-        except (OSError, ValueError, TypeError):
+        except (ValueError, TypeError):
             pass
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def has_identity(target: Path) -> bool:
-    return all((target / f).is_file() for f in REQUIRED_FILES)
+    return is_identity_dir(target)
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,11 @@ def plan_crops(target: Optional[Path], config: Optional[str], fresh: bool,
     """The crops of an enroll run into ``target`` (None: a new identity), known before
     loading weights; None for an ``--init`` run (its resolution comes with the checkpoint)."""
     overrides = dict(train_overrides or {})
-    prev_state = None
+    state_info = None
     if target is not None and has_identity(target) and not fresh:
-        model_cfg = SOVQAEConfig.from_dict(json.loads((target / "config.json").read_text()),
-                                           source=str(target / "config.json"))
+        model_cfg = SOVQAEConfig.from_file(target / CONFIG_NAME)
         name = saved_config_name(target, model_cfg)
-        prev_state = target if (target / STATE_JSON).is_file() else None
+        state_info = read_state_info(target)
     elif init:
         return None
     elif model_cfg is not None:
@@ -115,7 +115,7 @@ def plan_crops(target: Optional[Path], config: Optional[str], fresh: bool,
             return CropPlan("auto", max_frames)
         model_cfg = _named_config(name, resolution)
     res = model_cfg.resolution
-    return CropPlan(res, resolve_train_config(name, res, prev_state, **overrides).max_frames)
+    return CropPlan(res, resolve_train_config(name, res, state_info, **overrides).max_frames)
 
 
 def _named_config(name: str, resolution: Optional[int]) -> SOVQAEConfig:
@@ -127,19 +127,19 @@ def _named_config(name: str, resolution: Optional[int]) -> SOVQAEConfig:
                          f"{exc}") from None
 
 
-def crops_for(video: Union[str, Path], plan: CropPlan, detector: str, device,
-              progress: Optional[CropProgress] = None) -> FaceCrops:
+def crops_for(video: PathLike, plan: CropPlan, detector: str, device,
+              progress: Optional[PhaseProgress] = None) -> FaceCrops:
     """The cached face crops of ``plan``: one call for :func:`prepare_crops` and enroll."""
     return extract_crops(video, plan.resolution, detector, device=device,
                          max_frames=plan.max_frames, progress=progress)
 
 
-def prepare_crops(video: Union[str, Path], name: Optional[str] = None,
+def prepare_crops(video: PathLike, name: Optional[str] = None,
                   config: Optional[Union[str, SOVQAEConfig]] = "auto",
                   detector: str = "auto", fresh: bool = False, device="cpu", *,
-                  out: Optional[Union[str, Path]] = None, resolution: Optional[int] = None,
+                  out: Optional[PathLike] = None, resolution: Optional[int] = None,
                   init: Optional[str] = None, train_overrides: Optional[Dict[str, Any]] = None,
-                  progress: Optional[CropProgress] = None) -> Optional[FaceCrops]:
+                  progress: Optional[PhaseProgress] = None) -> Optional[FaceCrops]:
     """Detect and crop the face exactly as ``enroll`` with these arguments will (same
     resolution choice, same frames, same cache), so the later run reuses the cached crops.
 
@@ -188,7 +188,7 @@ def load_model(target: Path, fresh: bool, config: Optional[str], init: Optional[
     return SOVQAE(_named_config(name, resolution)), name, False, None
 
 
-def crop_progress(on_progress: Optional[ProgressFn], t_start: float) -> CropProgress:
+def crop_progress(on_progress: Optional[ProgressFn], t_start: float) -> PhaseProgress:
     """Adapt ``on_progress(dict)`` to ``extract_crops``' ``progress(phase, done, total)``."""
     def report(phase: str, done: int, total: int) -> None:
         if on_progress is not None:

@@ -280,11 +280,14 @@ class Trainer:
         save_file(tensors, str(directory / STATE_TENSORS), metadata={"format": "pt"})
         write_json(directory / STATE_JSON, info, sort_keys=True)
 
-    def load_state(self, directory: Path, sampler: Optional[CropSampler]) -> None:
-        """Restore counters, optimisers, discriminator, EMA statistics and RNGs."""
+    def load_state(self, directory: Path, sampler: Optional[CropSampler],
+                   info: Optional[Dict[str, Any]] = None) -> None:
+        """Restore counters, optimisers, discriminator, EMA statistics and RNGs; ``info``: the
+        parsed ``trainer_state.json`` when already read (:func:`read_state_info`)."""
         from safetensors.torch import load_file
         try:
-            info = json.loads((directory / STATE_JSON).read_text())
+            if info is None:
+                info = json.loads((directory / STATE_JSON).read_text())
             tensors = load_file(str(directory / STATE_TENSORS), device="cpu")
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot read the trainer state in {directory} ({exc}); "
@@ -359,6 +362,14 @@ def _unflatten_optimizer(prefix: str, opt: torch.optim.Optimizer, info: Dict[str
     opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
+def read_state_info(directory: Path) -> Optional[Dict[str, Any]]:
+    """The parsed ``trainer_state.json`` in ``directory``; None when missing or unreadable."""
+    try:
+        return json.loads((directory / STATE_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 @torch.no_grad()
 def _sync_ema(q, idx: torch.Tensor) -> None:
     """After an explicit codebook step under EMA, make the EMA sums agree with the new codes."""
@@ -371,4 +382,4 @@ def _sync_ema(q, idx: torch.Tensor) -> None:
     q.ema_embed_sum[rows] = q.embedding.weight[rows].float() * smoothed[rows, None]
 
 
-__all__ = ["Trainer", "holdout_psnr", "STATE_JSON", "STATE_TENSORS"]
+__all__ = ["Trainer", "holdout_psnr", "read_state_info", "STATE_JSON", "STATE_TENSORS"]

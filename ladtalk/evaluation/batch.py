@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+from ladtalk._util.paths import PathLike
 from ladtalk.errors import InputError
 from ladtalk.evaluation.config import OK, EvalConfig, metric_columns
 from ladtalk.evaluation.pair import evaluate_pair, raise_none_computed
@@ -16,7 +17,6 @@ from ladtalk.evaluation.resources import Resources, progress_bar
 from ladtalk.evaluation.results import ClipResult, PairResult
 from ladtalk.evaluation.table import BatchResult, aggregate
 
-PathLike = Union[str, "os.PathLike[str]"]
 REQUIRED = ("method", "generated", "reference")
 
 

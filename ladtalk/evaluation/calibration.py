@@ -11,11 +11,13 @@ import numpy as np
 import torch
 
 from ladtalk._util.jsonsafe import to_jsonable
-from ladtalk.evaluation.proxy import LIPSYNC_SIZE, prepare_case, wav2lip_proxy
+from ladtalk.evaluation.proxy import prepare_case, wav2lip_proxy
 from ladtalk.evaluation.quality_report import sigma_key
 from ladtalk.face.crop import CropConfig
 from ladtalk.generation.blend import BlendConfig, blend_face
 from ladtalk.generation.fusion import FusionConfig, fuse
+from ladtalk.media.resample import to_uint8
+from ladtalk.models.wav2lip import FACE_SIZE
 
 LOW_GRID = (0.0, 0.5, 0.75, 1.0)
 HIGH_GRID = (0.0, 0.75, 1.0, 1.25)
@@ -54,11 +56,12 @@ def _squared_errors(restorer, items: List, sig: List[float], cfgs: Dict[Grid, Fu
         for s in sig:
             _w96, wframe, up = wav2lip_proxy(c, s, R, blend)
             err_w[s] += float(np.sum((wframe[mask] - truth) ** 2))
+            # built from the (H, W, 3) array as before: to_tensor01's tensor has another
+            # stride on the batch axis, and the conv kernels then differ in the last bit
             up_t = torch.from_numpy(up).permute(2, 0, 1)[None].float() / 255.0
             dec = restorer.restore01(up_t, fusion=None)
             for g, cfg in cfgs.items():
-                fused = fuse(dec, up_t, cfg)[0].permute(1, 2, 0).numpy()
-                crop = (fused * 255.0).round().clip(0, 255).astype(np.uint8)
+                crop = to_uint8(fuse(dec, up_t, cfg))[0]
                 lframe = blend_face(c.frame.copy(), crop, c.region, c.trueR, blend)
                 err_l[(g, s)] += float(np.sum((lframe[mask] - truth) ** 2))
     return err_w, err_l
@@ -80,11 +83,11 @@ def calibrate_fusion(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float
     R = int(restorer.resolution)
     sig = [float(s) for s in soften]
     items = list(frames)
-    if R <= LIPSYNC_SIZE:
+    if R <= FACE_SIZE:
         # the identity sees less than the 96 px Wav2Lip face already has: leave it alone
         off = replace(base, low_strength=0.0, high_strength=0.0)
         return Calibration(fusion=off, gains={}, chosen_gains={}, frames=len(items),
-                           rule=f"identity resolution {R} px <= the {LIPSYNC_SIZE} px Wav2Lip "
+                           rule=f"identity resolution {R} px <= the {FACE_SIZE} px Wav2Lip "
                                 "face: restoring could only lose detail, strength 0")
     grid = [(float(lo), float(hi)) for lo in low_grid for hi in high_grid
             if (lo, hi) != (0.0, 0.0)]

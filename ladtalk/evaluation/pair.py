@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ladtalk._util.paths import PathLike
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.evaluation.config import NEEDS_WEIGHTS, EvalConfig
 from ladtalk.evaluation.frame_metrics import (
@@ -27,8 +27,6 @@ from ladtalk.evaluation.resources import (
 )
 from ladtalk.evaluation.results import MetricResult, PairResult, unavailable
 from ladtalk.metrics.image import psnr, ssim
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def raise_none_computed(errors: Dict[str, Tuple[str, str]]) -> None:

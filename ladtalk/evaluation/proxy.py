@@ -7,13 +7,11 @@ from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ladtalk.face.crop import CropConfig, CropRegion, crop_face, face_region, paste_back
 from ladtalk.generation.blend import BlendConfig, blend_face, lower_face_mask
-from ladtalk.media.resample import lipsync_path
-
-LIPSYNC_SIZE = 96
+from ladtalk.media.resample import lipsync_path, to_tensor01, to_uint8
+from ladtalk.models.wav2lip import FACE_SIZE
 
 
 def soften96(crop96: np.ndarray, sigma: float) -> np.ndarray:
@@ -21,9 +19,8 @@ def soften96(crop96: np.ndarray, sigma: float) -> np.ndarray:
     (:func:`ladtalk.media.resample.lipsync_path` at that size)."""
     if sigma <= 0:
         return crop96
-    x = torch.from_numpy(np.ascontiguousarray(crop96)).permute(2, 0, 1)[None].float() / 255.0
-    y = lipsync_path(x, float(sigma), size=x.shape[-1])
-    return (y[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    x = to_tensor01(crop96[None])
+    return to_uint8(lipsync_path(x, float(sigma), size=x.shape[-1]))[0]
 
 
 def region_mask(region: CropRegion, config: BlendConfig = BlendConfig()) -> np.ndarray:
@@ -60,7 +57,7 @@ def prepare_case(frame: np.ndarray, box: Sequence[float], resolution: int,
     frame = np.ascontiguousarray(frame)
     region = face_region(box, (frame.shape[1], frame.shape[0]), crop_config)
     return FrameCase(frame, region, region_mask(region, blend),
-                     crop_face(frame, region, LIPSYNC_SIZE), crop_face(frame, region, resolution))
+                     crop_face(frame, region, FACE_SIZE), crop_face(frame, region, resolution))
 
 
 def wav2lip_proxy(case: FrameCase, sigma: float, resolution: int,

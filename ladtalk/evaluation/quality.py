@@ -5,18 +5,19 @@ docs/evaluation.md)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 
-from ladtalk._util.atomic import write_json
+from ladtalk._util.paths import PathLike
+from ladtalk._util.types import PhaseProgress
 from ladtalk.errors import InputError
 from ladtalk.evaluation.calibration import Calibration, calibrate_fusion
 from ladtalk.evaluation.proxy import (
-    LIPSYNC_SIZE,
     bbox,
     prepare_case,
     region_mask,
@@ -33,6 +34,7 @@ from ladtalk.identities.store import resolve_identity
 from ladtalk.media.decode import iter_frames
 from ladtalk.metrics.image import MouthRegion, psnr, ssim
 from ladtalk.metrics.lpips import load_perceptual
+from ladtalk.models.wav2lip import FACE_SIZE
 
 DEFAULT_SOFTEN = (0.0, 0.5, 1.0)
 #: the pasted-region PSNR's MSE floor (grey levels squared)
@@ -92,18 +94,22 @@ class FrameScores:
             lpips=float(np.mean(self.lpips)) if self.lpips else None)
 
 
-def lpips_function(device=None):
-    """A callable (uint8 a, uint8 b) -> LPIPS, or None when the weights do not resolve."""
-    try:
-        module, _status = load_perceptual(device or "cpu", warn=False)
-    except Exception:  # noqa: BLE001 - any failure to build LPIPS just drops the column
-        module = None
+def lpips_function(device=None, module: Optional[torch.nn.Module] = None):
+    """A callable (uint8 a, uint8 b) -> LPIPS, or None when the weights do not resolve;
+    ``module``: an LPIPS module already built (e.g. a trainer's) instead of loading one."""
+    if module is None:
+        try:
+            module, _status = load_perceptual(device or "cpu", warn=False)
+        except Exception:  # noqa: BLE001 - any failure to build LPIPS just drops the column
+            module = None
     if module is None:
         return None
+    dev = next(module.parameters()).device
 
     def fn(a: np.ndarray, b: np.ndarray) -> float:
         ta = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 127.5 - 1
         tb = torch.from_numpy(np.ascontiguousarray(b)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        ta, tb = ta.to(dev), tb.to(dev)
         with torch.no_grad():
             return float(module(ta, tb).mean())
     return fn
@@ -142,18 +148,20 @@ def measure_quality(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float]
                     fusion: Optional[FusionConfig] = None,
                     crop_config: CropConfig = CropConfig(),
                     blend: BlendConfig = BlendConfig(), lpips: bool = True,
+                    perceptual: Optional[torch.nn.Module] = None,
                     device=None) -> QualityReport:
     """Score W and L on ``(frame uint8 RGB, face box (x1, y1, x2, y2), consecutive)`` items;
     ``consecutive``: the frame directly follows the previous one (temporal error).
-    ``restorer``: anything with ``resolution`` and ``restore(crops, fusion=...)``."""
+    ``restorer``: anything with ``resolution`` and ``restore(crops, fusion=...)``;
+    ``perceptual``: an LPIPS module already built, used for the LPIPS column."""
     scores = {s: _SigmaScores(s) for s in _check_soften(soften)}
     fusion = fusion if fusion is not None else (getattr(restorer, "fusion", None)
                                                 or FusionConfig())
     R = int(restorer.resolution)
-    lp = lpips_function(device) if lpips else None
+    lp = lpips_function(device, perceptual) if lpips else None
     mouth = MouthRegion()
     sides: List[int] = []
-    m96 = mouth.pixel_box((0, 0, LIPSYNC_SIZE, LIPSYNC_SIZE), (LIPSYNC_SIZE, LIPSYNC_SIZE))
+    m96 = mouth.pixel_box((0, 0, FACE_SIZE, FACE_SIZE), (FACE_SIZE, FACE_SIZE))
     for frame, box, consecutive in frames:
         c = prepare_case(frame, box, R, crop_config, blend)
         sides.append(c.region.width)
@@ -169,7 +177,7 @@ def measure_quality(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float]
                 if not consecutive:
                     acc.break_sequence()
                 acc.add(out, c.frame, c.mask, mbox, lp)
-            sc.add_sync(cv2.resize(restored, (LIPSYNC_SIZE, LIPSYNC_SIZE),
+            sc.add_sync(cv2.resize(restored, (FACE_SIZE, FACE_SIZE),
                                    interpolation=cv2.INTER_AREA), w96, m96)
     if not sides:
         raise InputError("no held-out frames with a face to score")
@@ -177,7 +185,7 @@ def measure_quality(restorer, frames: Iterable[Tuple[np.ndarray, Sequence[float]
                          soften={s: sc.result() for s, sc in scores.items()}, fusion=fusion)
 
 
-def holdout_frames(video: Union[str, Path], frame_indices: np.ndarray, boxes: np.ndarray,
+def holdout_frames(video: PathLike, frame_indices: np.ndarray, boxes: np.ndarray,
                    max_frames: int = 0):
     """Yield ``(frame, box, consecutive)`` for the frames ``frame_indices`` (sorted) of
     ``video``, streaming; ``max_frames`` > 0 keeps the first that many."""
@@ -199,17 +207,22 @@ def holdout_frames(video: Union[str, Path], frame_indices: np.ndarray, boxes: np
             return
 
 
-def quality_for_video(identity: Union[str, Path], video: Union[str, Path],
+def quality_for_video(identity: PathLike, video: PathLike,
                       soften: Sequence[float] = DEFAULT_SOFTEN, *, holdout: float = 0.1,
                       max_frames: int = 0, detector: str = "auto", device=None,
                       fusion: Optional[FusionConfig] = None, lpips: bool = True,
-                      progress=None) -> QualityReport:
+                      strength: Optional[Tuple[float, float]] = None,
+                      progress: Optional[PhaseProgress] = None) -> QualityReport:
     """:func:`measure_quality` on the held-out tail of ``video`` (the frames an identity
     enrolled from it with the same ``holdout`` never trained on), with the identity's
-    calibrated fusion unless ``fusion`` is given."""
+    calibrated fusion unless ``fusion`` is given; ``strength``: ``(low, high)`` fusion
+    strengths replacing those of that fusion (its other settings kept)."""
 
     path = resolve_identity(identity)
     restorer = Restorer.from_identity(path, device=device, precision="fp32")
+    if strength is not None:
+        base = fusion if fusion is not None else FusionConfig.from_dict(restorer.meta.fusion)
+        fusion = replace(base, low_strength=strength[0], high_strength=strength[1])
     crops = extract_crops(video, restorer.resolution, detector, device=device,
                           max_frames=10 ** 9, progress=progress)
     _, hold = split_holdout(len(crops), holdout)
@@ -222,11 +235,6 @@ def quality_for_video(identity: Union[str, Path], video: Union[str, Path],
     rep.video = str(Path(video).name)
     rep.first_s = float(crops.timestamps()[hold[0]])
     return rep
-
-
-def write_report(report: QualityReport, path: Union[str, Path]) -> Path:
-    """Write ``report`` as strict JSON (atomically)."""
-    return write_json(path, report)
 
 
 __all__ = ["QualityStats", "SoftenResult", "QualityReport", "FrameScores", "measure_quality",

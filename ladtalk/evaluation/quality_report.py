@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 from ladtalk._util.jsonsafe import parse_float, to_jsonable
 from ladtalk.generation.fusion import FusionConfig
@@ -52,9 +52,13 @@ class SoftenResult:
     L: QualityStats
     sync_mad: float          # mean |L96 - W96| over the mouth box, grey levels
     sync_psnr: float         # PSNR of L96 against W96 over the mouth box
+    stored_gain_db: Optional[float] = None  # the ``gain_db`` read from disk, if any
 
     @property
     def gain_db(self) -> float:
+        """L's PSNR gain over W (the stored value of a record read back)."""
+        if self.stored_gain_db is not None:
+            return self.stored_gain_db
         return self.L.psnr - self.W.psnr
 
     def to_json(self) -> Dict[str, Any]:
@@ -68,7 +72,19 @@ class SoftenResult:
         return cls(sigma=float(sigma), W=QualityStats.from_json(d["W"]),
                    L=QualityStats.from_json(d["L"]),
                    sync_mad=parse_float(sync.get("mouth_mad_96"), math.nan),
-                   sync_psnr=parse_float(sync.get("mouth_psnr_96"), math.nan))
+                   sync_psnr=parse_float(sync.get("mouth_psnr_96"), math.nan),
+                   stored_gain_db=parse_float(d.get("gain_db")))
+
+
+class SummaryRow(NamedTuple):
+    """One softening of a summary: the sigma label, PSNR and sharpness of W and L, gain."""
+
+    sigma: str
+    w_psnr: float
+    l_psnr: float
+    gain_db: float
+    w_sharpness: float
+    l_sharpness: float
 
 
 _KNOWN = ("frames", "resolution", "face_px", "identity", "video", "holdout_first_s", "fusion",
@@ -109,6 +125,11 @@ class QualityReport:
                    identity=d.get("identity"), video=d.get("video"),
                    first_s=parse_float(d.get("holdout_first_s")),
                    extra={k: v for k, v in d.items() if k not in _KNOWN})
+
+    def summary_rows(self) -> List[SummaryRow]:
+        """The per-softening numbers the app and the CLI show, in the record's order."""
+        return [SummaryRow(sigma_key(s), r.W.psnr, r.L.psnr, r.gain_db, r.W.sharpness,
+                           r.L.sharpness) for s, r in self.soften.items()]
 
     def format_table(self) -> str:
         head = (f"{self.frames} held-out frames, identity {self.resolution} px, face "

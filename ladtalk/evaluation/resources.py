@@ -3,13 +3,13 @@ models (face detector, SyncNet, Inception), built lazily and shared across a bat
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from ladtalk._util.paths import PathLike
 from ladtalk.errors import CheckpointError, InputError, LadTalkError
 from ladtalk.evaluation.config import LSE_FPS, NEEDS_WEIGHTS, EvalConfig
 from ladtalk.evaluation.results import VideoInfo
@@ -18,8 +18,6 @@ from ladtalk.media.decode import iter_frames
 from ladtalk.media.probe import probe
 from ladtalk.metrics.frechet import InceptionFeatures
 from ladtalk.metrics.lse import load_syncnet_lse
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 class MetricUnavailable(Exception):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -15,11 +14,10 @@ import numpy as np
 
 from ladtalk._util.atomic import write_json, write_text
 from ladtalk._util.jsonsafe import to_jsonable
+from ladtalk._util.paths import PathLike
 from ladtalk.errors import InputError
 from ladtalk.evaluation.config import BATCH_FORMAT, COLUMNS, OK, UNAVAILABLE
 from ladtalk.evaluation.results import ClipResult, unavailable_reasons
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass

@@ -17,10 +17,12 @@ Detectors:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
 
+from ladtalk._util.choices import DEFAULT_DETECTOR, DETECTORS
 from ladtalk.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -147,40 +149,16 @@ class DlibHOGDetector:
         return out
 
 
-def _load_state_dict(path) -> dict:
-    """Load weights without unpickling arbitrary objects (safetensors or weights_only)."""
-    from pathlib import Path
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    import torch
-    try:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load S3FD weights from {p}: {exc}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    return sd
-
-
 def resolve_s3fd_weights(weights=None):
     """Local path of the S3FD weights via :func:`ladtalk.checkpoints.resolve_checkpoint` ("s3fd").
 
     ``weights`` (a path, directory or Hub reference) overrides the default source. Raises
     :class:`CheckpointError` that says to use ``--detector dlib`` or supply the weights.
     """
-    from pathlib import Path
+    from ladtalk.checkpoints import resolve_checkpoint  # lazy: it loads torch (start-up)
     hint = ("or use '--detector dlib' (offline, needs no weights). The S3FD weights are "
             "face-alignment's s3fd-619a316812.pth, the same file as Wav2Lip's "
             "face_detection/detection/sfd/s3fd.pth")
-    try:
-        from ladtalk.checkpoints import resolve_checkpoint  # lazy: it loads torch (start-up)
-    except ImportError as exc:  # pragma: no cover - hub ships with the package
-        if weights is not None and Path(weights).is_file():
-            return Path(weights)
-        raise CheckpointError(f"S3FD weights cannot be resolved ({exc}); supply them {hint}") \
-            from None
     try:
         return Path(resolve_checkpoint("s3fd", override=weights))
     except CheckpointError as exc:
@@ -215,9 +193,10 @@ class S3FDDetector:
             raise CheckpointError("the S3FD detector needs the 'face-alignment' package; "
                                   "install it or use '--detector dlib'") from exc
         self._batch_detect, self._nms = batch_detect, nms
+        from ladtalk.checkpoints import read_state_dict  # lazy: it loads torch
         net = s3fd()
         try:
-            net.load_state_dict(_load_state_dict(path))
+            net.load_state_dict(read_state_dict(path))
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not hold S3FD weights: {exc}") from None
         self.net = net.to(self.device).eval()
@@ -282,7 +261,8 @@ class FixedBoxDetector:
         return [row.copy() for _ in range(len(frames))]
 
 
-def make_detector(name: str = "auto", device=None, *, max_side: Optional[int] = DEFAULT_MAX_SIDE,
+def make_detector(name: str = DEFAULT_DETECTOR, device=None, *,
+                  max_side: Optional[int] = DEFAULT_MAX_SIDE,
                   box: Optional[Sequence[float]] = None, weights=None,
                   **kwargs) -> Union[S3FDDetector, DlibHOGDetector, FixedBoxDetector]:
     """Build a detector by name: ``"s3fd"``, ``"dlib"``, ``"auto"`` or ``"box"``.
@@ -292,7 +272,7 @@ def make_detector(name: str = "auto", device=None, *, max_side: Optional[int] = 
     """
     if box is not None and any(v != -1 for v in box):
         return FixedBoxDetector(box)
-    key = (name or "auto").lower()
+    key = (name or DEFAULT_DETECTOR).lower()
     if key == "box":
         raise InputError("detector 'box' needs --box Y1 Y2 X1 X2")
     if key == "s3fd":
@@ -306,4 +286,4 @@ def make_detector(name: str = "auto", device=None, *, max_side: Optional[int] = 
             log.warning("S3FD face detector unavailable (%s); falling back to the offline dlib "
                         "HOG detector, which misses small, profile and low-light faces", exc)
             return DlibHOGDetector(max_side=max_side)
-    raise InputError(f"unknown face detector '{name}'; use s3fd, dlib or auto")
+    raise InputError(f"unknown face detector '{name}'; use one of {', '.join(DETECTORS)}")

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
 from ladtalk._util.atomic import atomic_path
 from ladtalk._util.paths import ladtalk_home
@@ -136,13 +135,6 @@ def _save_crops(path: Path, out: FaceCrops) -> None:
         "missing": np.asarray(out.missing, dtype=np.int64), "detector": np.str_(out.detector)})
 
 
-def select_frames(n_with_face: int, max_frames: int) -> np.ndarray:
-    """Positions (into the frames that have a face) to keep: all, or ``max_frames`` evenly."""
-    if max_frames <= 0 or n_with_face <= max_frames:
-        return np.arange(n_with_face)
-    return np.unique(np.round(np.linspace(0, n_with_face - 1, max_frames)).astype(np.int64))
-
-
 def _load_boxes(path: Path):
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -216,8 +208,8 @@ def _boxes_pass(job: _Job, device) -> FaceTrack:
     det = make_detector(job.detector, device=device) if isinstance(job.detector, str) \
         else job.detector
     est = max(1, info.n_frames)
-    track = track_faces(iter_frames(job.path, chunk_size=16), det, fps=float(info.fps or 25.0),
-                        detect_every=job.detect_every,
+    track = track_faces(iter_frames(job.path, chunk_size=16, info=info), det,
+                        fps=float(info.fps or 25.0), detect_every=job.detect_every,
                         progress=lambda n: job.report("detect", n, est))
     if len(track) == 0:
         raise InputError(f"no frames could be decoded from {job.path}")
@@ -230,8 +222,9 @@ def _boxes_pass(job: _Job, device) -> FaceTrack:
 
 def _kept_frames(job: _Job, track: FaceTrack) -> np.ndarray:
     track.require_face(str(job.path))
-    face_frames = np.flatnonzero(~np.isnan(track.boxes).any(axis=1))
-    keep = face_frames[select_frames(len(face_frames), job.max_frames)]
+    keep = np.flatnonzero(~np.isnan(track.boxes).any(axis=1))  # the frames with a face
+    if job.max_frames > 0:  # 0: keep all of them
+        keep = keep[even_subset(len(keep), job.max_frames)]
     if len(keep) < MIN_FRAMES:
         raise InputError(f"{job.path}: only {len(keep)} frames with a detectable face (of "
                          f"{len(track)}); enrollment needs at least {MIN_FRAMES}. "
@@ -256,7 +249,7 @@ def _crops_pass(job: _Job, track: FaceTrack, keep: np.ndarray, resolution: int) 
     crops = np.empty((len(keep), resolution, resolution, 3), dtype=np.uint8)
     regions = np.empty((len(keep), 4), dtype=np.int64)
     j = n = 0
-    for chunk in iter_frames(job.path, chunk_size=16):
+    for chunk in iter_frames(job.path, chunk_size=16, info=job.info):
         for frame in chunk:
             if n < len(keep_set) and keep_set[n]:
                 region = face_region(track.boxes[n], (frame.shape[1], frame.shape[0]),
@@ -330,11 +323,6 @@ def split_holdout(n: int, fraction: float) -> Tuple[np.ndarray, np.ndarray]:
     return np.arange(n - k), np.arange(n - k, n)
 
 
-def to_tensor01(crops: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def even_subset(n: int, k: int) -> np.ndarray:
     """``min(n, k)`` indices spread evenly over ``range(n)``."""
     if n <= k:
@@ -365,6 +353,6 @@ def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
     return crop_face(frame, CropRegion(x0, y0, x0 + side, y0 + side, w, h), size)
 
 
-__all__ = ["FaceCrops", "extract_crops", "split_holdout", "to_tensor01", "even_subset",
-           "MIN_FRAMES", "crop_cache_dir", "select_frames", "choose_resolution",
+__all__ = ["FaceCrops", "extract_crops", "split_holdout", "even_subset",
+           "MIN_FRAMES", "crop_cache_dir", "choose_resolution",
            "RESOLUTION_STEPS", "largest_face_crop", "centre_crop"]

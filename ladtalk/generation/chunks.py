@@ -16,8 +16,7 @@ from ladtalk.generation.blend import BlendConfig, blend_face
 from ladtalk.generation.fusion import FusionConfig
 from ladtalk.generation.track import SourceTrack
 from ladtalk.media.mel import mel_windows
-
-WAV2LIP_SIZE = 96
+from ladtalk.models.wav2lip import FACE_SIZE
 
 
 class StageClock:
@@ -98,7 +97,7 @@ class ChunkProcessor:
             return len(frames)
         with self.clock.time("blend"):
             chosen = frames[sel]
-            crops = crop_faces(chosen, regions, WAV2LIP_SIZE)
+            crops = crop_faces(chosen, regions, FACE_SIZE)
         with self.clock.time("lipsync"):
             gen = self.syncer(crops, mel_windows(self.mel, self.starts[t_first + np.asarray(sel)]))
         originals = crops
@@ -120,4 +119,4 @@ class ChunkProcessor:
         return np.asarray(self.restorer.restore(up, **kw), dtype=np.uint8)
 
 
-__all__ = ["ChunkProcessor", "StageClock", "WAV2LIP_SIZE"]
+__all__ = ["ChunkProcessor", "StageClock"]

@@ -13,9 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ladtalk.media.resample import area_resize, blur_nchw
-
-#: the Wav2Lip face size: the band below it is the input's to keep
-LIPSYNC_SIZE = 96
+from ladtalk.models.wav2lip import FACE_SIZE
 
 
 @dataclass(frozen=True)
@@ -24,7 +22,7 @@ class FusionConfig:
 
     low_strength: float = 1.0
     high_strength: float = 1.0
-    band_size: int = LIPSYNC_SIZE
+    band_size: int = FACE_SIZE
     shape_sigma: float = 2.0        # px at band_size scale: what "lip shape" means
     shape_tolerance: float = 0.06   # max departure of that band from the input, [0, 1] units
 
@@ -73,7 +71,7 @@ def parse_strength(text: Union[str, float, Sequence[float], None]) -> Optional[T
     return vals[0], vals[1]
 
 
-def band_split(d: torch.Tensor, band_size: int = LIPSYNC_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
+def band_split(d: torch.Tensor, band_size: int = FACE_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(low, high)`` of NCHW ``d`` at side R: ``low = bicubic_up(area_down(d, band))``."""
     side = d.shape[-1]
     if side <= band_size:
@@ -109,4 +107,4 @@ def _guard_shape(out: torch.Tensor, inp: torch.Tensor, config: FusionConfig) -> 
     return out - excess
 
 
-__all__ = ["FusionConfig", "fuse", "band_split", "parse_strength", "LIPSYNC_SIZE"]
+__all__ = ["FusionConfig", "fuse", "band_split", "parse_strength"]

@@ -15,7 +15,7 @@ from ladtalk.face.detect import make_detector
 from ladtalk.face.track import select_largest
 from ladtalk.face.video_crops import even_subset
 from ladtalk.media.framesource import decode_chunks
-from ladtalk.media.probe import MediaInfo, probe
+from ladtalk.media.probe import MediaInfo, estimate_frames, probe
 
 DEFAULT_FRAMES = 8
 
@@ -29,9 +29,7 @@ def spread(indices: Sequence[int], n: int) -> np.ndarray:
 def _candidates(info: MediaInfo, fps: float, boxes: Optional[np.ndarray]) -> np.ndarray:
     if boxes is not None:
         return np.flatnonzero(~np.isnan(np.asarray(boxes, dtype=np.float64)).any(axis=1))
-    total = 1 if info.is_image else max(1, int(round((info.duration or 0) * fps))
-                                        or int(info.n_frames or 1))
-    return np.arange(total)
+    return np.arange(estimate_frames(info, fps))
 
 
 def sample_face_crops(info: MediaInfo, fps: float, resolution: int,
@@ -97,8 +95,7 @@ def video_face_crops(face: Union[str, Path], resolution: int, *,
         return sample_face_crops(info, rate, resolution, size, fixed=np.array([x1, y1, x2, y2]),
                                  crop_cfg=cfg, n=n)
     det = make_detector(detector or DEFAULT_DETECTOR) if isinstance(detector, str) else detector
-    total = 1 if info.is_image else max(1, int(round(info.duration * rate)))
-    pick = set(int(i) for i in spread(range(total), n))
+    pick = set(int(i) for i in spread(range(estimate_frames(info, rate)), n))
     crops: List[np.ndarray] = []
     start = 0
     with closing(decode_chunks(info, rate, 16)) as chunks:

@@ -19,21 +19,17 @@ import cv2
 import numpy as np
 import torch
 
-from ladtalk._util.choices import IDENTITY_CHECKS
+from ladtalk._util.choices import check_mode
 from ladtalk._util.jsonsafe import to_jsonable
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig
 from ladtalk.generation.blend import lower_face_mask
-from ladtalk.generation.identity_crops import (
-    DEFAULT_FRAMES,
-    sample_face_crops,
-    spread,
-    video_face_crops,
-)
+from ladtalk.generation.identity_crops import DEFAULT_FRAMES, sample_face_crops
 from ladtalk.generation.restore import Restorer
 from ladtalk.identities.meta import IdentityMeta, as_meta, load_meta
 from ladtalk.identities.store import resolve_identity
 from ladtalk.metrics.image import psnr
+from ladtalk.models.wav2lip import FACE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +37,7 @@ DEFAULT_MARGIN_DB = 4.0
 #: the restoration test's margin (dB below the identity's own gain on its held-out frames)
 DEFAULT_GAIN_MARGIN_DB = 3.0
 ABSOLUTE_THRESHOLD_DB = 25.0
-CHECK_MODES = IDENTITY_CHECKS
 NONE_CHOICE = "none (Wav2Lip only)"  # the app's Wav2Lip-only picker value
-
-
-def check_mode(mode: Any) -> str:
-    """Validate an ``identity_check`` mode ("refuse", "warn" or "off")."""
-    m = str(mode or "").strip().lower()
-    if m not in CHECK_MODES:
-        raise InputError(f"--identity-check must be one of {', '.join(CHECK_MODES)}, got "
-                         f"{mode!r}")
-    return m
 
 
 @dataclass
@@ -203,10 +189,11 @@ def lipsync_gains(restorer_or_model: Any, crops_uint8: np.ndarray,
         scale = np.asarray(mean_rgb, np.float64)[None] / np.maximum(own, 1.0)
         crops = np.clip(np.rint(crops * scale[:, None, None, :]), 0, 255).astype(np.uint8)
     side = crops.shape[1]
-    if side <= 96:
+    if side <= FACE_SIZE:
         deg = crops
     else:
-        deg = np.stack([cv2.resize(cv2.resize(c, (96, 96), interpolation=cv2.INTER_AREA),
+        deg = np.stack([cv2.resize(cv2.resize(c, (FACE_SIZE, FACE_SIZE),
+                                              interpolation=cv2.INTER_AREA),
                                    (side, side), interpolation=cv2.INTER_CUBIC) for c in crops])
     rec = _plain_restore(restorer, deg)
     mask = np.asarray(lower_face_mask(side)) > 0
@@ -266,6 +253,15 @@ def check_identity(restorer_or_model: Any, crops_uint8: np.ndarray, meta: Option
     return m
 
 
+def _stored_meta(identity: str) -> IdentityMeta:
+    """``meta.json`` of a stored identity; empty for a label that is not one (an injected
+    restorer's)."""
+    try:
+        return load_meta(resolve_identity(identity))
+    except InputError:
+        return IdentityMeta()
+
+
 def run_identity_check(restorer: Any, identity: Optional[str], mode: str, *, info, fps: float,
                        frame_size: Tuple[int, int], boxes: Optional[np.ndarray] = None,
                        fixed: Optional[np.ndarray] = None, crop_cfg: CropConfig = CropConfig(),
@@ -283,10 +279,9 @@ def run_identity_check(restorer: Any, identity: Optional[str], mode: str, *, inf
     name = None
     if identity is not None:
         name = Path(str(identity)).name
-        try:
-            meta = load_meta(resolve_identity(identity))
-        except InputError:  # a custom restorer with a label that is not a stored identity
-            meta = IdentityMeta()
+        meta = getattr(restorer, "meta", None)  # Restorer.from_identity has read it
+        if not isinstance(meta, IdentityMeta):
+            meta = _stored_meta(identity)
     crops = sample_face_crops(info, fps, int(restorer.resolution), frame_size, boxes=boxes,
                               fixed=fixed, crop_cfg=crop_cfg, resize=resize, n=n,
                               chunk_size=chunk_size)
@@ -304,6 +299,5 @@ def run_identity_check(restorer: Any, identity: Optional[str], mode: str, *, inf
     return res
 
 
-__all__ = ["IdentityMatch", "check_identity", "check_mode", "sample_face_crops",
-           "video_face_crops", "run_identity_check", "psnr_uint8", "match_gains", "spread",
-           "CHECK_MODES", "DEFAULT_FRAMES", "DEFAULT_MARGIN_DB", "ABSOLUTE_THRESHOLD_DB"]
+__all__ = ["IdentityMatch", "check_identity", "run_identity_check", "psnr_uint8", "match_gains",
+           "DEFAULT_MARGIN_DB", "ABSOLUTE_THRESHOLD_DB"]

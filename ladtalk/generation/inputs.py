@@ -67,15 +67,6 @@ def plan_source(face: Path, speech: Speech, opts: GenerateOptions,
                       chunk_size=int(opts.batch_size or batch_size))
 
 
-def estimate_frames(info: MediaInfo, fps: float) -> int:
-    """Expected number of source frames at ``fps`` (a photo has one)."""
-    if info.is_image:
-        return 1
-    if info.duration:
-        return max(1, int(round(info.duration * fps)))
-    return max(1, int(info.n_frames))
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -97,5 +88,4 @@ def check_output(out: Path, face: Path, audio: Path) -> None:
                              "name so the input is not overwritten")
 
 
-__all__ = ["Speech", "load_speech", "SourcePlan", "plan_source", "estimate_frames",
-           "check_output"]
+__all__ = ["Speech", "load_speech", "SourcePlan", "plan_source", "check_output"]

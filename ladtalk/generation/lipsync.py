@@ -17,6 +17,7 @@ from torch import nn
 from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
 from ladtalk.checkpoints import load_into, load_state_dict, resolve_checkpoint
 from ladtalk.errors import CheckpointError, InputError
+from ladtalk.media.resample import to_tensor01
 from ladtalk.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip
 
 MASK_ROW = FACE_SIZE // 2  # rows >= this are zeroed in the target channels
@@ -139,8 +140,8 @@ class LipSyncer:
         out = np.empty((n, FACE_SIZE, FACE_SIZE, 3), np.uint8)
         for start in range(0, n, self.batch_size):
             sl = slice(start, start + self.batch_size)
-            ref = None if references is None else _to_nchw01(references[sl])
-            y = self._forward(_to_nchw01(faces[sl]), torch.from_numpy(mels[sl, None]), ref)
+            ref = None if references is None else to_tensor01(references[sl])
+            y = self._forward(to_tensor01(faces[sl]), torch.from_numpy(mels[sl, None]), ref)
             y = y.mul(255.0)
             y = y.round() if self.rounding == "nearest" else y.floor()
             out[sl] = y.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -148,10 +149,6 @@ class LipSyncer:
 
 
 # ---------------------------------------------------------------------- validation
-def _to_nchw01(crops: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def _check_crops(crops, name: str) -> int:
     if not isinstance(crops, np.ndarray):
         raise InputError(f"{name} must be a numpy array of shape (N, 96, 96, 3), got "

@@ -9,11 +9,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ladtalk._util.choices import DEFAULT_DETECTOR, DEFAULT_LOOP, DEFAULT_PADS
+from ladtalk._util.choices import DEFAULT_DETECTOR, DEFAULT_LOOP, DEFAULT_PADS, check_mode
 from ladtalk.errors import InputError
 from ladtalk.generation.blend import BlendConfig
 from ladtalk.generation.fusion import parse_strength
-from ladtalk.generation.identity_match import check_mode
 from ladtalk.media.timing import check_policy
 
 PathLike = Union[str, os.PathLike]

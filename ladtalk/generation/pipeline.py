@@ -38,7 +38,6 @@ from ladtalk.generation.inputs import (
     SourcePlan,
     Speech,
     check_output,
-    estimate_frames,
     load_speech,
     plan_source,
 )
@@ -55,7 +54,9 @@ from ladtalk.generation.restore import Restorer
 from ladtalk.generation.runner import StreamingRunner, StreamResult, open_stream
 from ladtalk.generation.track import FileStamp, SourceTrack, framing_key, track_source
 from ladtalk.identities.store import resolve_identity
+from ladtalk.media.probe import estimate_frames
 from ladtalk.models.fuse import fold_batchnorm
+from ladtalk.models.sovqae import WEIGHTS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class Pipeline:
         if self._restorer is not None:
             return self._restorer, str(identity)
         path = resolve_identity(identity)
-        weights = path / "model.safetensors"
+        weights = path / WEIGHTS_NAME
         key = (str(path.resolve()), weights.stat().st_mtime)
         with self._lock:
             if key not in self._restorers:
@@ -244,7 +245,7 @@ class Pipeline:
         detector = self.detector_for(call.opts, plan.size)
         t0 = time.perf_counter()
         result = track_source(call.face, plan, call.opts, detector, call.report, stamp)
-        result.detect_seconds = call.timings["detect"] = time.perf_counter() - t0
+        call.timings["detect"] = time.perf_counter() - t0
         if result.message:
             call.warn(result.message)
         return result

@@ -20,7 +20,7 @@ from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_d
 from ladtalk.generation.fusion import FusionConfig, fuse
 from ladtalk.identities.meta import IdentityMeta, load_meta
 from ladtalk.identities.store import resolve_identity
-from ladtalk.media.resample import resize01
+from ladtalk.media.resample import resize01, to_tensor01, to_uint8
 from ladtalk.models.sovqae import SOVQAE
 
 _UNSET = object()
@@ -126,9 +126,7 @@ class Restorer:
                              f"{arr.shape}")
         single = arr.ndim == 3
         batch = arr[None] if single else arr
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
-        y = self.restore01(x, fusion)
-        out = (y.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        out = to_uint8(self.restore01(to_tensor01(batch), fusion))
         return out[0] if single else out
 
 

@@ -9,7 +9,7 @@ skip detection; :meth:`SourceTrack.mismatch` says why a track does not fit a cal
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -20,6 +20,7 @@ from ladtalk.face.track import track_faces
 from ladtalk.generation.inputs import SourcePlan
 from ladtalk.generation.options import GenerateOptions
 from ladtalk.media.framesource import decode_chunks
+from ladtalk.media.probe import estimate_frames
 
 Report = Callable[[str, int, int], None]
 
@@ -71,12 +72,14 @@ class SourceTrack:
     n_source_frames: Optional[int] = None
     missing_timestamps: List[float] = field(default_factory=list)
     message: str = ""
-    detect_seconds: float = 0.0
 
     def key(self) -> Dict[str, Any]:
-        return {"face": self.face, "frame_size": tuple(self.frame_size), "fps": float(self.fps),
-                "detector": self.detector, "pads": tuple(self.pads), "smooth": self.smooth,
-                "resize_factor": self.resize_factor, "box": self.box}
+        """This track's :func:`framing_key`: its fields without a default (the ones
+        ``SourceTrack(**framing_key(...))`` fills)."""
+        key = {name: getattr(self, name) for name in _KEY_FIELDS}
+        key.update(frame_size=tuple(self.frame_size), fps=float(self.fps),
+                   pads=tuple(self.pads))
+        return key
 
     def mismatch(self, key: Dict[str, Any]) -> Optional[str]:
         """Why this track does not fit a call with ``key`` (:func:`framing_key`), or None."""
@@ -95,6 +98,10 @@ class SourceTrack:
         return self.boxes[s]
 
 
+_KEY_FIELDS = tuple(f.name for f in fields(SourceTrack)
+                    if f.default is MISSING and f.default_factory is MISSING)
+
+
 def track_source(face: Path, plan: SourcePlan, opts: GenerateOptions, detector: Any,
                  report: Report, stamp: Optional[FileStamp] = None) -> SourceTrack:
     """Detect (or take the fixed box) over the source frames; raises when no face at all."""
@@ -106,7 +113,7 @@ def track_source(face: Path, plan: SourcePlan, opts: GenerateOptions, detector: 
         track.n_source_frames = 1 if plan.info.is_image else None
         return track
     info, fps, bs = plan.info, plan.fps, plan.chunk_size
-    total = 1 if info.is_image else max(1, int(round(info.duration * fps)))
+    total = estimate_frames(info, fps)
     faces = track_faces(decode_chunks(info, fps, bs, plan.resize), detector, fps,
                         smooth=opts.smooth, chunk_size=bs,
                         progress=lambda n: report("detect", n, max(n, total)))

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Union
 
 from ladtalk.errors import InputError, LadTalkError
-from ladtalk.identities.store import REQUIRED_FILES, resolve_identity
+from ladtalk.identities.meta import META_JSON
+from ladtalk.identities.store import resolve_identity
+from ladtalk.models.sovqae import CONFIG_NAME, WEIGHTS_NAME
 
 #: the files of an identity that go to the Hub (no trainer state)
-PUBLISHED_FILES = (*REQUIRED_FILES, "meta.json")
+PUBLISHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, META_JSON)
 COMMIT_MESSAGE = "LaDTalk identity (SOVQAE) from the LaDTalk app"
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

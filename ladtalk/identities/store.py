@@ -7,26 +7,27 @@ the repository live in ``checkpoints/identities/NAME``. Everywhere (CLI, pipelin
 identity is addressed by NAME or by a directory path.
 
 Writes go through :func:`ladtalk._util.atomic.atomic_dir`, so a crash or a kill mid-write leaves
-the previous identity intact; :func:`resolve_identity` finishes a swap cut between its renames.
+the previous identity intact; :func:`resolve_identity` finishes a swap cut between its renames
+(:func:`ladtalk._util.atomic.recover_dir`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Union
 
+from ladtalk._util.atomic import recover_dir
 from ladtalk._util.paths import identities_dir
 from ladtalk.errors import InputError
 from ladtalk.identities.meta import IdentityMeta, load_meta
-from ladtalk.models.sovqae import CONFIG_NAME, SOVQAEConfig
+from ladtalk.models.sovqae import CONFIG_NAME, WEIGHTS_NAME, SOVQAEConfig
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "identities"
-REQUIRED_FILES = ("config.json", "model.safetensors")
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 
 
 def validate_name(name: str) -> str:
@@ -46,17 +47,9 @@ class IdentityInfo:
     meta: IdentityMeta
 
 
-def _is_identity_dir(path: Path) -> bool:
+def is_identity_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder holding a complete identity (:data:`REQUIRED_FILES`)."""
     return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
-
-
-def _recover(target: Path) -> None:
-    """Finish a swap interrupted between its two renames (old moved away, new not in)."""
-    if target.exists():
-        return
-    backups = sorted(target.parent.glob(f".old-{target.name}-*"), key=lambda p: p.stat().st_mtime)
-    if backups:
-        os.replace(backups[-1], target)
 
 
 def store_path(name: str) -> Path:
@@ -69,7 +62,7 @@ def resolve_identity(name_or_dir: Union[str, Path]) -> Path:
     path = Path(text).expanduser()
     looks_like_path = os.sep in text or text.startswith(".") or (os.altsep and os.altsep in text)
     if looks_like_path or path.is_dir():
-        if _is_identity_dir(path):
+        if is_identity_dir(path):
             return path
         if looks_like_path:
             raise InputError(f"identity directory {path} is missing or incomplete: it needs "
@@ -77,8 +70,8 @@ def resolve_identity(name_or_dir: Union[str, Path]) -> Path:
                              "`python -m ladtalk enroll`)")
     validate_name(text)
     for base in (identities_dir(), SHIPPED_DIR):
-        _recover(base / text)
-        if _is_identity_dir(base / text):
+        recover_dir(base / text)
+        if is_identity_dir(base / text):
             return base / text
     known = ", ".join(i.name for i in list_identities()) or "none yet"
     raise InputError(f"unknown identity {text!r} (known: {known}); enroll it with "
@@ -93,7 +86,7 @@ def list_identities() -> List[IdentityInfo]:
         if not base.is_dir():
             continue
         for child in sorted(base.iterdir()):
-            if child.name.startswith(".") or child.name in seen or not _is_identity_dir(child):
+            if child.name.startswith(".") or child.name in seen or not is_identity_dir(child):
                 continue
             seen.add(child.name)
             out.append(IdentityInfo(child.name, child, shipped, load_meta(child)))
@@ -102,10 +95,8 @@ def list_identities() -> List[IdentityInfo]:
 
 def identity_config(name_or_dir: Union[str, Path]) -> SOVQAEConfig:
     """The model config of an identity (its ``config.json``), e.g. the crop size it works at."""
-    path = resolve_identity(name_or_dir)
-    return SOVQAEConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()),
-                                  source=str(path / CONFIG_NAME))
+    return SOVQAEConfig.from_file(resolve_identity(name_or_dir) / CONFIG_NAME)
 
 
-__all__ = ["IdentityInfo", "REQUIRED_FILES", "SHIPPED_DIR", "identity_config", "list_identities",
-           "resolve_identity", "store_path", "validate_name"]
+__all__ = ["IdentityInfo", "REQUIRED_FILES", "SHIPPED_DIR", "identity_config", "is_identity_dir",
+           "list_identities", "resolve_identity", "store_path", "validate_name"]

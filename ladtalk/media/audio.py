@@ -17,7 +17,7 @@ import ffmpeg
 import numpy as np
 
 from ladtalk.errors import InputError, LadTalkError
-from ladtalk.media.ffmpeg import PathLike, compile_cmd, input_file
+from ladtalk.media.ffmpeg import PathLike, compile_cmd, input_file, last_error_line
 
 SAMPLE_RATE = 16000
 #: Shortest clip accepted as speech input (seconds); 0.2 s = one 16-column mel window.
@@ -97,8 +97,7 @@ def _ffmpeg_decode(path: Path, sr: int, resampler: Optional[str]) -> np.ndarray:
         if "matches no streams" in stderr:
             raise InputError(f"'{path}' has no audio stream (a video without sound?); give an "
                              "audio file or a video that has a sound track")
-        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit status {rc}"
+        last = last_error_line(stderr) if stderr.strip() else f"exit status {rc}"
         raise InputError(f"could not decode audio from '{path}': ffmpeg says: {last}. "
                          "Use a common audio/video format (wav, mp3, m4a, ogg, flac, mp4, mov, "
                          "webm, mkv) or re-export the file")

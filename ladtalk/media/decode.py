@@ -163,7 +163,7 @@ def frame_at(path, seconds: float, info=None) -> np.ndarray:
                          f"(0 to {info.duration:.2f} s)")
     want = min(int(round(t * (info.fps or 25.0))), max(0, info.n_frames - 1))
     last = None
-    for chunk in iter_frames(path, chunk_size=8, max_frames=want + 1):
+    for chunk in iter_frames(path, chunk_size=8, info=info, max_frames=want + 1):
         last = chunk[-1]
     if last is None:
         raise InputError(f"no frame could be decoded from '{name}'")

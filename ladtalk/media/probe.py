@@ -59,6 +59,16 @@ class MediaInfo:
         return (self.width, self.height)
 
 
+def estimate_frames(info: MediaInfo, fps: float) -> int:
+    """Expected number of source frames at ``fps`` (a photo has one; without a duration,
+    the probed frame count)."""
+    if info.is_image:
+        return 1
+    if info.duration:
+        return max(1, int(round(info.duration * fps)))
+    return max(1, int(info.n_frames))
+
+
 def _snap_fps(fps: float) -> float:
     """ffmpeg prints rates rounded to 2 decimals; restore the exact NTSC rates."""
     for exact in _NTSC_RATES:

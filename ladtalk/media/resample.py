@@ -101,3 +101,15 @@ def lipsync_path(x01: torch.Tensor, sigma: float, size: int = 96) -> torch.Tenso
         small = blur_nchw(small, float(sigma))
     small = (small.clamp(0.0, 1.0) * 255.0).round() / 255.0
     return resize01(small, side) if side > size else small
+
+
+def to_tensor01(crops: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8(x01: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8: scaled by 255, rounded half to
+    even, clipped (the inverse of :func:`to_tensor01`)."""
+    y = x01.detach().cpu().permute(0, 2, 3, 1).numpy() * 255.0
+    return y.round().clip(0, 255).astype(np.uint8)

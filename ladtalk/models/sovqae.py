@@ -7,6 +7,7 @@ The named configs and the on-disk layout are described in docs/models.md.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -19,6 +20,7 @@ from torch import nn
 
 from ladtalk._util.atomic import write_bytes, write_json
 from ladtalk._util.device import DeviceLike, resolve_device
+from ladtalk._util.paths import PathLike
 from ladtalk.checkpoints import read_safetensors
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.models.quantizer import VectorQuantizer
@@ -115,6 +117,19 @@ class SOVQAEConfig:
             return cls(**{k: v for k, v in data.items() if k in known})
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_file(cls, path: PathLike) -> "SOVQAEConfig":
+        """Read a ``config.json`` (of an identity or a saved SOVQAE folder)."""
+        return cls.from_dict(read_config_json(path), source=str(path))
+
+
+def read_config_json(path: PathLike) -> Dict[str, Any]:
+    """The parsed JSON config at ``path``; an unreadable one is a :class:`CheckpointError`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON config ({exc})") from exc
 
 
 CONFIGS: Dict[str, SOVQAEConfig] = {
@@ -300,23 +315,23 @@ class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
                          strict: bool = True, **model_kwargs: Any) -> "SOVQAE":
         """Hub-mixin hook behind ``from_pretrained(dir_or_repo_id, device=..., **overrides)``.
 
-        ``config`` is the parsed ``config.json`` the mixin found; other keyword arguments
-        that differ from it override non-weight fields (e.g. ``ema=True``). Returns an eval
-        model.
+        ``config`` is the parsed ``config.json`` the mixin found (None: it found none); other
+        keyword arguments that differ from it override non-weight fields (e.g. ``ema=True``).
+        Returns an eval model.
         """
-        hub_kw = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
-                      token=token, local_files_only=local_files_only)
         if config is None:
-            _model_file(model_id, CONFIG_NAME, hub_kw)  # raises: the folder or repo lacks it
-            raise CheckpointError(f"{model_id}: config.json is unreadable")
+            raise _missing_file(model_id, CONFIG_NAME)
         if "_class_name" in config:
             raise CheckpointError(f"{model_id} holds a diffusers config "
                                   f"({config['_class_name']}); load diffusers VQModel weights "
                                   "with ladtalk.models.sovqae_io.load_sovqae")
+        # the mixin also passes every config.json key as a kwarg: keep only real overrides
         overrides = {k: v for k, v in model_kwargs.items()
                      if k not in config or config[k] != v}
         cfg = replace(SOVQAEConfig.from_dict(config, source=f"{model_id}/{CONFIG_NAME}"),
                       **overrides)
+        hub_kw = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
+                      token=token, local_files_only=local_files_only)
         w_path = _model_file(model_id, WEIGHTS_NAME, hub_kw)
         model = cls(cfg)
         model.load_generator_state_dict(read_safetensors(w_path), strict=strict, source=w_path)
@@ -343,15 +358,22 @@ class SOVQAE(nn.Module, PyTorchModelHubMixin, library_name="ladtalk",
         self.load_state_dict(dict(state), strict=strict)
 
 
+def _missing_file(model_id: str, filename: str) -> CheckpointError:
+    """The error for a local folder or Hub repo ``model_id`` that lacks ``filename``."""
+    expected = (f"expected {CONFIG_NAME} + {WEIGHTS_NAME} written by save_pretrained / enroll")
+    if os.path.isdir(model_id):
+        return CheckpointError(f"{model_id} is not an SOVQAE directory: {filename} is missing "
+                               f"({expected})")
+    return CheckpointError(f"cannot load SOVQAE '{model_id}': {filename} is missing from that "
+                           f"Hugging Face Hub repo or could not be fetched ({expected})")
+
 
 def _model_file(model_id: str, filename: str, hub_kw: Dict[str, Any]) -> str:
     """``filename`` inside a local SOVQAE folder, or downloaded from the Hub repo ``model_id``."""
     if os.path.isdir(model_id):
         path = os.path.join(model_id, filename)
         if not os.path.isfile(path):
-            raise CheckpointError(f"{model_id} is not an SOVQAE directory: {filename} is missing "
-                                  "(expected config.json + model.safetensors written by "
-                                  "save_pretrained / enroll)")
+            raise _missing_file(model_id, filename)
         return path
     from huggingface_hub import hf_hub_download
 
@@ -363,4 +385,5 @@ def _model_file(model_id: str, filename: str, hub_kw: Dict[str, Any]) -> str:
 
 
 __all__ = ["SOVQAE", "SOVQAEConfig", "VQEncoding", "CONFIGS", "get_config",
-           "default_config_name", "CONFIG_NAME", "WEIGHTS_NAME", "GENERATOR_PREFIXES"]
+           "default_config_name", "read_config_json", "CONFIG_NAME", "WEIGHTS_NAME",
+           "GENERATOR_PREFIXES"]

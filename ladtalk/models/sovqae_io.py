@@ -7,7 +7,6 @@ docs/models.md. Pickles are only read through :func:`ladtalk.checkpoints.load_st
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import replace
@@ -31,6 +30,7 @@ from ladtalk.models.sovqae import (
     SOVQAE,
     WEIGHTS_NAME,
     SOVQAEConfig,
+    read_config_json,
 )
 from ladtalk.models.sovqae_diffusers import (
     DIFFUSERS_WEIGHTS,
@@ -175,13 +175,6 @@ def _read_state(path: Path) -> StateDict:
     return load_state_dict(path, strip_prefix=None)
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable JSON config ({exc})") from exc
-
-
 def _resolve_config(config: ConfigLike) -> Optional[SOVQAEConfig]:
     if config is None or isinstance(config, SOVQAEConfig):
         return config
@@ -193,7 +186,7 @@ def _resolve_config(config: ConfigLike) -> Optional[SOVQAEConfig]:
         return SOVQAEConfig.from_dict(config)
     p = Path(config).expanduser()
     if p.suffix.lower() == ".json":
-        return _resolve_config(_read_json(p))
+        return _resolve_config(read_config_json(p))
     return config_from_taming_yaml(p)
 
 
@@ -210,16 +203,21 @@ def _yaml_beside(path: Path) -> Optional[Path]:
 
 
 def state_and_config_from_file(path: Union[str, Path], config: ConfigLike = None,
-                               resolution: Optional[int] = None) -> Tuple[StateDict, SOVQAEConfig]:
-    """Generator state dict (taming layout) and its config for one weights file."""
+                               resolution: Optional[int] = None, *,
+                               sidecar: Optional[Mapping[str, Any]] = None
+                               ) -> Tuple[StateDict, SOVQAEConfig]:
+    """Generator state dict (taming layout) and its config for one weights file.
+
+    ``sidecar``: the ``config.json`` beside ``path`` when the caller has already parsed it.
+    """
     p = Path(path).expanduser()
     raw = _read_state(p)
     diffusers = is_diffusers_layout(raw)
     cfg = _resolve_config(config)
     if cfg is None:
         side = p.parent / CONFIG_NAME
-        if side.is_file():
-            data = _read_json(side)
+        if sidecar is not None or side.is_file():
+            data = read_config_json(side) if sidecar is None else sidecar
             if "_class_name" in data or diffusers:
                 kw = {"resolution": resolution} if resolution else {}
                 cfg = sovqae_config_from_diffusers(data, source=str(side), **kw)
@@ -290,13 +288,13 @@ def _from_hub_repo(repo_id: str, device: DeviceLike, overrides: Dict[str, Any]) 
 def _from_directory(d: Path, config: ConfigLike, resolution: Optional[int]):
     cfg_file = d / CONFIG_NAME
     if cfg_file.is_file():
-        data = _read_json(cfg_file)
+        data = read_config_json(cfg_file)
         weights = _find_weights(d)
         if weights is None:
             raise CheckpointError(f"{d} has a config.json but no weights "
                                   f"({WEIGHTS_NAME} or {DIFFUSERS_WEIGHTS[0]})")
         if data.get("model_type") == MODEL_TYPE or "_class_name" in data:
-            return state_and_config_from_file(weights, config, resolution)
+            return state_and_config_from_file(weights, config, resolution, sidecar=data)
     if (d / "vqvae" / CONFIG_NAME).is_file():
         return _from_directory(d / "vqvae", config, resolution)
     cands = sorted((d / "checkpoints").glob("*.ckpt")) if (d / "checkpoints").is_dir() else []
