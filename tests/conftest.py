@@ -53,3 +53,15 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_temp_leftovers():
+    """After the whole run, no ``ladtalk-*`` folder the run created is left in the system temp
+    folder (the app removes per-call folders, session folders and its temp space on close)."""
+    import tempfile
+    tmp = Path(tempfile.gettempdir())
+    before = {p.name for p in tmp.glob("ladtalk-*")}
+    yield
+    left = sorted(p.name for p in tmp.glob("ladtalk-*") if p.name not in before)
+    assert not left, f"temp folders left behind in {tmp}: {left}"

@@ -121,7 +121,8 @@ def _video_path(value) -> str:
 def test_named_endpoints_and_status(server):
     api = server.view_api(print_info=False, return_format="dict")
     names = set(api["named_endpoints"])
-    assert {"/generate", "/robustness", "/enroll", "/identities", "/status"} <= names
+    assert {"/generate", "/robustness", "/enroll", "/identities"} <= names
+    assert "/status" not in names  # undocumented: callable, but not in the API page or MCP
     st = server.predict(api_name="/status")
     assert st["generate_available"] is True and st["device"] == "cpu"
     s3fd = [c for c in st["checkpoints"] if c["name"] == "s3fd"][0]
@@ -459,15 +460,21 @@ def test_enroll_request_presents_the_folder_enroll_wrote(monkeypatch, tmp_path):
 
     from ladtalk.app import endpoints
     from ladtalk.app.limits import AppLimits
+    from ladtalk.app.tempspace import TempSpace
+    from ladtalk.identities.owners import Access
 
     out = _write_tiny_identity(tmp_path / "elsewhere", "carol")
     monkeypatch.setattr(endpoints, "run_enrollment", lambda *a, **k: out)
-    st = SimpleNamespace(limits=AppLimits())
+    space = TempSpace(tmp_path / "space")
+    st = SimpleNamespace(limits=AppLimits(), space=space)
     md, meta, weights = endpoints.enroll_request(
-        st, str(EXAMPLES / "astronaut.mp4"), "carol", 3, "tiny", "dlib", False, "", "", False,
-        lambda *a, **k: None)
+        st, endpoints.Caller(Access(public=False)), str(EXAMPLES / "astronaut.mp4"), "carol", 3,
+        "tiny", "dlib", False, "", "", False, lambda *a, **k: None)
     assert meta["name"] == "carol" and "carol" in md
     assert Path(weights).read_bytes() == (out / "model.safetensors").read_bytes()
+    assert Path(weights).is_relative_to(space.root)  # the caller's temp space, cleaned later
+    space.close()
+    assert not space.root.exists()
 
 
 def test_python_app_py_starts_offline_and_serves_robustness(tmp_path):

@@ -240,7 +240,7 @@ def test_killing_enroll_leaves_previous_identity_intact(face_video, tmp_path):
         cache = home / "cache" / "crops"
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:  # crops cached -> training next
-            if cache.is_dir() and list(cache.glob("*.npz")):
+            if cache.is_dir() and list(cache.glob("*/crops.npz")):
                 break
             time.sleep(0.5)
         time.sleep(4)

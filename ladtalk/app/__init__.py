@@ -3,8 +3,8 @@ imports gradio and spaces). ``create_demo`` builds it; the root ``app.py`` launc
 
 # ZeroGPU wants ``spaces`` imported before torch touches CUDA: zerogpu goes first.
 from ladtalk.app import zerogpu  # noqa: I001
-from ladtalk.app.demo import app_limits, create_demo
+from ladtalk.app.demo import app_limits, create_demo, launch_options
 
 ZERO_GPU = zerogpu.ZERO_GPU
 
-__all__ = ["ZERO_GPU", "app_limits", "create_demo"]
+__all__ = ["ZERO_GPU", "app_limits", "create_demo", "launch_options"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -48,8 +48,9 @@ from ladtalk.enrollment import prepare_crops
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.generation.options import GenerateOptions
 from ladtalk.identities.meta import load_meta
+from ladtalk.identities.owners import Access, claim, release, touch
 from ladtalk.identities.publish import publish_identity
-from ladtalk.identities.store import SHIPPED_DIR, validate_name
+from ladtalk.identities.store import validate_name
 from ladtalk.media.resample import to_tensor01
 from ladtalk.models.sovqae import default_config_name
 
@@ -57,9 +58,18 @@ from ladtalk.models.sovqae import default_config_name
 PREPARE_KWARGS = ("out", "resolution", "init", "train_overrides")
 
 
-def tmpdir(prefix: str) -> Path:
-    """A fresh per-request output folder under the system temp dir (Gradio may serve it)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: what they may do with identities, and their temp-space session."""
+
+    access: Access
+    session: str = "local"
+
+
+def _use(name: Optional[str]) -> Optional[str]:
+    if name is not None:
+        touch(name)
+    return name
 
 
 # ---------------------------------------------------------------------------- generate
@@ -74,8 +84,8 @@ def generate_options(detector, loop, box, pads, smooth, resize_factor,
                            restore_strength=restore_strength).validate()
 
 
-def generate_request(st: AppState, face, audio, identity, enroll_first, enroll_seconds, compare,
-             opts: Dict[str, Any], progress):
+def generate_request(st: AppState, who: Caller, face, audio, identity, enroll_first,
+                     enroll_seconds, compare, opts: Dict[str, Any], progress):
     """Lip-sync ``face`` to ``audio`` (optionally enrolling from ``face`` first) and render
     the Wav2Lip-only baseline beside it; ``opts``: :func:`generate_options` arguments."""
     limits = st.limits
@@ -92,9 +102,9 @@ def generate_request(st: AppState, face, audio, identity, enroll_first, enroll_s
                              "upload a video")
         budget = check_budget(enroll_seconds or limits.enroll_budget_default, limits)
         check_enroll_video(face, limits, info)
-        ident = default_session_identity(face)
+        ident = default_session_identity(face, who.access.owner)
     else:
-        ident = check_identity(identity)
+        ident = _use(check_identity(identity, access=who.access))
     fps = 25.0 if info.is_image else float(info.fps or 25.0)
     n_frames = max(1, int(math.floor(audio_s * fps + 0.5)))
     n_src = 1 if info.is_image else max(1, int(round(info.duration * fps)))
@@ -103,21 +113,22 @@ def generate_request(st: AppState, face, audio, identity, enroll_first, enroll_s
                         limits.gpu_cap_seconds)
     if enroll_first:
         progress(0.0, desc=f"enrolling identity '{ident}' from this video")
-        run_enrollment(st, face, ident, budget, None, options.detector, False, progress)
+        run_enrollment(st, who, face, ident, budget, None, options.detector, False, progress)
     options.identity = ident
     gpu_s = generate_gpu_seconds(n_frames, n_src, ident is not None, baseline,
                                  limits.gpu_cap_seconds)
-    results = generate_on_gpu(st.key, str(face), str(audio), str(tmpdir("ladtalk-gen-")),
-                              options, baseline, n_frames, n_src, progress)
-    return generate_outputs(results, gpu_s, ident)
+    with st.space.call_dir(who.session, "gen-") as out_dir:
+        results = generate_on_gpu(st.key, str(face), str(audio), str(out_dir), options,
+                                  baseline, n_frames, n_src, progress)
+        return generate_outputs(results, gpu_s, ident)
 
 
 # ---------------------------------------------------------------------------- robustness
-def robustness_request(st: AppState, image, video, frame_time, identity, strengths, sweep,
-               certificate, is_crop, detector, progress):
+def robustness_request(st: AppState, who: Caller, image, video, frame_time, identity,
+                       strengths, sweep, certificate, is_crop, detector, progress):
     """Degrade the face of a picture (or a video frame), restore it with an identity, and
     measure; ``strengths``: ``(blur, noise, down)``."""
-    ident = check_identity(identity, allow_none=False)
+    ident = _use(check_identity(identity, allow_none=False, access=who.access))
     res_px = identity_resolution(ident)
     specs = degradation_specs(*strengths, res_px)
     sweep_vals, sweep_specs = plot_sweep(sweep, res_px)
@@ -128,8 +139,9 @@ def robustness_request(st: AppState, image, video, frame_time, identity, strengt
                                     bool(certificate), progress)
     raw = robustness_raw(res, identity=ident, label=label, box=box, resolution=res_px,
                          specs=specs, sweep=sweep, sweep_specs=sweep_specs)
-    return (robustness_gallery(res, images, tmpdir("ladtalk-rob-")),
-            robustness_table(res, specs),
+    with st.space.call_dir(who.session, "rob-") as out_dir:
+        gallery = robustness_gallery(res, images, out_dir)
+    return (gallery, robustness_table(res, specs),
             robustness_plot(res, sweep, sweep_vals, sweep_specs, res_px),
             certificate_md(res.get("certificate"), specs), raw)
 
@@ -144,24 +156,27 @@ def prepare_enroll_crops(st: AppState, video: str, name: str, config: Optional[s
                   fresh, device="cpu", progress=crop_reporter(progress), **extra)
 
 
-def run_enrollment(st: AppState, video: str, name: str, budget: float, config: Optional[str],
-                   detector: str, fresh: bool, progress) -> Path:
-    """Validate, crop on CPU, then train in GPU-sized chunks (one chunk off ZeroGPU)."""
+def run_enrollment(st: AppState, who: Caller, video: str, name: str, budget: float,
+                   config: Optional[str], detector: str, fresh: bool, progress) -> Path:
+    """Validate, claim the name (public mode), crop on CPU, then train in GPU-sized chunks
+    (one chunk off ZeroGPU). A new claim whose enrollment fails is released."""
     config = None if config in (None, "", "auto") else config
     if config is not None:
         check_choice(config, ENROLL_CONFIGS, "model config", "choose")
     check_choice(detector, DETECTORS, "face detector", "choose")
-    validate_name(name)
-    if (SHIPPED_DIR / name).exists():
-        raise InputError(f"'{name}' is the name of a shipped demo identity; choose another name")
+    who.access.check_enroll(name)
     config = config or st.enroll_config
     with st.enroll_lock:  # two enrollments of the same store never interleave
-        prepare_enroll_crops(st, video, name, config, detector, fresh, progress)
-        offset, path = 0.0, None
-        for i, secs in enumerate(enroll_chunks(budget, st.limits.enroll_chunk_seconds)):
-            path = enroll_on_gpu(st.key, video, name, secs, config, detector,
+        prev = claim(who.access, name, st.policy)
+        try:
+            prepare_enroll_crops(st, video, name, config, detector, fresh, progress)
+            offset, path = 0.0, None
+            for i, secs in enumerate(enroll_chunks(budget, st.limits.enroll_chunk_seconds)):
+                path = enroll_on_gpu(st.key, video, name, secs, config, detector,
                                      fresh and i == 0, progress, offset, budget)
-            offset += secs
+                offset += secs
+        finally:
+            release(name, prev)
     return Path(path)
 
 
@@ -182,29 +197,31 @@ def _publish_md(path: Path, repo: str, token: str, private: bool) -> str:
                 + user_message(exc, [token]))
 
 
-def enroll_request(st: AppState, video, name, seconds, config, detector, fresh, hub_repo, token,
-           hub_private, progress):
+def enroll_request(st: AppState, who: Caller, video, name, seconds, config, detector, fresh,
+                   hub_repo, token, hub_private, progress):
     """Enroll (or continue) an identity, optionally push it to the user's Hub repo; returns
     (summary Markdown, meta.json without its history, the weights to download)."""
     name = (name or "").strip()
     if not name:
         raise InputError("give the identity a name (letters, digits, '_', '-', '.')")
     validate_name(name)
+    who.access.check_enroll(name)
     budget = check_budget(seconds if seconds not in (None, "") else
                           st.limits.enroll_budget_default, st.limits)
     check_enroll_video(video, st.limits)
     repo = (hub_repo or "").strip()
     _check_hub_args(repo, token)
-    path = run_enrollment(st, str(video), name, budget, config, detector or "auto",
+    path = run_enrollment(st, who, str(video), name, budget, config, detector or "auto",
                           bool(fresh), progress)
     meta = load_meta(path)
     md = identity_summary_md(meta, name)
     if repo:
         progress(0.99, desc=f"pushing to the Hub repo {repo}")
         md += _publish_md(path, repo, token, bool(hub_private))
-    out_dir = tmpdir("ladtalk-enroll-")
-    weights = out_dir / f"{name}.safetensors"
-    shutil.copy2(path / "model.safetensors", weights)
-    shutil.copy2(path / "config.json", out_dir / f"{name}.config.json")
+    who.access.check_download(name)
+    with st.space.call_dir(who.session, "enroll-") as out_dir:  # served to this caller only
+        weights = out_dir / f"{name}.safetensors"
+        shutil.copy2(path / "model.safetensors", weights)
+        shutil.copy2(path / "config.json", out_dir / f"{name}.config.json")
     return md, {k: v for k, v in meta.to_json().items() if k != "history"}, str(weights)
 

@@ -7,6 +7,7 @@ States live in a module-level registry addressed by ``key``, so the ``@spaces.GP
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -16,8 +17,13 @@ import gradio as gr
 
 from ladtalk.app.limits import AppLimits
 from ladtalk.app.status import CheckpointStatus, checkpoint_status
+from ladtalk.app.tempspace import TempSpace, sweep_stale_temp
 from ladtalk.errors import LadTalkError
 from ladtalk.generation.pipeline import Pipeline
+from ladtalk.identities.owners import OwnerPolicy, expire_identities
+from ladtalk.identities.store import sweep_store
+
+log = logging.getLogger("ladtalk.app")
 
 #: ``evaluate_robustness`` arguments of the app: the few-seconds "app" certificate cost.
 APP_ROBUSTNESS_KWARGS = {"cost": "app"}
@@ -37,6 +43,11 @@ class AppState:
     enroll_kwargs: Dict[str, Any] = field(default_factory=dict)
     robustness_kwargs: Dict[str, Any] = field(default_factory=dict)
     enroll_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: a public app (a Space): identities belong to their session or user
+    public: bool = False
+    policy: OwnerPolicy = field(default_factory=OwnerPolicy)
+    #: per-session temp folders for the files handed to Gradio
+    space: TempSpace = field(default_factory=TempSpace)
 
 
 _STATES: Dict[int, AppState] = {}
@@ -56,10 +67,23 @@ def gpu_cap(key: int) -> float:
     return st.limits.gpu_cap_seconds if st else 120.0
 
 
+def startup_sweep(policy: Optional[OwnerPolicy], public: bool) -> None:
+    """Remove what killed runs left behind: stale temp folders, ``.tmp-*`` / ``.old-*`` in the
+    identity store, and (public mode) expired session identities."""
+    gone = [str(p) for p in sweep_stale_temp()] + [str(p) for p in sweep_store()]
+    if public and policy is not None:
+        gone += expire_identities(policy)
+    if gone:
+        log.info("startup sweep removed %d leftovers: %s", len(gone), ", ".join(gone[:8]))
+
+
 def load_state(pipeline, wav2lip, device, limits: AppLimits, load_models: bool,
-               enroll_config, enroll_kwargs, robustness_kwargs) -> AppState:
+               enroll_config, enroll_kwargs, robustness_kwargs, public: bool = False,
+               policy: Optional[OwnerPolicy] = None) -> AppState:
     """Build the pipeline (unless given), resolve the checkpoints and load Wav2Lip once; a
     failure is recorded for the status panel, never raised."""
+    policy = policy or OwnerPolicy()
+    startup_sweep(policy, public)
     given_ref = isinstance(wav2lip, (str, os.PathLike))
     injected = pipeline is not None or (wav2lip is not None and not given_ref)
     if pipeline is None:
@@ -80,6 +104,7 @@ def load_state(pipeline, wav2lip, device, limits: AppLimits, load_models: bool,
                   device=str(pipeline.device), statuses=statuses, wav2lip_error=wav2lip_error,
                   enroll_config=enroll_config, enroll_kwargs=dict(enroll_kwargs or {}),
                   robustness_kwargs=dict(APP_ROBUSTNESS_KWARGS if robustness_kwargs is None
-                                         else robustness_kwargs))
+                                         else robustness_kwargs),
+                  public=bool(public), policy=policy)
     _STATES[st.key] = st
     return st

@@ -3,14 +3,21 @@ missing one), limits and identities."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import ladtalk
+from ladtalk._util.paths import identities_dir
 from ladtalk.app.pickers import identities_summary
 from ladtalk.app.zerogpu import ZERO_GPU
 from ladtalk.checkpoints import resolve_checkpoint
 from ladtalk.errors import LadTalkError
+from ladtalk.face.video_crops import crop_cache
+from ladtalk.generation.track import track_cache
+from ladtalk.identities.owners import store_bytes
+from ladtalk.identities.store import list_identities
 
 #: Checkpoints the app uses, and what for.
 APP_CHECKPOINTS: Dict[str, str] = {
@@ -71,8 +78,25 @@ def status_markdown(statuses: Sequence[CheckpointStatus], wav2lip_error: Optiona
     return "\n".join(lines)
 
 
-def status_dict(st: Any) -> Dict[str, Any]:
-    """The ``/status`` answer of one app state."""
+def storage_usage(st: Any) -> Dict[str, Any]:
+    """Disk use the app is responsible for (MB), and what bounds it."""
+    stored = list_identities()
+    free = shutil.disk_usage(identities_dir().parent if identities_dir().parent.exists()
+                             else Path(".")).free
+    return {
+        "public": st.public,
+        "identities_enrolled": sum(1 for i in stored if not i.shipped),
+        "identities_mb": round(store_bytes() / 1e6, 2),
+        "crop_cache_mb": round(crop_cache().usage().bytes / 1e6, 2),
+        "track_cache_mb": round(track_cache().usage().bytes / 1e6, 2),
+        "temp_mb": round(st.space.usage().bytes / 1e6, 2),
+        "disk_free_mb": round(free / 1e6, 1),
+        "policy": st.policy.to_json() if st.public else None,
+    }
+
+
+def status_dict(st: Any, access: Any = None) -> Dict[str, Any]:
+    """The ``/status`` answer of one app state, for a caller who sees ``access``."""
     return {
         "ladtalk_version": ladtalk.__version__, "device": st.device,
         "zero_gpu": ZERO_GPU, "generate_available": st.wav2lip_error is None,
@@ -80,5 +104,7 @@ def status_dict(st: Any) -> Dict[str, Any]:
         "checkpoints": [{"name": s.name, "available": s.ok, "used_for": s.purpose,
                          "detail": s.detail} for s in st.statuses],
         "limits": st.limits.to_json(),
-        "identities": [i["name"] for i in identities_summary()],
+        "identities": [i["name"] for i in (identities_summary(access) if access is not None
+                                          else identities_summary())],
+        "storage": storage_usage(st),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -22,12 +23,13 @@ from ladtalk.app.pickers import (
     NONE_IDENTITY,
     default_identity,
     identity_choices,
-    keep_or_default,
 )
 from ladtalk.app.robustness import SWEEPS
+from ladtalk.app.session import oauth_enabled, visitor_access
 from ladtalk.app.state import AppState
 from ladtalk.app.status import missing_checkpoints, status_markdown
 from ladtalk.app.zerogpu import ZERO_GPU
+from ladtalk.identities.owners import Access
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GPU_QUEUE = dict(concurrency_id="gpu", concurrency_limit=1)
@@ -53,6 +55,11 @@ class Ctx:
     st: AppState
     h: Dict[str, Callable]
     cache_examples: bool
+
+    @property
+    def visitor(self) -> Access:
+        """What a visitor who enrolled nothing sees (build-time pickers, schema defaults)."""
+        return visitor_access(self.st.public)
 
 
 def _status_panel(st: AppState) -> None:
@@ -98,7 +105,7 @@ def _generate_inputs(ctx: Ctx) -> List[gr.components.Component]:
     g_audio = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath")
     # an identity is one person's codebook: on anyone else's face it paints that
     # person's detail, so it is never preselected
-    g_identity = gr.Dropdown(choices=identity_choices(), value=NONE_IDENTITY,
+    g_identity = gr.Dropdown(choices=identity_choices(access=ctx.visitor), value=NONE_IDENTITY,
                              allow_custom_value=True, label="Identity (stage 2)",
                              info="default: none = Wav2Lip only. Pick the "
                                   "identity enrolled from this person (or tick "
@@ -162,8 +169,8 @@ ROBUSTNESS_INTRO = (
     "trained on the astronaut example.")
 
 
-def _robustness_inputs() -> List[gr.components.Component]:
-    choices = identity_choices(include_none=False)
+def _robustness_inputs(ctx: Ctx) -> List[gr.components.Component]:
+    choices = identity_choices(include_none=False, access=ctx.visitor)
     r_image = gr.Image(label="Face image", type="filepath", format="png", elem_id="rob-image",
                        sources=["upload", "clipboard"])
     with gr.Accordion("... or a frame of a video", open=False):
@@ -206,7 +213,7 @@ def _robustness_tab(ctx: Ctx) -> gr.Dropdown:
         gr.Markdown(ROBUSTNESS_INTRO)
         with gr.Row():
             with gr.Column():
-                inputs = _robustness_inputs()
+                inputs = _robustness_inputs(ctx)
                 r_btn = gr.Button("Degrade and restore", variant="primary", elem_id="rob-run")
             with gr.Column():
                 outputs = _robustness_outputs()
@@ -214,7 +221,7 @@ def _robustness_tab(ctx: Ctx) -> gr.Dropdown:
         r_image, r_identity, r_blur, r_noise, r_down = (inputs[i] for i in (0, 3, 4, 5, 6))
         rob = ctx.h["robustness"]
         if example("astronaut.png") and any(
-                v == DEMO_IDENTITY for _, v in identity_choices(include_none=False)):
+                v == DEMO_IDENTITY for _, v in identity_choices(False, ctx.visitor)):
             gr.Examples([[example("astronaut.png"), DEMO_IDENTITY, 2.0, 0.1, 96]],
                         [r_image, r_identity, r_blur, r_noise, r_down], outputs=outputs,
                         fn=lambda img, ident, b, n, d: rob(
@@ -279,28 +286,52 @@ def _enroll_tab(ctx: Ctx):
 
 
 # ---------------------------------------------------------------------------- the app
-def refresh_pickers(g_value, r_value):
-    """Fresh choices for the Generate and Robustness pickers, keeping valid picks."""
-    c, rc = identity_choices(), identity_choices(include_none=False)
-    return (gr.update(choices=c, value=keep_or_default(g_value, c, NONE_IDENTITY)),
-            gr.update(choices=rc, value=keep_or_default(r_value, rc, default_identity(rc))))
+#: Gradio's own cache (uploads, returned files): purged every 10 min of files over 1 h old
+#: (and all of it at shutdown)
+DELETE_CACHE = (600, 3600)
+
+
+def _session_hooks(demo: gr.Blocks, ctx: Ctx, pickers) -> None:
+    """Per-session pickers on load, and the session's files (and, public mode, its session
+    identities) removed when it ends; UI-only endpoints are hidden from the API and MCP."""
+    demo.load(ctx.h["pickers"], pickers, pickers, api_visibility="private", queue=False)
+    demo.unload(ctx.h["unload"])
+
+
+class LadTalkBlocks(gr.Blocks):
+    """The app's Blocks: ``ladtalk_state`` is its :class:`AppState`; closing it also removes
+    its temp space."""
+
+    ladtalk_state: Optional[AppState] = None
+
+    def close(self, *args, **kwargs):
+        try:
+            return super().close(*args, **kwargs)
+        finally:
+            if self.ladtalk_state is not None:
+                self.ladtalk_state.space.close()
 
 
 def build_ui(st: AppState, queue_size: int = 16, cache_examples: bool = True) -> gr.Blocks:
     """The whole app of one state, queued (GPU work one request at a time)."""
     h = make_handlers(st)
     ctx = Ctx(st, h, cache_examples)
-    with gr.Blocks(title="LaDTalk") as demo:
+    atexit.register(st.space.close)  # an app that is never closed cleans up at exit
+    with LadTalkBlocks(title="LaDTalk", delete_cache=DELETE_CACHE) as demo:
+        demo.ladtalk_state = st
         gr.Markdown(INTRO)
+        if st.public and oauth_enabled():
+            gr.LoginButton(value="Sign in with Hugging Face to keep your identities")
         _status_panel(st)
         g_identity = _generate_tab(ctx)
         r_identity = _robustness_tab(ctx)
         enrolled = _enroll_tab(ctx)
         pickers = [g_identity, r_identity]
-        enrolled.success(refresh_pickers, pickers, pickers, api_visibility="private",
+        enrolled.success(h["pickers"], pickers, pickers, api_visibility="private",
                          queue=False)
-        demo.load(refresh_pickers, pickers, pickers, api_visibility="private", queue=False)
+        _session_hooks(demo, ctx, pickers)
         gr.api(h["identities"], api_name="identities")
-        gr.api(h["status"], api_name="status")
+        # callable by clients, but not an MCP tool (nor in the API page)
+        gr.api(h["status"], api_name="status", api_visibility="undocumented")
     demo.queue(max_size=queue_size, default_concurrency_limit=4)
     return demo

@@ -18,6 +18,7 @@ import torch
 
 from ladtalk import __version__
 from ladtalk._util.device import resolve_device
+from ladtalk._util.disk import check_free_space, enroll_disk_need
 from ladtalk._util.jsonsafe import parse_float
 from ladtalk._util.paths import PathLike
 from ladtalk._util.types import ProgressFn
@@ -204,6 +205,7 @@ def enroll(video: PathLike, name: str, seconds: Optional[float] = None,
     model, config_name, resumed, init_src = load_model(target, fresh, config, init, dev,
                                                        model_cfg, resolution)
     _check_model(model, resolution)
+    check_free_space(target.parent, enroll_disk_need(model), "the identity store", "enrolling")
     prev_state = target if resumed and (target / STATE_JSON).is_file() else None
     state_info = read_state_info(prev_state) if prev_state is not None else None
     cfg = resolve_train_config(config_name, model.config.resolution, state_info,

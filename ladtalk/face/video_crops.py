@@ -1,9 +1,9 @@
 """Face crops of one video with the generation framing, cached by content; a time-ordered
-holdout. How crops are made and cached: ``docs/enrollment.md``."""
+holdout. How crops are made: ``docs/enrollment.md``; the cache (keys, bound, eviction):
+``docs/storage.md``."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ladtalk._util.atomic import atomic_path
+from ladtalk._util.diskcache import DiskCache, cache_limit, content_key
 from ladtalk._util.paths import ladtalk_home
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig, CropRegion, crop_face, face_region
@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 #: Fewest face crops enrollment accepts (after holdout there must be something to train on).
 MIN_FRAMES = 8
-CACHE_VERSION = 1
+#: version of the cache entries' layout and keys (2: content-keyed entry folders)
+CACHE_VERSION = 2
+#: environment variable bounding the crop cache, in MB, and its default
+CROP_CACHE_ENV = "LADTALK_CROP_CACHE_MB"
+CROP_CACHE_MB = 2048
+_CROPS_FILE, _BOXES_FILE = "crops.npz", "boxes.npz"
 
 
 @dataclass
@@ -81,10 +86,11 @@ class FaceCrops:
 # -- extraction --------------------------------------------------------------------------------
 def _cache_key(video: Path, resolution, detector: str, crop_config, max_frames: int,
                detect_every: int) -> str:
-    st = video.stat()
-    text = repr((CACHE_VERSION, str(video.resolve()), st.st_size, st.st_mtime_ns, resolution,
-                 detector, repr(crop_config), int(max_frames), int(detect_every)))
-    return hashlib.sha1(text.encode()).hexdigest()[:20]
+    """The cache key of one video's crops (``resolution`` a number) or boxes (``"boxes"``):
+    its content and the settings, never its path or modification time."""
+    return content_key(video, version=CACHE_VERSION, resolution=resolution, detector=detector,
+                       crop=crop_config, max_frames=int(max_frames),
+                       detect_every=int(detect_every))
 
 
 #: identity resolution by measured face size (median crop side in source pixels): the
@@ -109,39 +115,36 @@ def crop_cache_dir() -> Path:
     return ladtalk_home() / "cache" / "crops"
 
 
-def _save_npz_atomic(path: Path, arrays: dict) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+def crop_cache() -> DiskCache:
+    """The crop cache: ``$LADTALK_HOME/cache/crops``, bounded by ``LADTALK_CROP_CACHE_MB``
+    (default :data:`CROP_CACHE_MB`), least recently used entries evicted first."""
+    return DiskCache(crop_cache_dir(), cache_limit(CROP_CACHE_ENV, CROP_CACHE_MB))
 
 
-def _load_cache(path: Path) -> Optional[FaceCrops]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return FaceCrops(crops=z["crops"], frame_indices=z["frame_indices"], boxes=z["boxes"],
-                             regions=z["regions"], fps=float(z["fps"]),
-                             n_video_frames=int(z["n_video_frames"]),
-                             missing=[int(v) for v in z["missing"]], detector=str(z["detector"]))
-    except Exception as exc:  # noqa: BLE001 - a bad cache is just rebuilt
-        log.warning("ignoring unreadable crop cache %s (%s)", path, exc)
-        return None
+def _write_npz(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
-def _save_crops(path: Path, out: FaceCrops) -> None:
-    _save_npz_atomic(path, {
-        "crops": out.crops, "frame_indices": out.frame_indices, "boxes": out.boxes,
-        "regions": out.regions, "fps": np.float64(out.fps),
-        "n_video_frames": np.int64(out.n_video_frames),
-        "missing": np.asarray(out.missing, dtype=np.int64), "detector": np.str_(out.detector)})
+def _load_crops(entry: Path) -> FaceCrops:
+    with np.load(entry / _CROPS_FILE, allow_pickle=False) as z:
+        return FaceCrops(crops=z["crops"], frame_indices=z["frame_indices"], boxes=z["boxes"],
+                         regions=z["regions"], fps=float(z["fps"]),
+                         n_video_frames=int(z["n_video_frames"]),
+                         missing=[int(v) for v in z["missing"]], detector=str(z["detector"]))
 
 
-def _load_boxes(path: Path):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["boxes"], float(z["fps"]), str(z["detector"])
-    except Exception as exc:  # noqa: BLE001 - a bad cache is just rebuilt
-        log.warning("ignoring unreadable box cache %s (%s)", path, exc)
-        return None
+def _crops_arrays(out: FaceCrops) -> dict:
+    return {"crops": out.crops, "frame_indices": out.frame_indices, "boxes": out.boxes,
+            "regions": out.regions, "fps": np.float64(out.fps),
+            "n_video_frames": np.int64(out.n_video_frames),
+            "missing": np.asarray(out.missing, dtype=np.int64),
+            "detector": np.str_(out.detector)}
+
+
+def _load_boxes(entry: Path) -> Tuple[np.ndarray, float, str]:
+    with np.load(entry / _BOXES_FILE, allow_pickle=False) as z:
+        return z["boxes"], float(z["fps"]), str(z["detector"])
 
 
 @dataclass
@@ -157,26 +160,37 @@ class _Job:
     detect_every: int
     use_cache: bool
     progress: Optional[Callable[[str, int, int], None]]
+    cache: Optional[DiskCache] = None
 
-    def crops_cache(self, res: int) -> Path:
-        return crop_cache_dir() / (_cache_key(self.path, int(res), self.det_name,
-                                              self.crop_config, self.max_frames,
-                                              self.detect_every) + ".npz")
+    def __post_init__(self) -> None:
+        if self.use_cache and self.cache is None:
+            self.cache = crop_cache()
+        if self.cache is not None and not self.cache.enabled:
+            self.use_cache = False
 
-    def boxes_cache(self) -> Path:
-        return crop_cache_dir() / (_cache_key(self.path, "boxes", self.det_name,
-                                              self.crop_config, 0, self.detect_every)
-                                   + ".boxes.npz")
+    def crops_cache(self, res: int) -> str:
+        """Cache key of this video's crops at ``res`` px."""
+        return _cache_key(self.path, int(res), self.det_name, self.crop_config,
+                          self.max_frames, self.detect_every)
+
+    def boxes_cache(self) -> str:
+        """Cache key of this video's smoothed face boxes."""
+        return _cache_key(self.path, "boxes", self.det_name, self.crop_config, 0,
+                          self.detect_every)
 
     def cached(self, res: int) -> Optional[FaceCrops]:
-        path = self.crops_cache(res)
-        if not self.use_cache or not path.is_file():
+        if not self.use_cache:
             return None
-        got = _load_cache(path)
+        key = self.crops_cache(res)
+        got = self.cache.read(key, _load_crops)
         if got is not None and len(got) >= MIN_FRAMES:
-            log.info("using cached face crops %s", path)
+            log.info("using cached face crops %s", key)
             return got
         return None
+
+    def store(self, key: str, name: str, arrays: dict) -> None:
+        if self.use_cache:
+            self.cache.put(key, lambda tmp: _write_npz(tmp / name, arrays))
 
     def report(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -199,8 +213,9 @@ def _open_video(video) -> Tuple[Path, MediaInfo]:
 
 def _boxes_pass(job: _Job, device) -> FaceTrack:
     """Pass 1: detect and smooth the face boxes of every frame (cached per video)."""
-    info, boxes_path = job.info, job.boxes_cache()
-    got = _load_boxes(boxes_path) if job.use_cache and boxes_path.is_file() else None
+    info = job.info
+    key = job.boxes_cache() if job.use_cache else ""
+    got = job.cache.read(key, _load_boxes) if job.use_cache else None
     if got is not None:
         boxes, fps, det_used = got
         return FaceTrack(boxes=boxes, raw_boxes=boxes, scores=np.zeros(len(boxes)), fps=fps,
@@ -214,9 +229,8 @@ def _boxes_pass(job: _Job, device) -> FaceTrack:
     if len(track) == 0:
         raise InputError(f"no frames could be decoded from {job.path}")
     track.detector = getattr(det, "name", job.det_name)
-    if job.use_cache:
-        _save_npz_atomic(boxes_path, {"boxes": track.boxes, "fps": np.float64(track.fps),
-                                      "detector": np.str_(track.detector)})
+    job.store(key, _BOXES_FILE, {"boxes": track.boxes, "fps": np.float64(track.fps),
+                                 "detector": np.str_(track.detector)})
     return track
 
 
@@ -300,8 +314,8 @@ def extract_crops(video, resolution: Union[int, str], detector="auto", *, device
         if (got := job.cached(resolution)) is not None:
             return got
     out = _crops_pass(job, track, keep, int(resolution))
-    if job.use_cache:
-        _save_crops(job.crops_cache(int(resolution)), out)
+    if job.use_cache:  # (the key hashes the video: only when there is a cache)
+        job.store(job.crops_cache(int(resolution)), _CROPS_FILE, _crops_arrays(out))
     return out
 
 
@@ -354,5 +368,6 @@ def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
 
 
 __all__ = ["FaceCrops", "extract_crops", "split_holdout", "even_subset",
-           "MIN_FRAMES", "crop_cache_dir", "choose_resolution",
+           "MIN_FRAMES", "crop_cache_dir", "crop_cache", "CROP_CACHE_ENV", "CROP_CACHE_MB",
+           "choose_resolution",
            "RESOLUTION_STEPS", "largest_face_crop", "centre_crop"]

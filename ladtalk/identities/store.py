@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Union
 
-from ladtalk._util.atomic import recover_dir
+from ladtalk._util.atomic import OLD_PREFIX, TMP_PREFIX, recover_dir
+from ladtalk._util.diskcache import newest_mtime
 from ladtalk._util.paths import identities_dir
 from ladtalk.errors import InputError
 from ladtalk.identities.meta import IdentityMeta, load_meta
@@ -98,5 +101,43 @@ def identity_config(name_or_dir: Union[str, Path]) -> SOVQAEConfig:
     return SOVQAEConfig.from_file(resolve_identity(name_or_dir) / CONFIG_NAME)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep_store(base: Optional[Path] = None, min_age_seconds: float = 0.0) -> List[Path]:
+    """Clean what killed writes left in the identity store (default :func:`identities_dir`).
+
+    A ``.old-NAME-*`` folder (an :func:`~ladtalk._util.atomic.atomic_dir` swap cut between its
+    renames) is put back as ``NAME`` when ``NAME`` is missing, else deleted; ``.tmp-*``
+    leftovers (a write cut before its rename), in the store or inside an identity, are
+    deleted. Only leftovers untouched for ``min_age_seconds`` are handled (0, the default,
+    suits a start-up with no other writer). Returns the paths removed (not the restored).
+    """
+    base = Path(base) if base is not None else identities_dir()
+    if not base.is_dir():
+        return []
+    now = time.time()
+
+    def stale(p: Path) -> bool:
+        return now - newest_mtime(p) >= min_age_seconds
+
+    for old in sorted(base.glob(f"{OLD_PREFIX}*")):
+        name = old.name[len(OLD_PREFIX):].rpartition("-")[0]
+        if name and stale(old) and not (base / name).exists():
+            recover_dir(base / name)  # the newest copy moved aside comes back
+    removed: List[Path] = []
+    leftovers = list(base.glob(f"{OLD_PREFIX}*")) + list(base.glob(f"{TMP_PREFIX}*")) + [
+        p for p in base.glob(f"*/{TMP_PREFIX}*") if not p.parent.name.startswith(".")]
+    for path in sorted(leftovers):
+        if stale(path):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
 __all__ = ["IdentityInfo", "REQUIRED_FILES", "SHIPPED_DIR", "identity_config", "is_identity_dir",
-           "list_identities", "resolve_identity", "store_path", "validate_name"]
+           "list_identities", "resolve_identity", "store_path", "sweep_store", "validate_name"]
