@@ -64,8 +64,9 @@ def test_robustness_tab_in_browser(browser_page, tmp_path, monkeypatch):
     shots = Path(os.environ.get("LADTALK_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=60_000)
-        page.get_by_role("tab", name="Robustness").click()
+        # not "networkidle": the session heartbeat (the unload hook) keeps a stream open
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
+        page.get_by_role("tab", name="Robustness").click(timeout=60_000)
         page.locator("#rob-image input[type=file]").set_input_files(
             str(ROOT / "examples" / "astronaut.png"))
         page.locator("#rob-image img").first.wait_for(timeout=30_000)

@@ -376,3 +376,24 @@ def test_centre_crop_takes_the_middle_square():
     img = np.zeros((60, 100, 3), np.uint8)
     img[:, 20:80] = 255  # the centre 60x60 square is white, the sides black
     assert (centre_crop(img, 30) == 255).all()
+
+
+def test_a_4k_clip_finds_the_face_as_often_as_the_same_clip_at_512px(tmp_path, pytestconfig):
+    """The face-found rate does not depend on the resolution: the astronaut clip at 512 px and
+    in a 4K frame (face ~400 px, ~50 px on the 480 px copy: under dlib's 80 px window)."""
+    import subprocess
+
+    from ladtalk.media.decode import iter_frames
+    from ladtalk.media.ffmpeg import ffmpeg_exe
+    src, tracks = pytestconfig.rootpath / "examples" / "astronaut.mp4", {}
+    clips = {"512": "scale=512:512", "4k": "scale=1080:1080,pad=3840:2160:1280:540"}
+    for name, vf in clips.items():  # 5 frames of the astronaut clip, scaled and placed
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(src), "-an", "-frames:v", "5",
+                        "-vf", vf, str(tmp_path / f"{name}.mp4")], check=True)
+        tracks[name] = track_faces(iter_frames(tmp_path / f"{name}.mp4"),
+                                   make_detector("dlib"), fps=25, smooth=False)
+    expected = (tracks["512"].boxes / 2) * (1080 / 256) + np.array([1280, 540, 1280, 540])
+    err = np.abs(tracks["4k"].boxes - expected).max() / (expected[0, 2] - expected[0, 0])
+    assert tracks["512"].missing_frames == tracks["4k"].missing_frames == [] and err < 0.15
+    first_4k = next(iter_frames(tmp_path / "4k.mp4"))  # on the 480 px copy alone: no face
+    assert not any(map(len, DlibHOGDetector(retry_side=None).detect(first_4k)))

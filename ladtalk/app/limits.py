@@ -82,22 +82,24 @@ def _check_upload(path, what: str, limits: AppLimits) -> Path:
     return p
 
 
+def _named(what: str, p: Path, exc: InputError) -> InputError:
+    """``exc`` prefixed with the input it is about (its file name only once)."""
+    msg = str(exc)
+    return InputError(f"{what}: {msg}" if f"'{p.name}'" in msg else f"{what} '{p.name}': {msg}")
+
+
 def _probe(p: Path, what: str, require_video: bool) -> MediaInfo:
     try:
         return probe(p, require_video=require_video)
     except InputError as exc:
-        raise InputError(f"{what} '{p.name}': {exc}") from None
+        raise _named(what, p, exc) from None
 
 
 def check_face_input(path, limits: AppLimits) -> MediaInfo:
     """Validate the face video / photo of a generation; returns its :class:`MediaInfo`."""
     p = _check_upload(path, "face video or photo", limits)
     info = _probe(p, "face video or photo", True)
-    if max(info.width, info.height) > limits.max_frame_side:
-        raise InputError(
-            f"face input '{p.name}' is {info.width}x{info.height}; the longer side may be at "
-            f"most {limits.max_frame_side} px here. Downscale it (e.g. `ffmpeg -i IN -vf "
-            "scale=-2:1080 OUT.mp4`) or use the resize-factor option")
+    check_frame_size(p.name, info, "face input", limits)
     if not info.is_image and info.duration > limits.max_video_seconds + 1e-6:
         raise InputError(
             f"face video '{p.name}' is {info.duration:.1f} s long; this app accepts videos "
@@ -119,7 +121,7 @@ def check_audio_input(path, limits: AppLimits) -> float:
         try:
             seconds = len(load_audio(p, SAMPLE_RATE)) / SAMPLE_RATE
         except InputError as exc:
-            raise InputError(f"speech audio '{p.name}': {exc}") from None
+            raise _named("speech audio", p, exc) from None
     if seconds <= 0.0:
         raise InputError(f"speech audio '{p.name}' is empty (0 s of sound); upload or record "
                          "some speech")
@@ -146,12 +148,24 @@ def check_enroll_video(path, limits: AppLimits, info: Optional[MediaInfo] = None
                          "works much better)")
     if info.duration > limits.max_enroll_video_seconds + 1e-6:
         raise InputError(f"enrollment video '{p.name}' is {info.duration:.0f} s long; this app "
-                         f"accepts at most {limits.max_enroll_video_seconds:g} s. Trim it or "
-                         "enroll locally with `python -m ladtalk enroll`")
-    if max(info.width, info.height) > limits.max_frame_side:
-        raise InputError(f"enrollment video '{p.name}' is {info.width}x{info.height}; "
-                         f"downscale it to at most {limits.max_frame_side} px on the longer side")
+                         f"accepts at most {limits.max_enroll_video_seconds:g} s. Trim it, or "
+                         "enroll on your own machine with the command-line tool (no limit)")
+    check_frame_size(p.name, info, "enrollment video", limits)
     return info
+
+
+def check_frame_size(name: str, info: MediaInfo, what: str, limits: AppLimits) -> None:
+    """The resolution policy: a frame whose longer side is above ``limits.max_frame_side`` is
+    refused with the limit (one decoded chunk of 16 such frames needs over 1.5 GB; the
+    resize factor would not help, the frames are decoded at full size first). Up to the
+    limit, every size works: faces are detected on a copy scaled to the detector's range."""
+    side = max(info.width, info.height)
+    if side > limits.max_frame_side:
+        raise InputError(
+            f"{what} '{name}' is {info.width}x{info.height} px; this app accepts frames of at "
+            f"most {limits.max_frame_side} px on the longer side. Downscale it first (e.g. "
+            "`ffmpeg -i IN -vf scale=-2:2160 OUT.mp4` for 4K), or run it on your own machine "
+            "with the command-line tool")
 
 
 def check_budget(seconds, limits: AppLimits) -> float:
@@ -166,14 +180,19 @@ def check_budget(seconds, limits: AppLimits) -> float:
     if s > limits.enroll_budget_max:
         raise InputError(f"the enrollment time budget may be at most "
                          f"{limits.enroll_budget_max:g} s here (got {s:g}); enroll longer "
-                         "locally with `python -m ladtalk enroll --seconds N`")
+                         "on your own machine with the command-line tool")
     return s
 
 
 def check_choice(value, choices: Sequence[str], what: str, verb: str = "use") -> str:
-    """``value`` if it is one of ``choices``, else an error listing them."""
+    """``value`` if it is one of ``choices``, else an error listing them (for the face
+    detector, only the ones that work here: no S3FD without its weights)."""
     if value not in choices:
-        raise InputError(f"unknown {what} {value!r}; {verb} one of {', '.join(choices)}")
+        listed = choices
+        if what == "face detector":
+            from ladtalk.face.detect import available_detectors
+            listed = [c for c in choices if c in available_detectors()]
+        raise InputError(f"unknown {what} {value!r}; {verb} one of {', '.join(listed)}")
     return value
 
 
@@ -187,8 +206,9 @@ def parse_box(text) -> Optional[Tuple[float, float, float, float]]:
     except ValueError:
         vals = ()
     if len(vals) != 4:
-        raise InputError(f"fixed face box {text!r}: give 4 numbers Y1 Y2 X1 X2 in source "
-                         "pixels (like Wav2Lip's --box), or leave it empty to detect the face")
+        raise InputError(f"fixed face box {text!r}: give 4 numbers Y1 Y2 X1 X2 (top, bottom, "
+                         "left, right) in pixels of the face video, or leave it empty to "
+                         "detect the face")
     return vals  # type: ignore[return-value]
 
 
@@ -207,10 +227,17 @@ def parse_pads(*values) -> Tuple[int, int, int, int]:
 
 
 def parse_resize_factor(value) -> int:
+    """The resize factor: a whole number >= 1 (empty = 1, full size)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 1
     try:
-        return int(value or 1)
+        f = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"resize factor must be a whole number >= 1, got {value!r}") from None
+        f = math.nan
+    if not (math.isfinite(f) and f >= 1 and f == int(f)):
+        raise InputError(f"the resize factor must be a whole number >= 1 (1 = full size, 2 = "
+                         f"half the width and height), got {value!r}")
+    return int(f)
 
 
 # -------------------------------------------------------------------------- GPU durations

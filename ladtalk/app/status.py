@@ -49,32 +49,61 @@ def checkpoint_status(names: Sequence[str] = tuple(APP_CHECKPOINTS),
     return out
 
 
-def missing_checkpoints(statuses: Sequence[CheckpointStatus],
-                        wav2lip_error: Optional[str]) -> List[str]:
-    """Names of the checkpoints that did not resolve or load."""
+#: Checkpoints without which a tab cannot work; the others have an offline fallback.
+REQUIRED_CHECKPOINTS = ("wav2lip",)
+
+
+def missing_checkpoints(statuses: Sequence[CheckpointStatus], wav2lip_error: Optional[str],
+                        required_only: bool = False) -> List[str]:
+    """Names of the checkpoints that did not resolve or load (``required_only``: only those
+    of :data:`REQUIRED_CHECKPOINTS`)."""
     missing = [s.name for s in statuses if not s.ok]
-    if wav2lip_error and all(s.name != "wav2lip" for s in statuses):
+    if wav2lip_error and "wav2lip" not in missing:
         missing.append("wav2lip")
-    return missing
+    return [m for m in missing if m in REQUIRED_CHECKPOINTS] if required_only else missing
+
+
+def _detector_in_use(statuses: Sequence[CheckpointStatus]) -> str:
+    s3fd = [s for s in statuses if s.name == "s3fd"]
+    if s3fd and s3fd[0].ok:
+        return "face detector: S3FD"
+    return "face detector: dlib; S3FD optional"
+
+
+def status_title(statuses: Sequence[CheckpointStatus], wav2lip_error: Optional[str],
+                 device: str, zero_gpu: bool) -> str:
+    """The one line of the (closed) status panel: what is used, or which required
+    checkpoint is missing."""
+    where = f"{device}{' (ZeroGPU)' if zero_gpu else ''}"
+    required = missing_checkpoints(statuses, wav2lip_error, required_only=True)
+    if required:
+        return (f"Status: missing {', '.join(required)} (Generate is unavailable; open for "
+                f"how to supply it) - on {where}, {_detector_in_use(statuses)}")
+    return f"Status: ready on {where} ({_detector_in_use(statuses)})"
 
 
 def status_markdown(statuses: Sequence[CheckpointStatus], wav2lip_error: Optional[str],
                     device: str, zero_gpu: bool) -> str:
+    """The status panel's body: device, each checkpoint, how to supply the missing ones."""
     lines = [f"**Device:** {device}{' (ZeroGPU)' if zero_gpu else ''}", ""]
     lines.append("| checkpoint | status | used for |")
     lines.append("|---|---|---|")
     for s in statuses:
-        mark = "available" if s.ok else "**missing**"
+        required = s.name in REQUIRED_CHECKPOINTS
+        mark = "available" if s.ok else ("**missing**" if required else "not installed")
         lines.append(f"| `{s.name}` | {mark} | {s.purpose} |")
-    missing = [s for s in statuses if not s.ok]
-    if wav2lip_error and not any(s.name == "wav2lip" for s in missing):
+    if wav2lip_error and all(s.name != "wav2lip" or s.ok for s in statuses):
         lines += ["", f"Wav2Lip could not be loaded: {wav2lip_error}"]
+    missing = [s for s in statuses if not s.ok and s.name in REQUIRED_CHECKPOINTS]
+    optional = [s for s in statuses if not s.ok and s.name not in REQUIRED_CHECKPOINTS]
     if missing:
         lines += ["", "**How to supply missing checkpoints** (then restart the app):", ""]
-        for s in missing:
-            lines.append(f"- `{s.name}`: {s.detail}")
+        lines += [f"- `{s.name}`: {s.detail}" for s in missing]
         lines += ["", "The Robustness and Enroll tabs work without them (with the shipped demo "
                   "identity and the examples). See `checkpoints/README.md` for details."]
+    if optional:
+        lines += ["", "**Optional** (everything works without it):", ""]
+        lines += [f"- `{s.name}`: {s.detail}" for s in optional]
     return "\n".join(lines)
 
 

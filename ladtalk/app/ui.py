@@ -27,7 +27,7 @@ from ladtalk.app.pickers import (
 from ladtalk.app.robustness import SWEEPS
 from ladtalk.app.session import oauth_enabled, visitor_access
 from ladtalk.app.state import AppState
-from ladtalk.app.status import missing_checkpoints, status_markdown
+from ladtalk.app.status import missing_checkpoints, status_markdown, status_title
 from ladtalk.app.zerogpu import ZERO_GPU
 from ladtalk.identities.owners import Access
 
@@ -63,10 +63,10 @@ class Ctx:
 
 
 def _status_panel(st: AppState) -> None:
-    missing = missing_checkpoints(st.statuses, st.wav2lip_error)
-    with gr.Accordion("Status: device and checkpoints"
-                      + (f" - missing: {', '.join(missing)}" if missing else ""),
-                      open=bool(missing)):
+    # one closed line when every required checkpoint is there (S3FD is optional: dlib works)
+    required = missing_checkpoints(st.statuses, st.wav2lip_error, required_only=True)
+    with gr.Accordion(status_title(st.statuses, st.wav2lip_error, st.device, ZERO_GPU),
+                      open=bool(required)):
         gr.Markdown(status_markdown(st.statuses, st.wav2lip_error, st.device, ZERO_GPU))
 
 

@@ -5,7 +5,11 @@ too). The result has one float array per frame, rows ``x1, y1, x2, y2, score`` i
 full-resolution pixel-edge coordinates (see :mod:`ladtalk.face`), an empty ``(0, 5)`` array
 when no face was found. Detection runs on a copy downscaled so that its longer side is at most
 ``max_side`` pixels (faster, and S3FD is more reliable at moderate resolutions); boxes are
-mapped back to full resolution.
+mapped back to full resolution. A downscaled frame where no face was found is tried again at
+twice the working size, and so on up to ``retry_side`` (never above the frame itself): a face
+that fills a sixth of a 4K frame is about 60 px on the 480 px copy, below dlib's 80 px
+window, but 120 px at 960 (see :func:`detect_scaled`). So the face-found rate does not depend
+on the input resolution, and the cost only grows on frames where the face is small.
 
 Detectors:
     :class:`S3FDDetector`    face-alignment's S3FD (the detector Wav2Lip was trained with);
@@ -28,6 +32,13 @@ from ladtalk.errors import CheckpointError, InputError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIDE = 480
+#: the largest working size (longer side, px) a missed frame is retried at
+DEFAULT_RETRY_SIDE = 1920
+#: how many of a chunk's missed frames are retried first at a larger working size; the
+#: others follow only when one of these has a face there
+RETRY_PROBES = 3
+#: the smallest face (px) dlib's HOG window finds on the frame it runs on
+DLIB_MIN_FACE = 80
 
 #: dlib's HOG boxes are tight (eyebrows to chin). S3FD boxes, which Wav2Lip's training crops
 #: used, also take in part of the forehead and a little margin. This expansion (fractions of
@@ -89,6 +100,56 @@ def _map_back(boxes: np.ndarray, sx: float, sy: float, w: int, h: int) -> np.nda
     return out[keep]
 
 
+def working_sides(long_side: int, max_side: Optional[int],
+                  retry_side: Optional[int] = DEFAULT_RETRY_SIDE) -> List[Optional[int]]:
+    """The working sizes (longer side, px; ``None``: full size) a frame of ``long_side`` px
+    is tried at: ``max_side``, then doubling up to ``retry_side``, never above the frame. A
+    step of less than 1.5x is not worth a retry (dlib's own pyramid steps by 1.2x)."""
+    if not max_side or long_side <= max_side:
+        return [None]
+    side = int(max_side)
+    sides: List[Optional[int]] = [side]
+    cap = min(long_side, int(retry_side or 0))
+    while cap >= 1.5 * side:
+        side = cap if side * 2.5 >= cap else side * 2
+        sides.append(None if side >= long_side else side)
+    return sides
+
+
+def _spread(idx: Sequence[int], k: int) -> List[int]:
+    """Up to ``k`` elements of ``idx``, evenly spread (first and last included)."""
+    if len(idx) <= k:
+        return list(idx)
+    return sorted({idx[int(round(j * (len(idx) - 1) / (k - 1)))] for j in range(k)})
+
+
+def detect_scaled(frames: np.ndarray, run, max_side: Optional[int],
+                  retry_side: Optional[int] = DEFAULT_RETRY_SIDE) -> List[np.ndarray]:
+    """Detect on ``frames`` scaled to each working size of :func:`working_sides` in turn.
+
+    ``run(small) -> list of (k, 5)`` finds boxes on a batch in its own pixels. Every frame is
+    tried at ``max_side``; at each larger size, :data:`RETRY_PROBES` of the frames still
+    without a face are tried first, and the rest only when one of them had a face (a chunk
+    with no face at all costs a few retries, not a full pass per size).
+    """
+    n, h, w = frames.shape[:3]
+    out = [_empty() for _ in range(n)]
+    todo = list(range(n))
+    for k, side in enumerate(working_sides(max(h, w), max_side, retry_side)):
+        if not todo:
+            break
+        first = todo if k == 0 else _spread(todo, RETRY_PROBES)
+        groups = [first, [i for i in todo if i not in first]]
+        for g, idx in enumerate(groups):
+            if not idx or (g == 1 and not any(len(out[i]) for i in first)):
+                continue
+            small, sx, sy = downscale(frames[idx], side)
+            for i, boxes in zip(idx, run(small)):
+                out[i] = _map_back(boxes, sx, sy, w, h)
+        todo = [i for i in todo if not len(out[i])]
+    return out
+
+
 def expand_boxes(boxes: np.ndarray, expand: Sequence[float]) -> np.ndarray:
     """Grow ``(k, 4+)`` boxes by fractions ``(top, bottom, left, right)`` of their size."""
     out = np.asarray(boxes, dtype=np.float64).copy()
@@ -117,7 +178,8 @@ class DlibHOGDetector:
 
     def __init__(self, upsample: int = 0, max_side: Optional[int] = DEFAULT_MAX_SIDE,
                  threshold: float = 0.0,
-                 expand: Optional[Sequence[float]] = DLIB_TO_S3FD_EXPAND):
+                 expand: Optional[Sequence[float]] = DLIB_TO_S3FD_EXPAND,
+                 retry_side: Optional[int] = DEFAULT_RETRY_SIDE):
         try:
             import dlib
         except ImportError as exc:  # pragma: no cover - dlib-bin is a hard dependency
@@ -126,13 +188,11 @@ class DlibHOGDetector:
         self._det = dlib.get_frontal_face_detector()
         self.upsample = int(upsample)
         self.max_side = max_side
+        self.retry_side = retry_side
         self.threshold = float(threshold)
         self.expand = tuple(expand) if expand is not None else None
 
-    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
-        frames = _as_batch(frames)
-        h, w = frames.shape[1:3]
-        small, sx, sy = downscale(frames, self.max_side)
+    def _run(self, small: np.ndarray) -> List[np.ndarray]:
         out = []
         for img in small:
             rects, scores, _ = self._det.run(np.ascontiguousarray(img), self.upsample,
@@ -145,8 +205,11 @@ class DlibHOGDetector:
                               for r, s in zip(rects, scores)], dtype=np.float64)
             if self.expand is not None:
                 boxes = expand_boxes(boxes, self.expand)
-            out.append(_map_back(boxes, sx, sy, w, h))
+            out.append(boxes)
         return out
+
+    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
+        return detect_scaled(_as_batch(frames), self._run, self.max_side, self.retry_side)
 
 
 def resolve_s3fd_weights(weights=None):
@@ -156,16 +219,31 @@ def resolve_s3fd_weights(weights=None):
     :class:`CheckpointError` that says to use ``--detector dlib`` or supply the weights.
     """
     from ladtalk.checkpoints import resolve_checkpoint  # lazy: it loads torch (start-up)
-    hint = ("or use '--detector dlib' (offline, needs no weights). The S3FD weights are "
-            "face-alignment's s3fd-619a316812.pth, the same file as Wav2Lip's "
-            "face_detection/detection/sfd/s3fd.pth")
+    fix = ("the S3FD face detector is not available here: use '--detector dlib' (offline, "
+           "needs no weights) or '--detector auto', or supply the S3FD weights "
+           "(face-alignment's s3fd-619a316812.pth, the same file as Wav2Lip's "
+           "face_detection/detection/sfd/s3fd.pth)")
     try:
         return Path(resolve_checkpoint("s3fd", override=weights))
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc} ({hint})") from None
+        raise CheckpointError(f"{fix}. {exc}") from None
     except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"S3FD weights are not available ({exc}); supply them {hint}") \
-            from None
+        raise CheckpointError(f"{fix}. The weights could not be read: {exc}") from None
+
+
+def s3fd_available(weights=None) -> bool:
+    """Whether the S3FD weights can be had here (a local file, the cache, or the Hub)."""
+    try:
+        resolve_s3fd_weights(weights)
+    except CheckpointError:
+        return False
+    return True
+
+
+def available_detectors(weights=None) -> Tuple[str, ...]:
+    """The detector names that work here: ``DETECTORS`` without "s3fd" when its weights
+    cannot be had (so a message never suggests a detector that would fail)."""
+    return tuple(d for d in DETECTORS if d != "s3fd" or s3fd_available(weights))
 
 
 class S3FDDetector:
@@ -178,11 +256,13 @@ class S3FDDetector:
     name = "s3fd"
 
     def __init__(self, device=None, weights=None, max_side: Optional[int] = DEFAULT_MAX_SIDE,
-                 threshold: float = 0.5, batch_size: int = 16):
+                 threshold: float = 0.5, batch_size: int = 16,
+                 retry_side: Optional[int] = DEFAULT_RETRY_SIDE):
         from ladtalk._util.device import resolve_device
         path = resolve_s3fd_weights(weights)
         self.device = resolve_device(device)
         self.max_side = max_side
+        self.retry_side = retry_side
         self.threshold = float(threshold)
         self.batch_size = int(batch_size)
         try:
@@ -209,11 +289,8 @@ class S3FDDetector:
         cand = cand[self._nms(cand, 0.3)].reshape(-1, 5)
         return cand[cand[:, 4] > self.threshold]
 
-    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
+    def _run(self, small: np.ndarray) -> List[np.ndarray]:
         import torch
-        frames = _as_batch(frames)
-        h, w = frames.shape[1:3]
-        small, sx, sy = downscale(frames, self.max_side)
         out: List[np.ndarray] = []
         for s in range(0, len(small), self.batch_size):
             part = small[s:s + self.batch_size]
@@ -222,26 +299,32 @@ class S3FDDetector:
             x = x.to(self.device, dtype=torch.float32)
             with torch.inference_mode():
                 cands = self._batch_detect(self.net, x, device=str(self.device))
-            for i in range(len(part)):
-                c = cands[i] if len(cands) else []
-                out.append(_map_back(self._filter(c), sx, sy, w, h))
+            out.extend(self._filter(cands[i] if len(cands) else []) for i in range(len(part)))
         return out
+
+    def detect(self, frames: np.ndarray) -> List[np.ndarray]:
+        return detect_scaled(_as_batch(frames), self._run, self.max_side, self.retry_side)
 
 
 class FixedBoxDetector:
     """The same user-given box for every frame (score 1.0).
 
     ``box`` uses the upstream Wav2Lip ``--box`` order ``(y1, y2, x1, x2)`` in full-resolution
-    pixels. It is clipped to each frame; a box that is empty or lies outside the frame is an
-    :class:`InputError`.
+    pixels. It is clipped to each frame; a box that is empty, or of which less than
+    :attr:`MIN_INSIDE` of the area lies inside the frame, is an :class:`InputError` that
+    gives the frame size.
     """
 
     name = "box"
+    MIN_INSIDE = 0.5
 
     def __init__(self, box: Sequence[float]):
         if len(box) != 4:
             raise InputError(f"--box needs 4 numbers Y1 Y2 X1 X2, got {list(box)}")
         y1, y2, x1, x2 = (float(v) for v in box)
+        if not np.isfinite([y1, y2, x1, x2]).all():
+            raise InputError(f"--box {y1:g} {y2:g} {x1:g} {x2:g}: give 4 finite pixel numbers "
+                             "Y1 Y2 X1 X2")
         if not (y2 > y1 and x2 > x1):
             raise InputError(f"--box {y1:g} {y2:g} {x1:g} {x2:g} is empty: the order is "
                              "Y1 Y2 X1 X2 (top, bottom, left, right) with Y2 > Y1 and X2 > X1")
@@ -254,9 +337,12 @@ class FixedBoxDetector:
         h, w = frames.shape[1:3]
         x1, y1, x2, y2 = self.box_xyxy
         cx1, cy1, cx2, cy2 = min(x1, w), min(y1, h), min(x2, w), min(y2, h)
-        if cx2 - cx1 < 2 or cy2 - cy1 < 2:
-            raise InputError(f"--box {y1:g} {y2:g} {x1:g} {x2:g} (Y1 Y2 X1 X2) lies outside "
-                             f"the {w}x{h} frame")
+        inside = max(0.0, cx2 - cx1) * max(0.0, cy2 - cy1) / ((x2 - x1) * (y2 - y1))
+        if cx2 - cx1 < 2 or cy2 - cy1 < 2 or inside < self.MIN_INSIDE:
+            where = "outside" if inside == 0 else f"mostly outside ({inside:.0%} inside)"
+            raise InputError(f"--box {y1:g} {y2:g} {x1:g} {x2:g} (Y1 Y2 X1 X2) lies {where} "
+                             f"the {w}x{h} frame: Y1 and Y2 must lie within 0-{h} and X1 and "
+                             f"X2 within 0-{w} (pixels of the face video)")
         row = np.array([[cx1, cy1, cx2, cy2, 1.0]])
         return [row.copy() for _ in range(len(frames))]
 
@@ -285,5 +371,7 @@ def make_detector(name: str = DEFAULT_DETECTOR, device=None, *,
         except CheckpointError as exc:
             log.warning("S3FD face detector unavailable (%s); falling back to the offline dlib "
                         "HOG detector, which misses small, profile and low-light faces", exc)
-            return DlibHOGDetector(max_side=max_side)
-    raise InputError(f"unknown face detector '{name}'; use one of {', '.join(DETECTORS)}")
+            return DlibHOGDetector(max_side=max_side,
+                                   retry_side=kwargs.get("retry_side", DEFAULT_RETRY_SIDE))
+    raise InputError(f"unknown face detector '{name}'; use one of "
+                     f"{', '.join(available_detectors(weights))}")

@@ -201,14 +201,12 @@ class FaceTrack:
         return (f"no face detected in {len(miss)} of {len(self)} frames of {source} at "
                 f"{spans}{more}; those frames are left unchanged")
 
-    def require_face(self, source: str = "the video") -> None:
-        """Raise :class:`InputError` when no frame at all has a face."""
+    def require_face(self, source: str = "the video", resize_factor: int = 1) -> None:
+        """Raise :class:`InputError` when no frame at all has a face; ``resize_factor``: the
+        factor the frames were shrunk by (named as a likely cause when above 1)."""
         if len(self) == 0 or len(self.missing_frames) == len(self):
-            raise InputError(
-                f"no face was detected in any of the {len(self)} frames of {source} "
-                f"(detector: {self.detector or 'unknown'}). Use a video with a clearly "
-                "visible frontal face, try '--detector s3fd' if you used dlib, or give the "
-                "face position with '--box Y1 Y2 X1 X2'")
+            raise InputError(no_face_message(len(self), source, self.detector,
+                                             self.frame_size, resize_factor))
 
     def to_json(self) -> dict:
         """The track as JSON values (a frame without a face: null)."""
@@ -228,6 +226,26 @@ class FaceTrack:
                    scores=np.array([np.nan if s is None else s for s in d["scores"]], float),
                    fps=float(d["fps"]), frame_size=tuple(d["frame_size"]),
                    detector=d.get("detector", ""), filled=np.array(d["filled"], dtype=bool))
+
+
+def no_face_message(n_frames: int, source: str, detector: str, frame_size: Tuple[int, int],
+                    resize_factor: int = 1) -> str:
+    """Why no face was found and what to change: a resize factor or frames too small for
+    the detector, a better detector (only when it is available), a fixed box."""
+    from ladtalk.face.detect import DLIB_MIN_FACE, s3fd_available
+    w, h = (int(v) for v in frame_size)
+    msg = (f"no face was detected in any of the {n_frames} frames of {source} "
+           f"(detector: {detector or 'unknown'}).")
+    if int(resize_factor) > 1:
+        msg += (f" The frames were shrunk to {w}x{h} px by --resize-factor "
+                f"{int(resize_factor)}, which may make the face too small to detect: set "
+                "--resize-factor lower (1 = full size).")
+    elif 0 < min(w, h) < 2 * DLIB_MIN_FACE:
+        msg += (f" The frames are only {w}x{h} px; a face needs about {DLIB_MIN_FACE} px to "
+                "be found, so use a larger video.")
+    better = ", try '--detector s3fd'" if detector == "dlib" and s3fd_available() else ""
+    return (msg + " Use a video with a clearly visible frontal face" + better
+            + ", or give the face position with '--box Y1 Y2 X1 X2'")
 
 
 def _chunks(frames: FrameSource, chunk_size: int) -> Iterable[np.ndarray]:

@@ -11,12 +11,17 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ladtalk.errors import InputError
+from ladtalk.face.detect import DLIB_MIN_FACE, s3fd_available
 from ladtalk.generation.options import STILL_FPS, GenerateOptions
 from ladtalk.media.audio import SAMPLE_RATE, check_has_speech, load_audio
 from ladtalk.media.mel import mel_chunk_starts, melspectrogram, num_video_frames
 from ladtalk.media.probe import MediaInfo, probe
 
 log = logging.getLogger("ladtalk.generation.pipeline")
+
+#: the shorter side (px) a frame must keep after ``resize_factor``: room for the smallest
+#: face S3FD finds (and for a useful fixed-box crop); dlib needs :data:`DLIB_MIN_FACE`
+MIN_RESIZED_SIDE = 32
 
 
 @dataclass
@@ -53,11 +58,11 @@ def plan_source(face: Path, speech: Speech, opts: GenerateOptions,
     """Probe ``face`` and derive the output frame rate, frame count and frame size."""
     info = probe(face)
     if not info.has_video:
-        raise InputError(f"{face} has no picture; pass a video or an image with a face")
+        raise InputError(f"'{face}' has no picture; pass a video or an image with a face")
     fps = float(opts.fps or (STILL_FPS if info.is_image else (info.fps or STILL_FPS)))
     n_out = num_video_frames(speech.n_samples, SAMPLE_RATE, fps)
     k = int(opts.resize_factor)
-    size = (max(1, info.width // k), max(1, info.height // k))
+    size = resized_size(info, k, face, None if opts.box is not None else opts.detector)
     if info.maybe_vfr and opts.fps is None:
         log.info("%s looks like variable frame rate; resampling it to a constant %.3f fps",
                  face, fps)
@@ -65,6 +70,35 @@ def plan_source(face: Path, speech: Speech, opts: GenerateOptions,
                       starts=mel_chunk_starts(speech.mel.shape[1], fps, n_out), size=size,
                       resize=None if k == 1 else size,
                       chunk_size=int(opts.batch_size or batch_size))
+
+
+def _min_side(detector: Optional[str]) -> Tuple[int, str]:
+    """The shorter frame side (px) a face needs with ``detector`` (None: a fixed box)."""
+    name = (detector or "box").lower()
+    if name == "dlib" or (name == "auto" and not s3fd_available()):
+        return DLIB_MIN_FACE, "the dlib face detector finds faces of at least that size"
+    if name == "box":
+        return MIN_RESIZED_SIDE, "smaller crops carry no usable face"
+    return MIN_RESIZED_SIDE, "no face detector finds a smaller face"
+
+
+def resized_size(info: MediaInfo, k: int, face: Path,
+                 detector: Optional[str] = "auto") -> Tuple[int, int]:
+    """``(width, height)`` of the frames after ``--resize-factor k``; refuses a factor that
+    leaves the shorter side too small to hold a face ``detector`` can find (None: a fixed
+    box is given)."""
+    w, h = max(1, info.width // k), max(1, info.height // k)
+    if k <= 1 or min(w, h) >= MIN_RESIZED_SIDE and detector is None:
+        return w, h
+    need, why = _min_side(detector)
+    if min(w, h) < need:
+        best = max(1, min(info.width, info.height) // need)
+        fix = (f"set --resize-factor to {best} or less" if best > 1 else
+               "set --resize-factor to 1 (full size)")
+        raise InputError(f"--resize-factor {k} shrinks the {info.width}x{info.height} frames "
+                         f"of '{face}' to {w}x{h} px, too small to hold a face (the shorter "
+                         f"side must keep at least {need} px: {why}): {fix}")
+    return w, h
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -88,4 +122,5 @@ def check_output(out: Path, face: Path, audio: Path) -> None:
                              "name so the input is not overwritten")
 
 
-__all__ = ["Speech", "load_speech", "SourcePlan", "plan_source", "check_output"]
+__all__ = ["Speech", "load_speech", "SourcePlan", "plan_source", "resized_size", "check_output",
+           "MIN_RESIZED_SIDE"]

@@ -67,9 +67,10 @@ def _stream(proc: subprocess.Popen, drain: StderrDrain, info: MediaInfo, chunk_s
             proc.wait()
             drain.join()
             raise InputError(
-                f"decoding {info.path} failed at t={(n_done + n) / rate:.2f}s "
+                f"decoding '{info.path}' failed at t={(n_done + n) / rate:.2f}s "
                 f"(frame {n_done + n}): truncated frame "
-                f"({partial} of {frame_bytes} bytes); {drain.tail()}")
+                f"({partial} of {frame_bytes} bytes; {drain.tail()}). Upload the complete "
+                "file, or re-export it (e.g. as H.264 MP4)")
         if drain.n_lines > warned:
             log.warning("decode errors in %s near t=%.2fs: %s", info.path,
                         (n_done + n) / rate, drain.tail(1))
@@ -88,17 +89,18 @@ def _check_end(proc: subprocess.Popen, drain: StderrDrain, info: MediaInfo, n_do
     rc = proc.wait()
     drain.join()
     if rc != 0:
-        raise InputError(f"decoding {p} failed at t={n_done / rate:.2f}s (frame {n_done}): "
+        raise InputError(f"decoding '{p}' failed at t={n_done / rate:.2f}s (frame {n_done}): "
                          f"{drain.tail()}. Re-export the file (e.g. as H.264 MP4)")
     expected = info.duration * rate if info.duration else 0.0
     short = expected - n_done
     if (drain.n_lines and max_frames is None and expected
             and short > max(0.5 * rate, 0.05 * expected)):
-        raise InputError(f"decoding {p} stopped at t={n_done / rate:.2f}s of "
+        raise InputError(f"decoding '{p}' stopped at t={n_done / rate:.2f}s of "
                          f"{info.duration:.2f}s (frame {n_done}); the file looks truncated "
-                         f"or corrupt: {drain.tail()}")
+                         f"or corrupt ({drain.tail()}). Upload the complete file, or "
+                         "re-export it (e.g. as H.264 MP4)")
     if n_done == 0:
-        raise InputError(f"no frames could be decoded from {p}: {drain.tail()}")
+        raise InputError(f"no frames could be decoded from '{p}': {drain.tail()}")
 
 
 def iter_frames(path: PathLike, fps: Optional[float] = None, chunk_size: int = 16,
@@ -148,7 +150,7 @@ def read_image(path: PathLike) -> np.ndarray:
         return img
     frames = list(iter_frames(p, chunk_size=1, max_frames=1))
     if not frames:
-        raise InputError(f"could not decode an image from {p}")
+        raise InputError(f"could not decode an image from '{p}'")
     return frames[0][0]
 
 

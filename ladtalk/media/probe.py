@@ -139,7 +139,7 @@ def _probe_image(p: Path) -> MediaInfo:
     if img is None:  # magic bytes matched but OpenCV failed: ask ffmpeg
         v = _parse_info(_run_ffmpeg_info(p))["video"]
         if not v or "width" not in v:
-            raise InputError(f"{p} looks like an image but could not be decoded; "
+            raise InputError(f"'{p}' looks like an image but could not be decoded; "
                              "re-save it as PNG or JPEG")
         h, w = v["height"], v["width"]
     else:
@@ -152,7 +152,7 @@ def _probe_image(p: Path) -> MediaInfo:
 def _video_facts(p: Path, v: dict) -> Tuple[int, int, Optional[float], int, bool]:
     """``(width, height, fps, rotation, maybe_vfr)`` of a parsed video stream."""
     if "width" not in v:
-        raise InputError(f"cannot read the frame size of {p}; re-export it (e.g. as H.264 MP4)")
+        raise InputError(f"cannot read the frame size of '{p}'; re-export it (e.g. as H.264 MP4)")
     width, height = v["width"], v["height"]
     rotation = int(round(v["rotation"])) % 360
     if rotation in (90, 270):
@@ -177,13 +177,13 @@ def probe(path: PathLike, require_video: bool = True) -> MediaInfo:
         return _probe_image(p)
     text = _run_ffmpeg_info(p)
     if "Input #0" not in text:
-        raise InputError(f"cannot decode {p}: {last_error_line(text)}. "
+        raise InputError(f"cannot decode '{p}': {last_error_line(text)}. "
                          "Is it a complete video/audio file? Re-export it (e.g. as H.264 MP4)")
     info = _parse_info(text)
     v, a = info["video"], info["audio"]
     if v is None and require_video:
         what = "an audio-only file" if a else "no video or audio stream"
-        raise InputError(f"{p} has no video stream ({what}); pass a video or an image "
+        raise InputError(f"'{p}' has no video stream ({what}); pass a video or an image "
                          "with a visible face")
     width, height, fps, rotation, vfr = _video_facts(p, v) if v else (0, 0, None, 0, False)
     duration = info["duration"] or 0.0
