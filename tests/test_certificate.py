@@ -235,12 +235,40 @@ def test_certificate_from_old_layout_with_nulls():
 def test_cost_presets():
     assert CERTIFICATE_COSTS["full"] == CertificateCost()
     app, enroll = CERTIFICATE_COSTS["app"], CERTIFICATE_COSTS["enroll"]
-    assert (app.cert_faces, app.power_iters, app.n_random, app.layerwise) == (1, 4, 2, False)
+    assert (app.cert_faces, app.power_iters, app.n_random, app.max_positions, app.layerwise,
+            app.global_map) == (1, 2, 2, 2, False, False)
     assert (enroll.cert_faces, enroll.power_iters, enroll.n_random) == (2, 4, 2)
+    assert enroll.global_map and CERTIFICATE_COSTS["full"].global_map
     assert CertificateCost.resolve("app", cert_faces=3) == CertificateCost(
-        cert_faces=3, power_iters=4, n_random=2, layerwise=False)
+        cert_faces=3, power_iters=2, n_random=2, max_positions=2, layerwise=False,
+        global_map=False)
     assert CertificateCost.resolve(app) is app
     with pytest.raises(TypeError):
         CertificateCost.resolve("full", faces=2)
     with pytest.raises(ValueError, match="unknown certificate cost"):
         CertificateCost.resolve("cheap")
+
+
+def test_fast_preset_skips_only_the_whole_map_chain_and_reports_progress():
+    model = _model(seed=2)
+    x = _faces(1, seed=2)
+    kw = dict(iters=2, n_random=2, max_positions=2, chunk=8, layerwise=False)
+    ticks = []
+    full = estimate_lipschitz(model, x, **kw)
+    fast = estimate_lipschitz(model, x, global_map=False,
+                              progress=lambda d, t: ticks.append((d, t)), **kw)
+    # the per-position estimate (L_enc) is the same chain with or without the whole-map one
+    assert fast.per_position_power == full.per_position_power and fast.value == full.value
+    assert math.isnan(fast.global_power) and math.isnan(fast.global_value)
+    assert full.global_power > 0 and fast.per_face_power == []
+    # one tick after the random perturbations, one per Jacobian product (2 positions in one
+    # chunk, 2 iterations + 1), monotone and ending at the total
+    assert ticks == [(i, 4) for i in range(1, 5)]
+    with_global = []
+    estimate_lipschitz(model, x, progress=lambda d, t: with_global.append((d, t)), **kw)
+    assert with_global[-1] == (7, 7) and len(with_global) == 7
+    # NaN for "not estimated" survives the JSON round trip of the certificate
+    cert = compute_certificate(model, x, ["noise:0.2"], cost=CertificateCost.resolve("app"))
+    assert math.isnan(cert.L_enc_global_power) and cert.L_enc == cert.lipschitz.value
+    back = Certificate.from_json(json.loads(json.dumps(cert.to_json())))
+    assert math.isnan(back.L_enc_global_power) and back.L_enc == cert.L_enc

@@ -131,7 +131,10 @@ def test_evaluate_robustness_numbers_agree_with_metrics(identity_dir):
 
 def test_report_json_layout_and_round_trip(identity_dir):
     model = SOVQAE.from_pretrained(identity_dir)
-    rep = evaluate_robustness(model, _crops(2), ["blur:1.0"], device="cpu", cost="app")
+    # with the whole-map chain: the app preset leaves its numbers NaN (not estimated), and
+    # NaN != NaN would hide what this compares
+    rep = evaluate_robustness(model, _crops(2), ["blur:1.0"], device="cpu", cost="app",
+                              global_map=True)
     d = rep.to_json()
     assert list(d) == ["frames", "resolution", "reconstruction", "degradations",
                        "certificate", "settings"]
@@ -139,7 +142,8 @@ def test_report_json_layout_and_round_trip(identity_dir):
     assert list(d["reconstruction"]) == ["psnr", "ssim"]
     assert list(d["settings"]) == [
         "seed", "device", "batch_size", "cert_faces", "power_iters", "n_random", "eps",
-        "max_positions", "layerwise", "restore_seconds", "certificate_seconds", "psnr", "ssim"]
+        "max_positions", "layerwise", "global_map", "restore_seconds", "certificate_seconds",
+        "psnr", "ssim"]
     assert (d["settings"]["cert_faces"], d["settings"]["layerwise"]) == (1, False)
     assert d["certificate"]["d_C"] == rep.certificate.d_C
     text = json.dumps(d, allow_nan=False)
@@ -254,3 +258,35 @@ def test_restoration_pictures_are_the_measured_degradations(identity_dir):
     want = (noisy[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
     assert np.array_equal(pics["noise:0.1 degraded"], want)
     assert all(p.shape == (32, 32, 3) and p.dtype == np.uint8 for p in pics.values())
+
+
+def test_certificate_progress_reaches_its_end(identity_dir):
+    """The app's progress bar follows the certificate step by step (phase "certificate",
+    done rising to total) after the restore batches."""
+    model = SOVQAE.from_pretrained(identity_dir)
+    events = []
+    rep = evaluate_robustness(model, _crops(3), ["blur:1.0"], device="cpu", batch_size=2,
+                              cost="app", progress=lambda *a: events.append(a))
+    phases = [e[0] for e in events]
+    assert phases[:2] == ["restore", "restore"] and events[1][1:] == (3, 3)
+    cert = [e[1:] for e in events if e[0] == "certificate"]
+    assert len(cert) > 2 and cert[-1][0] == cert[-1][1]
+    assert [d for d, _ in cert] == sorted(d for d, _ in cert)
+    assert phases == ["restore"] * 2 + ["certificate"] * len(cert)
+    assert rep.settings.cost.global_map is False
+    assert rep.to_json()["settings"]["global_map"] is False
+
+
+def test_app_progress_follows_the_certificate(identity_dir):
+    """What the app's progress bar shows during a robustness call with the certificate."""
+    from ladtalk.app.progress import robustness_reporter
+
+    shown = []
+    report = robustness_reporter(lambda frac, desc: shown.append((frac, desc)), True)
+    evaluate_robustness(SOVQAE.from_pretrained(identity_dir), _crops(2), ["noise:0.1"],
+                        device="cpu", cost="app", progress=report)
+    fracs = [f for f, _ in shown]
+    assert fracs == sorted(fracs) and 0 < fracs[0] and fracs[-1] <= 0.96
+    cert = [d for _, d in shown if d.startswith("certificate: estimating L_enc")]
+    assert len(cert) >= 3 and cert[-1].endswith(f"(step {len(cert)}/{len(cert)})")
+    robustness_reporter(None, True)("certificate", 1, 1)  # no progress bar: silent

@@ -291,3 +291,42 @@ def test_prepare_crops_makes_the_crops_enroll_uses(face_video):
     auto = prepare_crops(face_video, None, config="cpu", detector="dlib")
     assert auto.resolution == video_crops.choose_resolution(auto.face_px)
     assert prepare_crops(face_video, "other", config="tiny", init="demo") is None
+
+
+# -- live holdout PSNR -------------------------------------------------------------------------
+def test_holdout_psnr_is_live_within_a_short_budget(tmp_path):
+    """The progress line gets an early holdout PSNR that then changes during the run (it used
+    to be evaluated at step 1 and then only after ``eval_seconds``, so a budget of 60 s or
+    less showed one frozen value until the end)."""
+    from ladtalk.enrollment.loop import EvalSchedule, train_loop
+    from ladtalk.media.resample import to_tensor01
+
+    crops = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    cfg = train_preset("tiny", seconds=600.0, max_steps=16, kmeans_at=0, restore_start=0)
+    tr = Trainer(_tiny_model(), cfg, torch.device("cpu"))
+    events = []
+    res = train_loop(tr, tdata.CropSampler(crops[:8], 4, seed=1),
+                     to_tensor01(crops[8:]), cfg, events.append, False, tmp_path, "live",
+                     lambda r: None)
+    train = [e for e in events if e["phase"] == "train"]
+    assert res.run_steps == 16 and len(train) == 16
+    psnrs = [(e["run_steps"], e["holdout_psnr"]) for e in train if "holdout_psnr" in e]
+    # first evaluation after 10 % of the steps (not at step 1), then periodically
+    assert psnrs[0][0] == 2
+    before_last = {p for s, p in psnrs if s < 16}
+    assert len(before_last) >= 3, psnrs
+    assert psnrs[-1][0] == 16 and res.holdout_psnr_during_training == psnrs[-1][1]
+    assert [h["step"] for h in tr.history] == [s for s, _ in psnrs]
+    assert not list(tmp_path.iterdir())  # no checkpoint_seconds: nothing saved mid-run
+
+    # the time schedule of a 60 s run: first at 6 s, then every budget / 8, but never so
+    # often that evaluating (here 3 s each) takes more than a tenth of the time
+    sched = EvalSchedule(60.0, 0, eval_seconds=60.0)
+    assert not sched.due(5.9, 500) and sched.due(6.0, 1)
+    sched.done(6.0, 40, cost=0.1)
+    assert not sched.due(13.4, 90) and sched.due(13.6, 91)
+    sched.done(13.6, 91, cost=3.0)
+    assert not sched.due(40.0, 300) and sched.due(40.7, 301)
+    # a long budget is capped by eval_seconds
+    long = EvalSchedule(3600.0, 0, eval_seconds=60.0)
+    assert long.due(60.0, 1) and not long.due(59.0, 1)

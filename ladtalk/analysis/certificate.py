@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -287,11 +287,14 @@ def _encode(model: nn.Module, x01: torch.Tensor):
 
 
 def lipschitz_for(model: nn.Module, faces01: torch.Tensor, cost: CertificateCost,
-                  seed: int = 0) -> LipschitzEstimate:
-    """:func:`estimate_lipschitz` at ``faces01`` with the settings of ``cost``."""
+                  seed: int = 0, progress: Optional[Callable[[int, int], None]] = None
+                  ) -> LipschitzEstimate:
+    """:func:`estimate_lipschitz` at ``faces01`` with the settings of ``cost``;
+    ``progress(done, total)`` as it goes."""
     return estimate_lipschitz(model, faces01, iters=cost.power_iters, n_random=cost.n_random,
                               eps=cost.eps, max_positions=cost.max_positions, seed=seed,
-                              layerwise=cost.layerwise)
+                              layerwise=cost.layerwise, global_map=cost.global_map,
+                              progress=progress)
 
 
 def compute_certificate(model: nn.Module, x01: torch.Tensor, degradations: Sequence = (), *,

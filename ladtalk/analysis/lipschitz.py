@@ -103,11 +103,13 @@ def frozen_params(model: nn.Module):
 
 
 def power_iteration(f, x: torch.Tensor, v0: torch.Tensor, iters: int,
-                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    mask: Optional[torch.Tensor] = None,
+                    tick: Optional[Callable[[], None]] = None) -> torch.Tensor:
     """Per-sample largest ``||(mask * J) v|| / ||v||`` seen along power iteration from v0, (K,).
 
     ``J^T u`` is a backward pass, ``J v`` the double backward of ``u -> J^T u``; the Rayleigh
-    quotient never decreases along the iteration.
+    quotient never decreases along the iteration. ``tick()`` is called after each of the
+    ``iters + 1`` Jacobian products.
     """
     with math_sdpa(), torch.enable_grad():
         xx = x.detach().clone().requires_grad_(True)
@@ -121,6 +123,8 @@ def power_iteration(f, x: torch.Tensor, v0: torch.Tensor, iters: int,
         for it in range(iters + 1):
             (u,) = torch.autograd.grad(jt_u0, u0, v, retain_graph=True)  # J v
             best = torch.maximum(best, per_sample_norm(u).double())
+            if tick is not None:
+                tick()
             if it == iters:
                 break
             (w,) = torch.autograd.grad(y, xx, u, retain_graph=True)  # J^T J v
@@ -148,7 +152,8 @@ def _random_ratios(f, x: torch.Tensor, n_random: int, eps: float, gen: torch.Gen
 
 def _position_power(model: nn.Module, f, x: torch.Tensor, deltas: torch.Tensor,
                     ratio_p: torch.Tensor, grid: Tuple[int, int], k: int, iters: int,
-                    chunk: int, gen: torch.Generator) -> torch.Tensor:
+                    chunk: int, gen: torch.Generator,
+                    tick: Optional[Callable[[], None]] = None) -> torch.Tensor:
     """Power iteration on the ``k`` most sensitive positions of each face, ``chunk`` at a time."""
     b, (hh, ww) = x.shape[0], grid
     if deltas.shape[0]:
@@ -170,17 +175,34 @@ def _position_power(model: nn.Module, f, x: torch.Tensor, deltas: torch.Tensor,
         else:
             init = torch.randn(tuple(xb.shape), generator=gen).to(x)
         with frozen_params(model):
-            out[s:s + len(part)] = power_iteration(f, xb, init, iters, mask)
+            out[s:s + len(part)] = power_iteration(f, xb, init, iters, mask, tick)
     return out
+
+
+class _Ticks:
+    """``progress(done, total)`` after each unit of work (None: silent)."""
+
+    def __init__(self, total: int, progress: Optional[Callable[[int, int], None]]) -> None:
+        self.done, self.total, self.progress = 0, max(1, int(total)), progress
+
+    def __call__(self) -> None:
+        self.done = min(self.total, self.done + 1)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 def estimate_lipschitz(model: nn.Module, x01: torch.Tensor, *, iters: int = 8, n_random: int = 4,
                        eps: float = 1e-2, max_positions: int = 8, chunk: int = 8, seed: int = 0,
-                       layerwise: bool = True) -> LipschitzEstimate:
+                       layerwise: bool = True, global_map: bool = True,
+                       progress: Optional[Callable[[int, int], None]] = None
+                       ) -> LipschitzEstimate:
     """Estimate L_enc (per position and global) at the faces ``x01`` (B, C, H, W) in [0, 1].
 
     Runs in float32 without autocast on the model's device; each power chain starts from the
-    worst random perturbation of its face (or position).
+    worst random perturbation of its face (or position). ``global_map=False`` skips the power
+    chain of the whole latent map (``global_power`` and ``global_value`` are then NaN: not
+    estimated; L_enc never uses them). ``progress(done, total)``: after the random
+    perturbations, each Jacobian product and the layer-wise walk.
     """
     model.eval()
     f = encoder_map(model)
@@ -188,28 +210,33 @@ def estimate_lipschitz(model: nn.Module, x01: torch.Tensor, *, iters: int = 8, n
     b = x.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     deltas, ratio_g, ratio_p, grid = _random_ratios(f, x, n_random, eps, gen)
-    if n_random:
-        best_r = ratio_g.argmax(0)
-        v0 = deltas[best_r, torch.arange(b, device=best_r.device)]
-    else:
-        v0 = torch.randn(tuple(x.shape), generator=gen).to(x)
-    with frozen_params(model):
-        glob = power_iteration(f, x, v0, iters, None)
     k = min(int(max_positions), grid[0] * grid[1])
-    pos_power = _position_power(model, f, x, deltas, ratio_p, grid, k, iters, chunk, gen)
+    chains = -(-b * k // max(1, chunk)) + int(bool(global_map))
+    tick = _Ticks(1 + chains * (int(iters) + 1) + int(bool(layerwise)), progress)
+    tick()
+    glob = torch.full((b,), float("nan"), dtype=torch.float64)
+    if global_map:
+        if n_random:
+            v0 = deltas[ratio_g.argmax(0), torch.arange(b, device=x.device)]
+        else:
+            v0 = torch.randn(tuple(x.shape), generator=gen).to(x)
+        with frozen_params(model):
+            glob = power_iteration(f, x, v0, iters, None, tick)
+    pos_power = _position_power(model, f, x, deltas, ratio_p, grid, k, iters, chunk, gen, tick)
     est = LipschitzEstimate(
         per_position_power=float(pos_power.max()) if pos_power.numel() else 0.0,
         per_position_random=float(ratio_p.max()) if n_random else 0.0,
         global_power=float(glob.max()),
         global_random=float(ratio_g.max()) if n_random else 0.0,
         faces=b, iters=int(iters), n_random=int(n_random), eps=float(eps),
-        positions_per_face=k, per_face_power=[float(v) for v in glob])
+        positions_per_face=k, per_face_power=[float(v) for v in glob] if global_map else [])
     if layerwise:
         lw = layerwise_bounds(model, x)
         est.layerwise_local = lw.local
         est.layerwise_naive = lw.naive
         est.layerwise_note = lw.note
         est.per_face_layerwise_local = lw.per_face_local
+        tick()
     return est
 
 

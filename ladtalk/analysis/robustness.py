@@ -125,7 +125,7 @@ def evaluate_robustness(model: torch.nn.Module, crops: CropsLike,
     noise:0.1, down:96). ``cost``: a preset of ``CERTIFICATE_COSTS`` or a
     :class:`CertificateCost`; ``cost_fields`` (``cert_faces=``, ``power_iters=``, ...)
     override single fields. ``progress(phase, done, total)``: phase "restore" per batch,
-    "certificate" once.
+    then "certificate" per step of the L_enc estimate (``done == total`` at its end).
     """
     cost = CertificateCost.resolve(cost, **cost_fields)
     restorer = Restorer(model, device, batch_size=batch_size, precision=precision)
@@ -146,9 +146,9 @@ def evaluate_robustness(model: torch.nn.Module, crops: CropsLike,
     cert = None
     if acc is not None:
         faces = _certificate_faces(x_all, cost.cert_faces, res)
-        cert = acc.finalize(lipschitz_for(restorer.model, faces, cost, seed))
-        if progress is not None:
-            progress("certificate", 1, 1)
+        steps = None if progress is None else (
+            lambda done, total: progress("certificate", done, total))
+        cert = acc.finalize(lipschitz_for(restorer.model, faces, cost, seed, steps))
     settings = RobustnessSettings(seed=seed, device=str(restorer.device), batch_size=bs,
                                   cost=cost, restore_seconds=round(t1 - t0, 2),
                                   certificate_seconds=round(time.time() - t1, 2))

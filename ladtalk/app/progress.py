@@ -54,10 +54,17 @@ def crop_reporter(progress: Progress):
 
 
 def robustness_reporter(progress: Progress, certificate: bool):
-    """``report(phase, done, total)`` of a robustness evaluation."""
+    """``report(phase, done, total)`` of a robustness evaluation: the restore batches, then
+    (when ``certificate``) each step of the certificate's L_enc estimate."""
+    restore_share = 0.3 if certificate else 0.85
+
     def report(phase, done, total):
-        if progress is not None:
-            progress(0.2 + 0.7 * (phase == "certificate"),
-                     desc="estimating L_enc for the certificate" if phase == "restore"
-                     and certificate and done >= total else f"{phase} {done}/{total}")
+        if progress is None:
+            return
+        frac = min(1.0, done / max(1, total))
+        if phase == "certificate":
+            progress(0.1 + restore_share + 0.55 * frac,
+                     desc=f"certificate: estimating L_enc (step {done}/{total})")
+        else:
+            progress(0.1 + restore_share * frac, desc=f"degrade and restore: {done}/{total}")
     return report

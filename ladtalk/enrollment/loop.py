@@ -52,16 +52,59 @@ class _Averages:
         return avg
 
 
+#: the first holdout evaluation of a run comes after this fraction of its budget (time, or
+#: steps when ``max_steps`` caps it), then one every ``1 / EVAL_PER_RUN`` of it, at most every
+#: ``cfg.eval_seconds``, with a gap of at least ``EVAL_COST_RATIO`` times the last one's cost
+#: (so evaluating takes at most a tenth of the training time)
+FIRST_EVAL_FRACTION = 0.1
+EVAL_PER_RUN = 8
+EVAL_COST_RATIO = 9.0
+
+
+class EvalSchedule:
+    """When one run evaluates the holdout: early (so the progress line shows a live holdout
+    PSNR from the first tenth of the budget on), then periodically, and at the last step.
+
+    ``due(elapsed, run_steps)`` is asked after each step; ``done(elapsed, run_steps, cost)``
+    records an evaluation that took ``cost`` seconds.
+    """
+
+    def __init__(self, budget: float, max_steps: int, eval_seconds: float) -> None:
+        self.interval = max(1e-3, min(float(eval_seconds), float(budget) / EVAL_PER_RUN))
+        self.next_s = min(FIRST_EVAL_FRACTION * float(budget), self.interval)
+        self.step_interval = max(1, int(max_steps) // EVAL_PER_RUN) if max_steps else 0
+        self.next_step = max(1, round(FIRST_EVAL_FRACTION * max_steps)) if max_steps else 0
+
+    def due(self, elapsed: float, run_steps: int) -> bool:
+        return elapsed >= self.next_s or bool(self.next_step and run_steps >= self.next_step)
+
+    def done(self, elapsed: float, run_steps: int, cost: float) -> None:
+        self.next_s = elapsed + max(self.interval, EVAL_COST_RATIO * float(cost))
+        if self.step_interval:
+            self.next_step = run_steps + self.step_interval
+
+
+def _evaluate(trainer: Trainer, hold_eval: torch.Tensor, elapsed: float,
+              avg: _Averages) -> float:
+    """Holdout PSNR now, recorded in the trainer's history."""
+    psnr = trainer.holdout_psnr(hold_eval)
+    trainer.history.append({"step": trainer.step_count,
+                            "elapsed": round(trainer.elapsed + elapsed, 1),
+                            "holdout_psnr": round(psnr, 3), **avg.take()})
+    return psnr
+
+
 def train_loop(trainer: Trainer, sampler: CropSampler, hold_eval: Optional[torch.Tensor],
                cfg: TrainConfig, on_progress: Optional[ProgressFn], show_progress: bool,
                target: Path, name: str,
                partial_meta: Callable[[RunResult], IdentityMeta]) -> RunResult:
-    """Step until ``cfg.seconds`` (or ``cfg.max_steps``) is spent; evaluate the holdout at
-    most every ``cfg.eval_seconds``; save a partial identity every ``checkpoint_seconds``."""
+    """Step until ``cfg.seconds`` (or ``cfg.max_steps``) is spent; evaluate the holdout as
+    :class:`EvalSchedule` says; save a partial identity every ``checkpoint_seconds``."""
     from tqdm.auto import tqdm
 
     budget, start, steps0 = float(cfg.seconds), time.time(), trainer.step_count
-    last_eval, last_ckpt = -1e9, start
+    last_ckpt = start
+    schedule = EvalSchedule(budget, cfg.max_steps, cfg.eval_seconds)
     psnr: Optional[float] = None
     avg = _Averages()
 
@@ -86,12 +129,9 @@ def train_loop(trainer: Trainer, sampler: CropSampler, hold_eval: Optional[torch
                                     "run_steps": done_steps(), "elapsed": elapsed,
                                     "budget": budget, **terms}
             last_step = elapsed >= budget or (cfg.max_steps and done_steps() >= cfg.max_steps)
-            if hold_eval is not None and (now - last_eval >= cfg.eval_seconds or last_step):
-                psnr = info["holdout_psnr"] = trainer.holdout_psnr(hold_eval)
-                last_eval = time.time()
-                trainer.history.append({"step": trainer.step_count,
-                                        "elapsed": round(trainer.elapsed + elapsed, 1),
-                                        "holdout_psnr": round(psnr, 3), **avg.take()})
+            if hold_eval is not None and (last_step or schedule.due(elapsed, done_steps())):
+                psnr = info["holdout_psnr"] = _evaluate(trainer, hold_eval, elapsed, avg)
+                schedule.done(time.time() - start, done_steps(), time.time() - now)
             bar.n = min(round(elapsed), bar.total)
             bar.set_postfix_str(f"step {trainer.step_count} rec {terms['rec']:.4f}"
                                 + (f" holdout {psnr:.2f} dB" if psnr else ""), refresh=True)
@@ -110,4 +150,4 @@ def train_loop(trainer: Trainer, sampler: CropSampler, hold_eval: Optional[torch
     return RunResult(time.time() - start, done_steps(), psnr)
 
 
-__all__ = ["train_loop", "save_identity", "RunResult"]
+__all__ = ["train_loop", "save_identity", "RunResult", "EvalSchedule"]
