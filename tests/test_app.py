@@ -227,10 +227,12 @@ def test_robustness_matches_library(server, app_home):
     assert raw["certificate"]["codes_preserved"]["noise:0.05"] == pytest.approx(
         lib["certificate"]["codes_preserved"]["noise:0.05"])
     # table rows, plot points and gallery agree with the raw numbers
-    rows = {r[0]: r for r in table["data"]}
-    assert set(rows) == set(specs)
-    assert rows["blur:1.0"][1] == pytest.approx(lib["degradations"]["blur:1.0"]["psnr_degraded"],
-                                                abs=1e-3)
+    assert table["headers"] == ["measure"] + [s.replace(":", " ") for s in specs]
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert float(rows["PSNR degraded (dB)"]["blur 1.0"]) == pytest.approx(
+        lib["degradations"]["blur:1.0"]["psnr_degraded"], abs=0.006)
+    assert rows["codes preserved"]["noise 0.05"] == (
+        f"{lib['certificate']['codes_preserved']['noise:0.05']:.1%}")
     pts = plot["value"]["data"] if isinstance(plot, dict) and "value" in plot else plot["data"]
     assert len(pts) == 2 * len(sweep)
     assert len(gallery) == 2 + 2 * len(specs)

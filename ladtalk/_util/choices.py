@@ -57,7 +57,8 @@ class CertificateCost:
 # the app's about-a-second version ("app": one face, power chains of 2 iterations on its 2 most
 # sensitive positions, no whole-map chain, no layer-wise walk). Against the app's former preset
 # (power_iters=4, max_positions=4, global_map=True) on the demo identity: L_enc 1.4-2.7 % lower,
-# the same codes preserved / certified, 7x less time (docs/robustness.md).
+# the same codes preserved / certified, about 4x less time (scripts/bench_certificate.py,
+# docs/robustness.md).
 CERTIFICATE_COSTS: Dict[str, CertificateCost] = {
     "full": CertificateCost(),
     "enroll": CertificateCost(cert_faces=2, power_iters=4, n_random=2),

@@ -23,6 +23,7 @@ from ladtalk.app.pickers import (
     identity_choices,
     keep_or_default,
 )
+from ladtalk.app.robustness import SWEEP_AXES
 from ladtalk.app.session import caller_access, session_key
 from ladtalk.app.state import AppState
 from ladtalk.app.status import status_dict
@@ -107,9 +108,11 @@ class Handlers:
         """
         with user_errors():
             who = self.caller(request, profile)
-            return robustness_request(self.st, who, image, video, frame_time, identity,
-                                      (blur, noise, down), sweep, certificate, is_crop,
-                                      detector, progress)
+            out = list(robustness_request(self.st, who, image, video, frame_time, identity,
+                                          (blur, noise, down), sweep, certificate, is_crop,
+                                          detector, progress))
+            out[2] = gr.LinePlot(value=out[2], x_title=SWEEP_AXES[sweep])  # sweep checked
+            return tuple(out)
 
     def enroll(self, video, name, seconds=None, config="auto", detector=DEFAULT_DETECTOR,
                fresh=False, hub_repo="", hub_token="", hub_private=True,
@@ -131,7 +134,7 @@ class Handlers:
             hub_private: make the pushed repo private.
 
         Returns:
-            a summary, the identity's metrics, and its weights (model.safetensors).
+            a summary, the identity's metrics, and its weights (NAME.safetensors).
         """
         token = (hub_token or "").strip()
         with user_errors(token):

@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from ladtalk._util.jsonsafe import to_jsonable
+from ladtalk.app.messages import app_terms, scrub_paths
 from ladtalk.evaluation.quality_report import QualityReport
 from ladtalk.identities.meta import IdentityMeta
 
@@ -26,7 +27,8 @@ def result_report(res, gpu_s: int) -> Dict[str, Any]:
             "frames_without_face": res.passthrough_frames,
             "missing_face_timestamps": res.missing_face_timestamps[:50],
             "audio_copied": res.audio_copied, "precision": res.precision,
-            "warnings": res.warnings, "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
+            "warnings": [app_terms(scrub_paths(w)) for w in res.warnings],
+            "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
             "identity_match": match.to_json() if match is not None else None,
             "fusion": getattr(res, "fusion", None),
             "gpu_seconds_requested": gpu_s}
@@ -57,7 +59,7 @@ def identity_summary_md(meta: IdentityMeta, name: str) -> str:
                      + " (frames at the end of the video, never trained on)")
     rest = meta.restoration
     if rest:
-        lines += ["", "| degradation | PSNR degraded | PSNR restored | gain |", "|---|---|---|---|"]
+        lines += ["", "| degraded by | PSNR degraded | PSNR restored | gain |", "|---|---|---|---|"]
         for spec, r in rest.items():
             pd_, pr = r.get("psnr_degraded"), r.get("psnr_restored")
             if pd_ is not None and pr is not None:
@@ -75,17 +77,19 @@ def quality_md(meta: IdentityMeta) -> List[str]:
     lines = ["", f"**LaDTalk vs Wav2Lip** on {q.frames} held-out frames (face "
              f"{q.face_px:.0f} px, identity {q.resolution} px). W: the true "
              "face reduced to 96 px (the best a Wav2Lip output can be), optionally softened "
-             "like a real Wav2Lip output (sigma in px at 96 px); L: that face restored by this "
-             "identity. Scores against the real frame, in the pasted lower-face region.", "",
-             "| softened | PSNR W → L | gain | sharpness W → L |", "|---|---|---|---|"]
+             "like a real Wav2Lip output (σ: the blur sigma in px at 96 px); L: that face "
+             "restored by this identity. Scores against the real frame, in the pasted "
+             "lower-face region.", "",
+             # short headers, no unit in the cells: four columns fit a phone
+             "| σ | PSNR W → L (dB) | gain (dB) | detail W → L |", "|---|---|---|---|"]
     for r in q.summary_rows():
-        lines.append(f"| {r.sigma} | {r.w_psnr:.2f} → {r.l_psnr:.2f} dB | "
-                     f"{r.gain_db:+.2f} dB | {r.w_sharpness:.2f} → {r.l_sharpness:.2f} |")
+        lines.append(f"| {r.sigma} | {r.w_psnr:.2f} → {r.l_psnr:.2f} | {r.gain_db:+.2f} | "
+                     f"{r.w_sharpness:.2f} → {r.l_sharpness:.2f} |")
     if fusion:
         lines += ["", f"Restore strength calibrated on the holdout: low band "
-                  f"{fusion.get('low_strength'):g}, detail {fusion.get('high_strength'):g} "
-                  "(1 = the identity's decode, 0 = Wav2Lip's face). Sharpness: fine detail "
-                  "relative to the real frame (1.0 = as sharp as the truth)."]
+                  f"{fusion.get('low_strength'):g}, high band {fusion.get('high_strength'):g} "
+                  "(1 = the identity's decode, 0 = Wav2Lip's face). Detail: the sharpness of "
+                  "the face relative to the real frame (1.0 = as sharp as the truth)."]
     return lines
 
 
@@ -125,37 +129,59 @@ def certificate_md(cert: Optional[Dict[str, Any]], specs: Sequence[str]) -> str:
     pres = cert.get("codes_preserved") or {}
     certf = cert.get("certified_fraction") or {}
     norms = cert.get("degradation_norms") or {}
-    lines += ["", "| degradation | perturbation norm ‖N‖ | codes preserved (measured) | "
-              "codes certified (per position) |", "|---|---|---|---|"]
+    # short headers (explained below): four columns fit a phone
+    lines += ["", "| degraded by | ‖N‖ | codes kept | certified |", "|---|---|---|---|"]
     for spec in specs:
         if spec in pres:
             nrm = (norms.get(spec) or {}).get("mean")
             lines.append(f"| `{spec}` | {_fmt(nrm)} | {100 * pres[spec]:.1f} % | "
                          f"{100 * certf.get(spec, 0.0):.1f} % |")
-    lines += ["", "*Codes preserved*: fraction of latent positions whose code is unchanged by "
-              "the degradation (what makes restoration work). *Certified*: fraction whose own "
-              "margin (d2 - d1) / (2 L_enc) exceeds ‖N‖, so the theorem guarantees it."]
+    lines += ["", "*‖N‖*: the L2 norm of the degradation (degraded minus clean crop, [0, 1] "
+              "pixels). *Codes kept*: fraction of latent positions whose code is unchanged by "
+              "the degradation (measured; what makes restoration work). *Certified*: fraction "
+              "whose own margin (d2 - d1) / (2 L_enc) exceeds ‖N‖, so the theorem guarantees "
+              "it."]
     for note in cert.get("notes") or []:
         lines.append(f"\n> {note}")
     return "\n".join(lines)
 
 
+#: the rows of the Robustness table (one column per degradation: 4 columns fit a phone)
+ROBUSTNESS_MEASURES = ("PSNR degraded (dB)", "PSNR restored (dB)", "PSNR gain (dB)",
+                       "SSIM degraded", "SSIM restored", "codes preserved")
+
+
+def empty_robustness_table() -> pd.DataFrame:
+    """The table before a run: the measures to come, no degradation yet."""
+    return pd.DataFrame({"measure": list(ROBUSTNESS_MEASURES)})
+
+
+def robustness_header(spec: str) -> str:
+    """A degradation's column header: "blur 2.0" for "blur:2.0" (breaks between the words on
+    a narrow screen, not inside the number)."""
+    return spec.replace(":", " ")
+
+
+def robustness_column_widths(n_specs: int) -> List[str]:
+    """Column widths for ``n_specs`` degradations that fit a 390 px phone: a third for the
+    measures (which wrap), the rest shared by the degradations."""
+    return ["34%"] + [f"{66 / max(n_specs, 1):.0f}%"] * n_specs
+
+
 def robustness_table(res: Dict[str, Any], specs: Sequence[str]) -> pd.DataFrame:
-    """One row per degradation: PSNR / SSIM degraded and restored, codes preserved."""
+    """One column per degradation (headed by :func:`robustness_header`): PSNR / SSIM degraded
+    and restored, the PSNR gain and the fraction of codes preserved (empty without the
+    certificate)."""
     degs, cert = res.get("degradations", {}), res.get("certificate")
     kept = (cert or {}).get("codes_preserved", {})
-    rows = []
+    table = empty_robustness_table()
     for spec in specs:
         r = degs[spec]
-        rows.append({
-            "degradation": spec,
-            "PSNR degraded (dB)": round(r["psnr_degraded"], 3),
-            "PSNR restored (dB)": round(r["psnr_restored"], 3),
-            "gain (dB)": round(r["psnr_restored"] - r["psnr_degraded"], 3),
-            "SSIM degraded": round(r["ssim_degraded"], 4),
-            "SSIM restored": round(r["ssim_restored"], 4),
-            "codes preserved": round(kept[spec], 4) if cert and spec in kept else None})
-    return pd.DataFrame(rows)
+        table[robustness_header(spec)] = [f"{r['psnr_degraded']:.2f}", f"{r['psnr_restored']:.2f}",
+                       f"{r['psnr_restored'] - r['psnr_degraded']:+.2f}",
+                       f"{r['ssim_degraded']:.4f}", f"{r['ssim_restored']:.4f}",
+                       f"{kept[spec]:.1%}" if cert and spec in kept else ""]
+    return table
 
 
 def robustness_plot(res: Dict[str, Any], sweep: str, values: Sequence[float],
@@ -165,10 +191,8 @@ def robustness_plot(res: Dict[str, Any], sweep: str, values: Sequence[float],
     for v, spec in zip(values, specs):
         r = res["degradations"][spec]
         strength = float((resolution / v) if sweep == "down" else v)
-        points.append({"strength": strength, "PSNR (dB)": r["psnr_degraded"],
-                       "curve": "degraded"})
-        points.append({"strength": strength, "PSNR (dB)": r["psnr_restored"],
-                       "curve": "restored"})
+        points.append({"strength": strength, "PSNR": r["psnr_degraded"], "face": "degraded"})
+        points.append({"strength": strength, "PSNR": r["psnr_restored"], "face": "restored"})
     return pd.DataFrame(points)
 
 

@@ -24,6 +24,11 @@ SWEEPS = {  # degradation -> strengths for the PSNR-vs-strength plot
     "noise": [0.02, 0.05, 0.1, 0.15, 0.2, 0.3],
     "down": [112, 96, 80, 64, 48, 32],
 }
+SWEEP_AXES = {  # degradation -> the plot's x axis title
+    "blur": "blur sigma (px)",
+    "noise": "noise sigma ([0, 1] pixel scale)",
+    "down": "size reduction (crop px / down-up px)",
+}
 
 
 def identity_resolution(name: str) -> int:

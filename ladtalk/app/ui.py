@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gradio as gr
 
@@ -24,7 +24,8 @@ from ladtalk.app.pickers import (
     default_identity,
     identity_choices,
 )
-from ladtalk.app.robustness import SWEEPS
+from ladtalk.app.presenters import empty_robustness_table, robustness_column_widths
+from ladtalk.app.robustness import SWEEP_AXES, SWEEPS
 from ladtalk.app.session import oauth_enabled, visitor_access
 from ladtalk.app.state import AppState
 from ladtalk.app.status import missing_checkpoints, status_markdown, status_title
@@ -123,6 +124,13 @@ def _generate_inputs(ctx: Ctx) -> List[gr.components.Component]:
     return [g_face, g_audio, g_identity, g_enroll, g_enroll_s, g_compare] + _generate_advanced()
 
 
+def _cacheable(outputs: Sequence[Any]) -> tuple:
+    """Outputs Gradio's example cache can read back: it writes an empty output (None) as an
+    empty string that it then cannot load (JSONDecodeError, the example never shows), while
+    an update that empties the component round-trips."""
+    return tuple(gr.update(value=None) if o is None else o for o in outputs)
+
+
 def _generate_examples(ctx: Ctx, inputs, outputs) -> None:
     rows = [[example("astronaut.mp4"), example("hello.wav"), DEMO_IDENTITY],
             [example("astronaut.png"), example("demo_sentence.wav"), NONE_IDENTITY]]
@@ -133,9 +141,10 @@ def _generate_examples(ctx: Ctx, inputs, outputs) -> None:
     can_cache = bool(ctx.cache_examples) and ctx.st.wav2lip_error is None
     gen = ctx.h["generate"]
     gr.Examples(rows, inputs[:3], outputs=outputs if can_cache else None,
-                fn=(lambda face, audio, ident: gen(face, audio, ident)) if can_cache else None,
-                cache_examples=can_cache, cache_mode="lazy" if can_cache else None,
-                label="Examples (public-domain face, synthetic speech)")
+                fn=(lambda face, audio, ident: _cacheable(gen(face, audio, ident)))
+                if can_cache else None,
+                cache_examples=can_cache, cache_mode="eager" if can_cache else None,
+                label="Examples (public-domain face, synthetic speech)", elem_id="gen-examples")
 
 
 def _generate_tab(ctx: Ctx) -> gr.Dropdown:
@@ -147,13 +156,13 @@ def _generate_tab(ctx: Ctx) -> gr.Dropdown:
         with gr.Row():
             with gr.Column():
                 inputs = _generate_inputs(ctx)
-                g_btn = gr.Button("Generate", variant="primary",
+                g_btn = gr.Button("Generate", variant="primary", elem_id="gen-run",
                                   interactive=ctx.st.wav2lip_error is None)
             with gr.Column():
                 with gr.Row():
-                    g_out = gr.Video(label="LaDTalk (Wav2Lip + SOVQAE)")
-                    g_base = gr.Video(label="Wav2Lip only")
-                g_report = gr.JSON(label="Report")
+                    g_out = gr.Video(label="LaDTalk (Wav2Lip + SOVQAE)", elem_id="gen-out")
+                    g_base = gr.Video(label="Wav2Lip only", elem_id="gen-base")
+                g_report = gr.JSON(label="Report", elem_id="gen-report")
         outputs = [g_out, g_base, g_report]
         g_btn.click(ctx.h["generate"], inputs, outputs, api_name="generate", **GPU_QUEUE)
         _generate_examples(ctx, inputs, outputs)
@@ -167,6 +176,9 @@ ROBUSTNESS_INTRO = (
     "the identity's own person: the identity preselected here (the first enrolled one, else "
     "the shipped `demo`) is only a demonstration on its own face, and the demo identity was "
     "trained on the astronaut example.")
+
+
+PLOT_COLOURS = {"degraded": "#d62728", "restored": "#2ca02c"}
 
 
 def _robustness_inputs(ctx: Ctx) -> List[gr.components.Component]:
@@ -194,15 +206,16 @@ def _robustness_inputs(ctx: Ctx) -> List[gr.components.Component]:
 def _robustness_outputs() -> List[gr.components.Component]:
     r_gallery = gr.Gallery(label="Clean / degraded / restored", columns=3,
                            elem_id="rob-gallery", height="auto", object_fit="contain")
-    r_table = gr.Dataframe(label="PSNR / SSIM against the clean crop", elem_id="rob-table",
-                           interactive=False)
-    r_plot = gr.LinePlot(x="strength", y="PSNR (dB)", color="curve",
-                         label="PSNR vs degradation strength", elem_id="rob-plot",
-                         x_title="sigma (blur, noise) or crop px / size (down-up)",
-                         y_title="PSNR (dB)", height=280,
-                         caption="red: degraded input, green: restored by the SOVQAE (PSNR "
-                                 "against the clean crop)",
-                         color_map={"degraded": "#d62728", "restored": "#2ca02c"})
+    # widths for the three degradations of the defaults (with fewer, the table is narrower):
+    # a phone shows every column without scrolling
+    r_table = gr.Dataframe(empty_robustness_table(), elem_id="rob-table", interactive=False,
+                           label="PSNR / SSIM against the clean crop", wrap=True,
+                           column_widths=robustness_column_widths(3))
+    # no fixed height: a fixed one clips the legend
+    r_plot = gr.LinePlot(x="strength", y="PSNR", color="face", color_map=PLOT_COLOURS,
+                         x_title=SWEEP_AXES["blur"], y_title="PSNR (dB)",
+                         label="PSNR against the clean crop, by degradation strength",
+                         elem_id="rob-plot")
     r_cert_md = gr.Markdown(label="Certificate", elem_id="rob-cert")
     r_json = gr.JSON(label="Raw numbers")
     return [r_gallery, r_table, r_plot, r_cert_md, r_json]
@@ -226,8 +239,11 @@ def _robustness_tab(ctx: Ctx) -> gr.Dropdown:
                         [r_image, r_identity, r_blur, r_noise, r_down], outputs=outputs,
                         fn=lambda img, ident, b, n, d: rob(
                             img, None, 0.0, ident, b, n, d, "blur", True, False, "auto"),
-                        cache_examples=bool(ctx.cache_examples), cache_mode="lazy",
-                        label="Example: the shipped demo identity")
+                        # run on click, not cached: Gradio 6's line plot breaks on a cached
+                        # plot value (TypeError in the browser, every output stuck on
+                        # "processing"); the run takes about 5 s on 2 CPU cores
+                        cache_examples=False, run_on_click=True,
+                        label="Example: the shipped demo identity", elem_id="rob-examples")
     return r_identity
 
 
@@ -245,10 +261,10 @@ ENROLL_INTRO = (
 
 def _enroll_inputs(ctx: Ctx) -> List[gr.components.Component]:
     lim = ctx.st.limits
-    e_video = gr.Video(label="Video of the person", sources=["upload"])
-    e_name = gr.Textbox(label="Identity name", placeholder="e.g. alice")
+    e_video = gr.Video(label="Video of the person", sources=["upload"], elem_id="enroll-video")
+    e_name = gr.Textbox(label="Identity name", placeholder="e.g. alice", elem_id="enroll-name")
     e_budget = gr.Slider(1, lim.enroll_budget_max, value=lim.enroll_budget_default, step=1,
-                         label="Training time budget (s)")
+                         label="Training time budget (s)", elem_id="enroll-budget")
     with gr.Row():
         e_config = gr.Dropdown(list(ENROLL_CONFIGS), value="auto", label="Model config",
                                info="auto: cpu on CPU, base on GPU")
@@ -271,17 +287,18 @@ def _enroll_tab(ctx: Ctx):
         with gr.Row():
             with gr.Column():
                 inputs = _enroll_inputs(ctx)
-                e_btn = gr.Button("Enroll", variant="primary")
+                e_btn = gr.Button("Enroll", variant="primary", elem_id="enroll-run")
             with gr.Column():
-                e_md = gr.Markdown(label="Summary")
-                e_meta = gr.JSON(label="Identity metrics (meta.json)")
-                e_file = gr.File(label="Download the identity weights (safetensors)")
+                e_md = gr.Markdown(label="Summary", elem_id="enroll-summary")
+                e_meta = gr.JSON(label="Identity metrics (meta.json)", elem_id="enroll-meta")
+                e_file = gr.File(label="Download the identity weights (safetensors)",
+                                 elem_id="enroll-file")
         event = e_btn.click(ctx.h["enroll"], inputs, [e_md, e_meta, e_file],
                             api_name="enroll", **GPU_QUEUE)
         if example("astronaut.mp4"):
             gr.Examples([[example("astronaut.mp4"), "astronaut", 60]], inputs[:3],
                         cache_examples=False,  # enrolling writes an identity: never cached
-                        label="Example (public-domain face)")
+                        label="Example (public-domain face)", elem_id="enroll-examples")
     return event
 
 

@@ -238,7 +238,7 @@ def track_source(face: Path, plan: SourcePlan, opts: GenerateOptions, detector: 
     faces = track_faces(decode_chunks(info, fps, bs, plan.resize), detector, fps,
                         smooth=opts.smooth, chunk_size=bs,
                         progress=lambda n: report("detect", n, max(n, total)))
-    faces.require_face(source=str(face))
+    faces.require_face(source=str(face), resize_factor=int(opts.resize_factor))
     _fill(track, faces, len(faces), face)
     if ckey is not None:
         _store_track(cache, ckey, track, float(faces.fps))
