@@ -137,7 +137,8 @@ def _generate_examples(ctx: Ctx, inputs, outputs) -> None:
     rows = [e for e in rows if all(e)]
     if not rows:
         return
-    # cached lazily (on first use) only when Wav2Lip is there to make them
+    # cached at launch, only when Wav2Lip is there to make them; not lazily: Gradio 6 turns
+    # the empty-output update of _cacheable into a component outside an event and fails
     can_cache = bool(ctx.cache_examples) and ctx.st.wav2lip_error is None
     gen = ctx.h["generate"]
     gr.Examples(rows, inputs[:3], outputs=outputs if can_cache else None,
