@@ -120,6 +120,17 @@ def test_enroll_example(page):
     assert "astronaut.safetensors" in files.replace("\n", ""), files  # name, ext: 2 spans
 
 
+def cells_outside(page, selector: str) -> list:
+    """Texts of the table cells in ``selector`` that end right of its box or overflow their
+    own cell."""
+    return page.evaluate("""(sel) => {
+        const box = document.querySelector(sel).getBoundingClientRect();
+        return [...document.querySelectorAll(sel + ' th, ' + sel + ' td')]
+            .filter(c => c.innerText.trim() && (c.getBoundingClientRect().right > box.right + 1
+                                                 || c.scrollWidth > c.clientWidth + 1))
+            .map(c => c.innerText.trim()); }""", selector)
+
+
 def test_robustness_upload_at_phone_width(browser, app_url):
     errors = []
     pg = shots.open_page(browser, app_url, 390, errors)
@@ -138,12 +149,12 @@ def test_robustness_upload_at_phone_width(browser, app_url):
         width = pg.evaluate("document.documentElement.scrollWidth")
         assert width <= 390 + 1, width
         # (every filled cell ends inside the table's box: none is scrolled out of view)
-        over = pg.evaluate("""() => {
-            const box = document.querySelector('#rob-table').getBoundingClientRect();
-            return [...document.querySelectorAll('#rob-table th, #rob-table td')]
-                .filter(c => c.innerText.trim() && c.getBoundingClientRect().right > box.right + 1)
-                .map(c => c.innerText.trim()); }""")
-        assert over == [], over
+        assert cells_outside(pg, "#rob-table") == []
+        # the certificate's markdown tables wrap between words only, and still fit
+        wraps = pg.evaluate("""() => [...document.querySelectorAll('#rob-cert td')]
+            .map(c => getComputedStyle(c).overflowWrap)""")
+        assert len(wraps) > 10 and set(wraps) == {"normal"}, wraps
+        assert cells_outside(pg, "#rob-cert") == []
     finally:
         pg.close()
     assert errors == [], errors

@@ -10,7 +10,7 @@ import gradio as gr
 from ladtalk.app.limits import ENROLL_OVERHEAD_SECONDS, AppLimits
 from ladtalk.app.session import public_mode
 from ladtalk.app.state import load_state
-from ladtalk.app.ui import build_ui
+from ladtalk.app.ui import APP_CSS, build_ui
 from ladtalk.app.zerogpu import ZERO_GPU
 from ladtalk.identities.owners import OwnerPolicy
 
@@ -60,9 +60,9 @@ def create_demo(pipeline: Any = None, wav2lip: Any = None, *, device: Any = None
 
 
 def launch_options(demo: gr.Blocks) -> Dict[str, Any]:
-    """``launch()`` arguments that follow the app's limits: uploads over the size limit are
-    refused by Gradio before they reach its cache."""
+    """``launch()`` arguments of the app: its style sheet, and the limits (uploads over the
+    size limit are refused by Gradio before they reach its cache)."""
     st = getattr(demo, "ladtalk_state", None)
     if st is None:
         return {}
-    return {"max_file_size": int(st.limits.max_upload_mb * 1e6)}
+    return {"max_file_size": int(st.limits.max_upload_mb * 1e6), "css": APP_CSS}

@@ -103,6 +103,11 @@ def app_terms(text: str) -> str:
     return text
 
 
+def ui_text(text: str) -> str:
+    """A library message in the app's terms: file names for paths, controls for flags."""
+    return app_terms(scrub_paths(text))
+
+
 def _mask(text: str, secrets: Sequence[str]) -> str:
     for s in secrets:
         if s:
@@ -112,8 +117,8 @@ def _mask(text: str, secrets: Sequence[str]) -> str:
 
 def user_message(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     """Message for the UI: LadTalkError text (it already names input and fix), other errors
-    with their type and a pointer to the logs; in the app's terms (:func:`scrub_paths`,
-    :func:`app_terms`). ``secrets`` (e.g. a Hub token) are masked wherever they appear."""
+    with their type and a pointer to the logs; in the app's terms (:func:`ui_text`).
+    ``secrets`` (e.g. a Hub token) are masked wherever they appear."""
     if isinstance(exc, LadTalkError):
         msg = str(exc)
     elif isinstance(exc, MemoryError):
@@ -122,7 +127,7 @@ def user_message(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     else:
         msg = (f"internal error ({type(exc).__name__}: {exc}). This is a bug; please report "
                "it with the inputs that caused it")
-    return app_terms(scrub_paths(_mask(msg, secrets)))
+    return ui_text(_mask(msg, secrets))
 
 
 def format_exception_for_log(exc: BaseException, secrets: Sequence[str] = ()) -> str:

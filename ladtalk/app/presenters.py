@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from ladtalk._util.jsonsafe import to_jsonable
-from ladtalk.app.messages import app_terms, scrub_paths
+from ladtalk.app.messages import ui_text
 from ladtalk.evaluation.quality_report import QualityReport
 from ladtalk.identities.meta import IdentityMeta
 
@@ -27,7 +27,7 @@ def result_report(res, gpu_s: int) -> Dict[str, Any]:
             "frames_without_face": res.passthrough_frames,
             "missing_face_timestamps": res.missing_face_timestamps[:50],
             "audio_copied": res.audio_copied, "precision": res.precision,
-            "warnings": [app_terms(scrub_paths(w)) for w in res.warnings],
+            "warnings": [ui_text(w) for w in res.warnings],
             "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
             "identity_match": match.to_json() if match is not None else None,
             "fusion": getattr(res, "fusion", None),
@@ -59,11 +59,13 @@ def identity_summary_md(meta: IdentityMeta, name: str) -> str:
                      + " (frames at the end of the video, never trained on)")
     rest = meta.restoration
     if rest:
-        lines += ["", "| degraded by | PSNR degraded | PSNR restored | gain |", "|---|---|---|---|"]
+        lines += ["", "| degraded by | PSNR (dB) degraded → restored | gain (dB) |",
+                  "|---|---|---|"]
         for spec, r in rest.items():
             pd_, pr = r.get("psnr_degraded"), r.get("psnr_restored")
             if pd_ is not None and pr is not None:
-                lines.append(f"| `{spec}` | {pd_:.2f} dB | {pr:.2f} dB | {pr - pd_:+.2f} dB |")
+                lines.append(f"| {robustness_header(spec)} | {pd_:.2f} → {pr:.2f} | "
+                             f"{pr - pd_:+.2f} |")
     lines += quality_md(meta)
     return "\n".join(lines)
 
@@ -81,7 +83,7 @@ def quality_md(meta: IdentityMeta) -> List[str]:
              "restored by this identity. Scores against the real frame, in the pasted "
              "lower-face region.", "",
              # short headers, no unit in the cells: four columns fit a phone
-             "| σ | PSNR W → L (dB) | gain (dB) | detail W → L |", "|---|---|---|---|"]
+             "| σ (px) | PSNR W → L (dB) | gain (dB) | detail W → L |", "|---|---|---|---|"]
     for r in q.summary_rows():
         lines.append(f"| {r.sigma} | {r.w_psnr:.2f} → {r.l_psnr:.2f} | {r.gain_db:+.2f} | "
                      f"{r.w_sharpness:.2f} → {r.l_sharpness:.2f} |")
@@ -134,8 +136,8 @@ def certificate_md(cert: Optional[Dict[str, Any]], specs: Sequence[str]) -> str:
     for spec in specs:
         if spec in pres:
             nrm = (norms.get(spec) or {}).get("mean")
-            lines.append(f"| `{spec}` | {_fmt(nrm)} | {100 * pres[spec]:.1f} % | "
-                         f"{100 * certf.get(spec, 0.0):.1f} % |")
+            lines.append(f"| {robustness_header(spec)} | {_fmt(nrm, 3)} | "
+                         f"{100 * pres[spec]:.1f} % | {100 * certf.get(spec, 0.0):.1f} % |")
     lines += ["", "*‖N‖*: the L2 norm of the degradation (degraded minus clean crop, [0, 1] "
               "pixels). *Codes kept*: fraction of latent positions whose code is unchanged by "
               "the degradation (measured; what makes restoration work). *Certified*: fraction "
@@ -177,10 +179,11 @@ def robustness_table(res: Dict[str, Any], specs: Sequence[str]) -> pd.DataFrame:
     table = empty_robustness_table()
     for spec in specs:
         r = degs[spec]
-        table[robustness_header(spec)] = [f"{r['psnr_degraded']:.2f}", f"{r['psnr_restored']:.2f}",
-                       f"{r['psnr_restored'] - r['psnr_degraded']:+.2f}",
-                       f"{r['ssim_degraded']:.4f}", f"{r['ssim_restored']:.4f}",
-                       f"{kept[spec]:.1%}" if cert and spec in kept else ""]
+        gain = r["psnr_restored"] - r["psnr_degraded"]
+        table[robustness_header(spec)] = [
+            f"{r['psnr_degraded']:.2f}", f"{r['psnr_restored']:.2f}", f"{gain:+.2f}",
+            f"{r['ssim_degraded']:.4f}", f"{r['ssim_restored']:.4f}",
+            f"{kept[spec]:.1%}" if spec in kept else ""]
     return table
 
 

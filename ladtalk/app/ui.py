@@ -316,6 +316,17 @@ def _session_hooks(demo: gr.Blocks, ctx: Ctx, pickers) -> None:
     demo.unload(ctx.h["unload"])
 
 
+#: the app's style sheet (passed to ``launch`` by ``launch_options``). Gradio's prose lets a
+#: table cell break anywhere, so on a phone the browser squeezes the columns of a markdown
+#: table until headers and numbers break mid-word; here cells wrap between words only, with
+#: a little less padding, and the app's four-column tables fit 390 px
+APP_CSS = """
+.prose table th, .prose table td {
+  overflow-wrap: normal; word-break: normal; padding-left: 0.6em; padding-right: 0.6em;
+}
+"""
+
+
 class LadTalkBlocks(gr.Blocks):
     """The app's Blocks: ``ladtalk_state`` is its :class:`AppState`; closing it also removes
     its temp space."""
