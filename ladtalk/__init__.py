@@ -8,6 +8,6 @@ The parts and how data flows through them: ``docs/architecture.md``.
 __version__ = "0.1.0"
 
 # The package's parts, lowest first: a part imports only from parts before it.
-LAYERS = ("errors", "_util", "media", "checkpoints", "models", "metrics", "face", "identities",
-          "generation", "analysis", "evaluation", "enrollment", "commands", "app", "cli",
-          "bench", "__main__", "app.py")
+LAYERS = ("errors", "_util", "media", "checkpoints", "models", "runtime", "metrics", "face",
+          "identities", "generation", "analysis", "evaluation", "enrollment", "commands", "app",
+          "cli", "bench", "__main__", "app.py")

@@ -231,18 +231,17 @@ def test_from_checkpoint_missing_file(tmp_path):
 
 
 # ------------------------------------------------------------------ precision
-def test_precision_names_resolve_per_device(monkeypatch):
+def test_precision_names_resolve_per_device():
     import ladtalk._util.device as dev
     cpu = torch.device("cpu")
     assert dev.resolve_dtype(None, cpu) == torch.float32
     assert dev.resolve_dtype("fp32", cpu) == torch.float32
     assert dev.resolve_dtype("fp16", cpu) == torch.float32  # no fast fp16 convs on CPU
     assert dev.resolve_dtype("bf16", cpu) == torch.bfloat16
-    for native, expect in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda native=native: native)
-        assert dev.resolve_dtype("auto", cpu) == expect
+    with pytest.raises(ValueError, match="chosen by measurement"):  # never a guess
+        dev.resolve_dtype("auto", cpu)
     cuda = torch.device("cuda")  # a device object only: nothing is allocated
-    assert dev.resolve_dtype("auto", cuda) == torch.float16
+    assert dev.resolve_dtype("fp16", cuda) == torch.float16
     assert dev.resolve_dtype("bf16", cuda) == torch.bfloat16
     assert dev.precision_name(torch.bfloat16) == "bf16"
     with pytest.raises(InputError, match="unknown precision 'int3'"):

@@ -518,18 +518,25 @@ def test_cli_generate_identity_check_warns_by_default(tmp_path, capsys):
 def test_bench_reports_stage_fps_and_peak_rss(media, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "ladtalk.bench", "--face", str(media["video16"]),
-           "--audio", str(media["wav14"]), "--no-enhance", "--box", *map(str, FACE_BOX),
-           "--lengths", "0.5", "1.0", "--batch-size", "8", "--json", str(out)]
+           "--audio", str(media["wav14"]), "--no-enhance", "--identity", "random:32",
+           "--box", *map(str, FACE_BOX), "--lengths", "0.5", "1.0", "--batch-size", "8",
+           "--backend", "torch", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
-    assert [r["length_s"] for r in data["runs"]] == [0.5, 1.0]
+    assert [(r["mode"], r["length_s"]) for r in data["runs"]] == [
+        ("wav2lip", 0.5), ("wav2lip", 1.0), ("identity", 0.5), ("identity", 1.0)]
     for r in data["runs"]:
         assert r["frames"] == round(r["length_s"] * FPS)
         assert r["peak_rss_mb"]["self"] > 50
         for stage in ("decode", "lipsync", "blend", "encode", "end_to_end"):
             assert r["fps"][stage] > 0
+        assert ("restore" in r["fps"]) == (r["mode"] == "identity")
         assert r["realtime_factor"] > 0
-    assert "rss_ratio_longest_vs_shortest" in data
-    assert "frames/s" in proc.stdout
+    assert set(data["rss_ratio_longest_vs_shortest"]) == {"wav2lip", "identity"}
+    # precision auto was measured (or read from the cache) per model, and reported
+    assert set(data["runtime"]) == {"lipsync", "restore"}
+    assert data["runtime"]["lipsync"]["how"] in ("measured", "cached")
+    assert data["runtime"]["lipsync"]["backend"] == "torch"
+    assert "frames/s" in proc.stdout and "lipsync: torch" in proc.stdout

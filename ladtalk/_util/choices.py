@@ -21,8 +21,13 @@ DEFAULT_LOOP = "pingpong"
 # SOVQAE configs offered for a new identity ("auto": cpu on a CPU, base on CUDA).
 ENROLL_CONFIGS: Tuple[str, ...] = ("auto", "cpu", "base", "tiny")
 
-# Precision of the models' arithmetic.
+# Precision of the models' arithmetic ("auto": the fastest measured, never slower than fp32).
 PRECISIONS: Tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+# What runs the models' forward passes ("auto": the fastest measured of eager torch and, when
+# the optional extra is installed and the device is a CPU, OpenVINO).
+BACKENDS: Tuple[str, ...] = ("auto", "torch", "openvino")
+DEFAULT_BACKEND = "auto"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ a no-op on CPU unless bf16 is asked for.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 from typing import Optional, Union
 
 import torch
@@ -32,33 +35,22 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
     return dev
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN's
-    bf16 convolutions run about twice as fast as fp32 ones."""
-    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, name, None)  # private probes; absent on some builds
-        if check is not None and check():
-            return True
-    return False
-
-
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
     """Parse a precision name for autocast on ``device``.
 
-    ``None`` / "fp32": float32 everywhere. "auto": fp16 on CUDA, bf16 on a CPU with native
-    bf16 (:func:`cpu_has_native_bf16`), else fp32. "fp16" / "bf16" are honoured on CUDA;
-    on CPU "bf16" is honoured (fast only with native support) and "fp16" falls back to fp32
-    (CPUs have no fast fp16 convolutions).
+    ``None`` / "fp32": float32 everywhere. "fp16" / "bf16" are honoured on CUDA; on CPU
+    "bf16" is honoured and "fp16" falls back to fp32 (eager torch has no fast fp16
+    convolutions on a CPU). "auto" is not a dtype: it is chosen by measurement
+    (:func:`ladtalk.runtime.select.select_runtime`), and asking this function for it is an
+    error.
     """
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
         name = dtype.lower()
         if name == "auto":
-            if device.type == "cuda":
-                return torch.float16
-            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() \
-                else torch.float32
+            raise ValueError("precision 'auto' is chosen by measurement "
+                             "(ladtalk.runtime.select.select_runtime), not parsed")
         try:
             dtype = _DTYPES[name]
         except KeyError:
@@ -85,3 +77,18 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype] = None):
     if device.type == "cpu" and dtype == torch.bfloat16:
         return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc's ``malloc_trim``;
+    a no-op elsewhere). Worth it after loading models: glibc keeps the freed temporaries of a
+    load (about 50-180 MB for Wav2Lip) in the process otherwise."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)

@@ -61,11 +61,13 @@ def _load_pickle_cached(p: Path) -> Dict[str, torch.Tensor]:
 
 
 def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
-              source: PathLike, max_listed: int = 10) -> torch.nn.Module:
+              source: PathLike, max_listed: int = 10, assign: bool = False) -> torch.nn.Module:
     """Strictly load ``state_dict`` into ``model``.
 
     On any mismatch raises CheckpointError naming ``source`` and listing (the first
     ``max_listed`` of) missing keys, unexpected keys and shape mismatches with their counts.
+    ``assign=True`` makes the given tensors the model's own (for a model built on the
+    ``meta`` device: no random initialisation, no second copy of the weights).
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -86,7 +88,7 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
         hint = _prefix_hint(missing, unexpected)
         lines.append(hint or "  Is this the right checkpoint for this model?")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict(dict(state_dict), strict=True)
+    model.load_state_dict(dict(state_dict), strict=True, assign=assign)
     return model
 
 

@@ -21,7 +21,9 @@ import logging
 import sys
 
 from ladtalk._util.choices import (
+    BACKENDS,
     CLI_IDENTITY_CHECK,
+    DEFAULT_BACKEND,
     DEFAULT_DETECTOR,
     DEFAULT_LOOP,
     DEFAULT_PADS,
@@ -85,9 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--device", default=None, metavar="cpu|cuda",
                       help="default: CUDA when available, else CPU")
     run_.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
-                      help="arithmetic of Wav2Lip and the SOVQAE. auto (default): bf16 on a CPU "
-                           "with native bf16 (about 2x faster), fp16 on CUDA, else fp32; "
-                           "fp32: upstream's exact numbers")
+                      help="arithmetic of Wav2Lip and the SOVQAE. auto (default): the fastest "
+                           "of fp32 / bf16 (/ fp16 on CUDA) measured on this machine (once, "
+                           "cached in $LADTALK_HOME/cache), never slower than fp32; fp32: "
+                           "upstream's exact numbers")
+    run_.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                      help="what runs the models. auto (default): the fastest measured of "
+                           "torch and, on a CPU with the optional extra installed "
+                           "(pip install 'ladtalk[openvino]'), OpenVINO")
     run_.add_argument("--batch-size", type=int, default=None, metavar="N",
                       help="frames per chunk / model batch (default: 16)")
     run_.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -133,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     options.validate()
     pipe = Pipeline(wav2lip=args.wav2lip, device=args.device, dtype=args.precision,
-                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
+                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE, backend=args.backend)
     result = pipe.run(args.face, args.audio, args.out, options,
                       progress=_Progress(not args.quiet))
     if not args.quiet:
@@ -142,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {result.out}: {result.n_frames} frames, {result.size[0]}x{result.size[1]} "
               f"@ {result.fps:g} fps, {result.duration:.2f} s (audio {result.audio_duration:.2f} "
               f"s, {'copied' if result.audio_copied else 'AAC'}), {mode}, models in "
-              f"{result.precision}")
+              f"{result.precision} ({result.backend})")
         if result.identity_match is not None and result.identity_match.matches:
             print(result.identity_match.message())
         print(f"took {t['total']:.1f} s ({result.n_frames / max(t['total'], 1e-9):.1f} frames/s, "

@@ -7,6 +7,7 @@ this module only (docs/generation.md, "Lip-sync conventions").
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -14,13 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ladtalk._util.device import DeviceLike, autocast, resolve_device, resolve_dtype
+from ladtalk._util.device import DeviceLike, release_memory, resolve_device
 from ladtalk.checkpoints import load_into, load_state_dict, resolve_checkpoint
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.media.resample import to_tensor01
 from ladtalk.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip
+from ladtalk.runtime.select import Runtime, RuntimeSpec
 
 MASK_ROW = FACE_SIZE // 2  # rows >= this are zeroed in the target channels
+#: crops per forward on a CPU: OpenVINO and eager fp32 run as fast at 8 as at 16 and each
+#: model thread's activations take half the memory (about 65 MB less per thread in OpenVINO;
+#: eager bf16 is about 10 % slower at 8, docs/performance.md)
+CPU_BATCH = 8
 ROUNDING_MODES = ("nearest", "floor")
 _CHECKPOINT_HINT = ("Use the Wav2Lip *generator* weights (wav2lip.pth or wav2lip_gan.pth), not "
                     "the lip-sync expert lipsync_expert.pth (that one is models.syncnet.SyncNet).")
@@ -49,18 +55,23 @@ class LipSyncer:
 
     ``device``: None/"auto" picks CUDA when available. ``dtype``: None/"fp32" (default,
     upstream's arithmetic), "fp16"/"bf16" autocast on CUDA, "bf16" autocast on CPU, or
-    "auto" (see :func:`ladtalk._util.device.resolve_dtype`). ``batch_size``: crops per forward.
+    "auto" (the fastest measured, :mod:`ladtalk.runtime.autotune`). ``backend``: "torch"
+    (default), "openvino" (CPU, optional extra) or "auto" (measured). ``batch_size``: crops
+    per forward. The measurement, when there is one, runs on first use or
+    :meth:`select_runtime`.
     """
 
     def __init__(self, model: nn.Module, device: DeviceLike = None,
                  dtype: Union[str, torch.dtype, None] = None, batch_size: int = 64,
-                 rounding: str = "nearest") -> None:
+                 rounding: str = "nearest", backend: str = "torch") -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if rounding not in ROUNDING_MODES:
             raise InputError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.spec = RuntimeSpec.of(dtype, backend, self.device)
+        self._runtime: Optional[Runtime] = self.spec.fixed()
+        self._select_lock = threading.Lock()
         self.batch_size = batch_size
         self.rounding = rounding
         self.model = model.to(self.device).eval()
@@ -70,17 +81,63 @@ class LipSyncer:
     def from_checkpoint(cls, spec_or_path: Union[str, Path] = "wav2lip",
                         device: DeviceLike = None,
                         dtype: Union[str, torch.dtype, None] = None, batch_size: int = 64,
-                        rounding: str = "nearest") -> "LipSyncer":
+                        rounding: str = "nearest", backend: str = "torch") -> "LipSyncer":
         """Load generator weights (anything ``resolve_checkpoint`` accepts: ``"wav2lip"``,
         a local file or folder, an ``hf://`` reference) safely and strictly; a mismatch
         raises :class:`CheckpointError` listing the offending keys."""
         path = resolve_checkpoint(spec_or_path)
         state = load_state_dict(path)
+        with torch.device("meta"):  # shapes only: the checkpoint's tensors become the weights
+            shell = Wav2Lip()
         try:
-            model = load_into(Wav2Lip(), state, source=path)
+            model = load_into(shell, state, source=path, assign=True)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}\n  {_CHECKPOINT_HINT}") from None
-        return cls(model, device=device, dtype=dtype, batch_size=batch_size, rounding=rounding)
+        return cls(model, device=device, dtype=dtype, batch_size=batch_size, rounding=rounding,
+                   backend=backend)
+
+    # ------------------------------------------------------------------ runtime
+    @property
+    def runtime(self) -> Runtime:
+        """How the model runs (measured on first access when precision or backend is auto)."""
+        if self._runtime is None:
+            with self._select_lock:
+                if self._runtime is None:
+                    self._runtime = self._select(1, None, True)
+        return self._runtime
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runtime.dtype
+
+    def select_runtime(self, workers: int = 1, threads: Optional[int] = None,
+                       use_cache: bool = True) -> Runtime:
+        """Choose (measure, or read the cached winner) and build how the generator runs, for
+        ``workers`` threads calling it at once with ``threads`` intra-op threads each
+        (default: all of torch's). Call after the model's final rewrites (channels-last)."""
+        with self._select_lock:
+            self._runtime = self._select(workers, threads, use_cache)
+            return self._runtime
+
+    def drop_torch_weights(self) -> None:
+        """Free the torch copy of the weights (145 MB) once an OpenVINO runtime, which holds
+        its own, runs the model. The module keeps its shapes (on the ``meta`` device); a
+        later :meth:`select_runtime` needs the weights again and raises."""
+        if self._runtime is None or self._runtime.backend != "openvino":
+            raise RuntimeError("drop_torch_weights: the torch weights are what runs the model")
+        self.model.to_empty(device="meta")
+        release_memory()
+
+    def _select(self, workers: int, threads: Optional[int], use_cache: bool) -> Runtime:
+        if any(p.is_meta for p in self.model.parameters()):
+            raise RuntimeError("the torch weights were dropped (drop_torch_weights); load the "
+                               "checkpoint again to choose another runtime")
+        mel = torch.zeros((self.batch_size, 1, MEL_BINS, MEL_STEPS), device=self.device)
+        face = torch.rand((self.batch_size, 6, FACE_SIZE, FACE_SIZE),
+                          generator=torch.Generator().manual_seed(0)).to(self.device)
+        face = face.contiguous(memory_format=self.memory_format)
+        return self.spec.select("wav2lip", [(self.model, (mel, face))], workers=workers,
+                                threads=threads, use_cache=use_cache)
 
     def use_channels_last(self, enable: bool = True) -> "LipSyncer":
         """Run the model channels-last (NHWC; about 2x faster on CPU, equal up to float
@@ -119,13 +176,14 @@ class LipSyncer:
         dev = self.device
         faces = faces.to(dev, torch.float32)
         references = None if references is None else references.to(dev, torch.float32)
-        # Plain NCHW-contiguous input: the crops arrive channels-last, and a channels-last
-        # tensor would pick different (equally valid) conv kernels than a direct model call.
+        # The model's own layout (NCHW by default): the crops arrive channels-last, and a
+        # channels-last tensor would pick different (equally valid) conv kernels than a direct
+        # model call. OpenVINO takes NCHW.
         x = build_generator_input(faces, references).contiguous(
-            memory_format=self.memory_format)
-        with torch.inference_mode(), autocast(dev, self.dtype):
-            y = self.model(mels.to(dev, torch.float32), x)
-        return rgb_bgr(y.float())
+            memory_format=self.memory_format if self.runtime.backend == "torch"
+            else torch.contiguous_format)
+        y = self.runtime.run(0, self.model, mels.to(dev, torch.float32), x)
+        return rgb_bgr(y)
 
     # ------------------------------------------------------------------ uint8 API
     def __call__(self, faces: np.ndarray, mels: np.ndarray,

@@ -104,6 +104,9 @@ class GenerateResult:
     warnings: List[str]
     timings: Dict[str, float]
     precision: str = "fp32"  # the models' arithmetic ("fp32", "bf16", "fp16")
+    backend: str = "torch"  # what ran the lip-sync model ("torch", "openvino")
+    #: per model stage ("lipsync", "restore"): backend, precision, how chosen, measured speeds
+    runtime: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     #: :class:`ladtalk.generation.identity_match.IdentityMatch` (None: not checked)
     identity_match: Optional[Any] = None
     #: the fusion strengths used (``FusionConfig.to_dict()``; None: plain decode / no identity)

@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ladtalk._util.choices import DEFAULT_PRECISION
-from ladtalk._util.device import precision_name, resolve_device
+from ladtalk._util.choices import DEFAULT_BACKEND, DEFAULT_PRECISION
+from ladtalk._util.device import precision_name, release_memory, resolve_device
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig
 from ladtalk.face.detect import FixedBoxDetector, make_detector
@@ -41,6 +41,7 @@ from ladtalk.generation.inputs import (
     load_speech,
     plan_source,
 )
+from ladtalk.generation.lipsync import CPU_BATCH as LIPSYNC_CPU_BATCH
 from ladtalk.generation.lipsync import LipSyncer
 from ladtalk.generation.options import (
     DEFAULT_BATCH_SIZE,
@@ -57,6 +58,8 @@ from ladtalk.identities.store import resolve_identity
 from ladtalk.media.probe import estimate_frames
 from ladtalk.models.fuse import fold_batchnorm
 from ladtalk.models.sovqae import WEIGHTS_NAME
+from ladtalk.runtime.autotune import RuntimeChoice
+from ladtalk.runtime.select import RuntimeSpec
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class _Models:
     restorer: Any
     identity_dir: Optional[str]
     precision: str
+    runtimes: Dict[str, RuntimeChoice] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -93,14 +97,18 @@ class Pipeline:
     ``wav2lip``: None (default checkpoint), a checkpoint reference / path, a ``Wav2Lip``
     module or a ready :class:`LipSyncer`. ``detector`` / ``restorer``: objects used for every
     call instead of the named detector / the identity's SOVQAE. ``dtype``: the models'
-    precision. ``workers``: model threads (default 2 on a multi-core CPU, 1 on CUDA).
+    precision and ``backend`` what runs them ("auto": the fastest measured on this machine,
+    :mod:`ladtalk.runtime`). ``workers``: model threads (default 2 on a multi-core CPU, 1 on
+    CUDA).
     """
 
     def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = DEFAULT_PRECISION,
                  batch_size: int = DEFAULT_BATCH_SIZE, detector: Any = None,
-                 restorer: Any = None, workers: Optional[int] = None):
+                 restorer: Any = None, workers: Optional[int] = None,
+                 backend: str = DEFAULT_BACKEND):
         self.device = resolve_device(device)
         self.dtype = dtype
+        self.backend = RuntimeSpec.of(dtype, backend, self.device).backend  # checks both
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch size must be a positive whole number, got {batch_size!r}")
         self.batch_size = int(batch_size)
@@ -149,20 +157,27 @@ class Pipeline:
 
     def _load_lipsyncer(self, spec: Any) -> LipSyncer:
         injected = isinstance(spec, (LipSyncer, torch.nn.Module))
+        batch = self.batch_size if self.device.type != "cpu" else min(self.batch_size,
+                                                                         LIPSYNC_CPU_BATCH)
         if isinstance(spec, LipSyncer):
             syncer = spec
         elif isinstance(spec, torch.nn.Module):
-            syncer = LipSyncer(spec, device=self.device, dtype=self.dtype,
-                               batch_size=self.batch_size)
+            syncer = LipSyncer(spec, device=self.device, dtype=self.dtype, batch_size=batch,
+                               backend=self.backend)
         else:
             syncer = LipSyncer.from_checkpoint("wav2lip" if spec is None else spec,
                                                device=self.device, dtype=self.dtype,
-                                               batch_size=self.batch_size)
+                                               batch_size=batch, backend=self.backend)
         # inference-only speed-ups, equal up to float rounding: BatchNorm folded into the
         # convolutions, NHWC convolutions on CPU
         syncer.model = fold_batchnorm(syncer.model, copy_model=injected)
         if syncer.device.type == "cpu":
             syncer.use_channels_last(True)
+        if not isinstance(spec, LipSyncer):
+            workers, intra = self.worker_plan()
+            if syncer.select_runtime(workers, intra).backend == "openvino" and not injected:
+                syncer.drop_torch_weights()  # OpenVINO holds its own copy
+        release_memory()  # the load's freed temporaries back to the OS
         return syncer
 
     def detector_for(self, options: GenerateOptions, frame_size: Tuple[int, int]):
@@ -195,8 +210,10 @@ class Pipeline:
         with self._lock:
             if key not in self._restorers:
                 self._restorers = {k: v for k, v in self._restorers.items() if k[0] != key[0]}
-                self._restorers[key] = Restorer.from_identity(
-                    path, device=self.device, precision=self.dtype)
+                restorer = Restorer.from_identity(path, device=self.device,
+                                                  precision=self.dtype, backend=self.backend)
+                restorer.select_runtime(*self.worker_plan())
+                self._restorers[key] = restorer
             return self._restorers[key], str(path)
 
     # ------------------------------------------------------------------ run
@@ -260,7 +277,12 @@ class Pipeline:
             log.info("no identity given: writing the Wav2Lip-only result (as --no-enhance)")
         call.timings["load"] = time.perf_counter() - t0
         call.report("load", 1, 1)
-        return _Models(syncer, restorer, identity_dir, precision_name(syncer.dtype))
+        runtimes = {"lipsync": syncer.runtime.choice}
+        if restorer is not None and hasattr(restorer, "runtime"):
+            runtimes["restore"] = restorer.runtime.choice
+        for stage, choice in runtimes.items():
+            log.info("%s runs %s", stage, choice.describe())
+        return _Models(syncer, restorer, identity_dir, precision_name(syncer.dtype), runtimes)
 
     def _identity_check(self, call: _Call, models: _Models, plan: SourcePlan,
                         track: SourceTrack) -> Optional[IdentityMatch]:
@@ -318,6 +340,8 @@ class Pipeline:
             missing_face_timestamps=list(track.missing_timestamps),
             passthrough_frames=stream.passthrough, audio_copied=stream.audio_copied,
             warnings=call.warnings, timings=timings, precision=models.precision,
+            backend=models.runtimes["lipsync"].backend,
+            runtime={k: v.to_dict() for k, v in models.runtimes.items()},
             identity_match=match,
             fusion=fusion.to_dict() if hasattr(fusion, "to_dict") else None, track=track)
 

@@ -1,0 +1,168 @@
+"""A torch module's forward pass run by OpenVINO on the CPU (:class:`OpenVINOEngine`).
+
+OpenVINO is an optional extra (``pip install 'ladtalk[openvino]'``); asking for it without it
+installed is an :class:`~ladtalk.errors.InputError` that says so. The module is converted once
+from torch (traced at batch 1, the batch left dynamic) and its intermediate representation is
+kept in ``$LADTALK_HOME/cache/openvino``, keyed by the weights' bytes, the input shapes and the
+OpenVINO version: a later process reads it in milliseconds instead of converting again
+(about 2 s for Wav2Lip). The weights stay float32 on disk; the precision is a compile-time
+hint ("f32" or "bf16"), so one entry serves both.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ladtalk._util.diskcache import DiskCache, cache_limit
+from ladtalk._util.paths import ladtalk_home
+from ladtalk.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IR_CACHE_ENV = "LADTALK_OPENVINO_CACHE_MB"
+IR_CACHE_MB = 1024.0  # Wav2Lip's IR is 145 MB, a 256 px cpu identity's a few MB
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+INSTALL_HINT = ("OpenVINO is an optional extra: pip install 'ladtalk[openvino]' (or pip install "
+                "openvino), or use --backend torch")
+
+
+def openvino_available() -> bool:
+    """Whether the optional OpenVINO runtime can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_openvino() -> Any:
+    """The ``openvino`` module, or an InputError naming the extra to install."""
+    try:
+        import openvino
+    except ImportError:
+        raise InputError(f"--backend openvino was asked for but OpenVINO is not installed. "
+                         f"{INSTALL_HINT}") from None
+    return openvino
+
+
+def openvino_version() -> Optional[str]:
+    if not openvino_available():
+        return None
+    import openvino
+    return str(getattr(openvino, "__version__", "unknown"))
+
+
+@functools.lru_cache(maxsize=1)
+def _core() -> Any:
+    return require_openvino().Core()
+
+
+def ir_cache() -> DiskCache:
+    """Converted models: ``$LADTALK_HOME/cache/openvino``, bounded by
+    ``LADTALK_OPENVINO_CACHE_MB`` (default :data:`IR_CACHE_MB`), least recently used out first."""
+    return DiskCache(ladtalk_home() / "cache" / "openvino", cache_limit(IR_CACHE_ENV, IR_CACHE_MB))
+
+
+def _bytes_view(t: torch.Tensor) -> memoryview:
+    """The tensor's float32 values in memory order, without a copy when it is dense (NCHW or
+    channels-last)."""
+    t = t.detach().float().cpu()
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+            memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)  # a dense view: the same bytes, no copy
+    return np.ascontiguousarray(t.numpy()).data
+
+
+def ir_key(module: nn.Module, examples: Sequence[torch.Tensor]) -> str:
+    """Cache key of a module's IR: its class, weights and buffers (values and layout), input
+    shapes, OpenVINO version (sha256: about 0.12 s for Wav2Lip's 145 MB)."""
+    h = hashlib.sha256()
+    h.update(f"{type(module).__qualname__}|{openvino_version()}|".encode())
+    h.update(repr([tuple(x.shape[1:]) for x in examples]).encode())
+    for name, t in module.state_dict().items():
+        h.update(f"{name}|{tuple(t.shape)}|{tuple(t.stride())}|".encode())
+        h.update(_bytes_view(t))
+    return h.hexdigest()[:40]
+
+
+def _convert(module: nn.Module, examples: Sequence[torch.Tensor]) -> Any:
+    ov = require_openvino()
+    first = [x[:1].detach().float().contiguous() for x in examples]
+    shapes = [ov.PartialShape([-1, *x.shape[1:]]) for x in first]
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():  # (tracing cannot take
+            warnings.simplefilter("ignore")               # inference-mode tensors)
+            return ov.convert_model(module, example_input=tuple(first), input=shapes)
+    finally:
+        module.train(was_training)
+
+
+def load_ir(module: nn.Module, examples: Sequence[torch.Tensor],
+            cache: Optional[DiskCache] = None) -> Any:
+    """The module as an OpenVINO model, from the cache when it holds it (else converted and
+    stored, float32, atomically)."""
+    ov = require_openvino()
+    cache = ir_cache() if cache is None else cache
+    key = ir_key(module, examples)
+    model = cache.read(key, lambda d: _core().read_model(str(d / "model.xml")))
+    if model is not None:
+        return model
+    model = _convert(module, examples)
+
+    def build(tmp: Path) -> None:
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+    try:
+        cache.put(key, build)
+    except OSError as exc:  # a full disk costs a conversion next time, nothing else
+        log.warning("could not cache the converted OpenVINO model (%s)", exc)
+    return model
+
+
+class OpenVINOEngine:
+    """``engine(*tensors)`` -> the module's (first) output as a float32 CPU tensor.
+
+    ``precision``: "fp32", "bf16" (fast with AVX512-BF16 / AMX) or "fp16". ``streams``:
+    requests that may run at once, one per calling thread (the pipeline's model threads);
+    ``threads``: OpenVINO's threads in all. ``model``: the module's IR when already loaded
+    (:func:`load_ir`).
+    """
+
+    backend = "openvino"
+
+    def __init__(self, module: nn.Module, examples: Sequence[torch.Tensor], precision: str,
+                 threads: int = 1, streams: int = 1, cache: Optional[DiskCache] = None,
+                 model: Any = None) -> None:
+        if precision not in _HINTS:
+            raise InputError(f"OpenVINO precision must be one of {', '.join(_HINTS)}, got "
+                             f"{precision!r}")
+        self.precision = precision
+        model = load_ir(module, examples, cache) if model is None else model
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
+                  "INFERENCE_NUM_THREADS": max(1, int(threads)),
+                  "NUM_STREAMS": max(1, int(streams))}
+        self.compiled = _core().compile_model(model, "CPU", config)
+        self._local = threading.local()
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in inputs]
+        out = request.infer(arrays)[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+
+
+__all__ = ["OpenVINOEngine", "openvino_available", "require_openvino", "openvino_version",
+           "ir_cache", "ir_key", "load_ir", "INSTALL_HINT"]

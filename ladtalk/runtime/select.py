@@ -1,0 +1,145 @@
+"""One model's forward passes, run the chosen way (:func:`select_runtime`, :class:`Runtime`).
+
+A model is given as its *parts*: torch modules each called on example tensors (Wav2Lip is one
+part; the SOVQAE two, encoder and decoder, with the nearest-code search between them kept in
+float32 torch). :func:`select_runtime` times the candidate plans on those parts
+(:mod:`ladtalk.runtime.autotune`) and returns a :class:`Runtime` whose :meth:`Runtime.run`
+calls a part with the winner: eager torch under autocast at the chosen dtype, or the part's
+:class:`~ladtalk.runtime.openvino_engine.OpenVINOEngine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ladtalk._util.device import autocast, precision_name, resolve_dtype
+from ladtalk.runtime.autotune import Plan, RuntimeChoice, candidate_plans, choose_runtime
+from ladtalk.runtime.openvino_engine import OpenVINOEngine, load_ir
+
+#: a part: (module, example inputs at the batch size it will run)
+Part = Tuple[nn.Module, Sequence[torch.Tensor]]
+
+
+@dataclass
+class Runtime:
+    """How a model's parts run: ``choice`` (plan and how it was chosen), ``dtype`` (the
+    torch dtype of its precision) and, for OpenVINO, one engine per part."""
+
+    choice: RuntimeChoice
+    dtype: torch.dtype
+    device: torch.device
+    engines: List[OpenVINOEngine] = field(default_factory=list)
+
+    @property
+    def backend(self) -> str:
+        return self.choice.backend
+
+    @property
+    def precision(self) -> str:
+        return self.choice.precision
+
+    def run(self, index: int, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """Part ``index`` (``module``) on ``inputs`` -> its float32 output."""
+        if self.engines:
+            return self.engines[index](*inputs).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            return module(*inputs).float()
+
+
+def torch_runtime(device: torch.device, dtype: torch.dtype, how: str = "forced") -> Runtime:
+    """Eager torch at ``dtype``."""
+    return Runtime(RuntimeChoice(Plan("torch", precision_name(dtype)), how), dtype, device)
+
+
+def _builder(parts: Sequence[Part], device: torch.device,
+             threads: int) -> Callable[[Plan], Callable[[], None]]:
+    irs: Dict[int, object] = {}  # one conversion per part, compiled once per precision
+
+    def build(plan: Plan) -> Callable[[], None]:
+        engines = []
+        if plan.backend == "openvino":
+            for i, (m, ex) in enumerate(parts):
+                if i not in irs:
+                    irs[i] = load_ir(m, ex)
+                engines.append(OpenVINOEngine(m, ex, plan.precision, threads=threads,
+                                              streams=1, model=irs[i]))
+        rt = Runtime(RuntimeChoice(plan, "probe"), resolve_dtype(plan.precision, device),
+                     device, engines)
+
+        def one_batch() -> None:
+            for i, (m, ex) in enumerate(parts):
+                rt.run(i, m, *ex)
+        return one_batch
+    return build
+
+
+def select_runtime(name: str, parts: Sequence[Part], *, backend: str, precision: str,
+                   device: torch.device, workers: int = 1, threads: int = 1,
+                   signature: Optional[Dict[str, object]] = None,
+                   use_cache: bool = True) -> Runtime:
+    """Choose and build how ``parts`` run (see the module doc). ``workers``: threads that
+    will call the parts at once (OpenVINO gets one stream each); ``threads``: intra-op threads
+    per worker, also the threads the measurement uses."""
+    items = int(parts[0][1][0].shape[0])
+    sig = {"parts": [[type(m).__name__, sum(p.numel() for p in m.parameters()),
+                      [list(x.shape) for x in ex]] for m, ex in parts], **(signature or {})}
+    choice = choose_runtime(name, sig, backend=backend, precision=precision, device=device,
+                            build=_builder(parts, device, threads), items=items,
+                            threads=threads, use_cache=use_cache)
+    dtype = resolve_dtype(choice.precision, device)
+    engines: List[OpenVINOEngine] = []
+    if choice.backend == "openvino":
+        engines = [OpenVINOEngine(m, ex, choice.precision, threads=workers * threads,
+                                  streams=workers) for m, ex in parts]
+    return Runtime(choice, dtype, device, engines)
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What a model was asked to run with: ``precision`` ("auto", "fp32", "bf16", "fp16") and
+    ``backend`` ("auto", "torch", "openvino") on ``device``. Built with :meth:`of`, which
+    checks the names (and that an asked-for OpenVINO is installed) at once."""
+
+    precision: str
+    backend: str
+    device: torch.device
+
+    @classmethod
+    def of(cls, precision: Union[str, torch.dtype, None], backend: Optional[str],
+           device: torch.device) -> "RuntimeSpec":
+        if precision is None:
+            name = "fp32"
+        elif isinstance(precision, torch.dtype):
+            name = precision_name(precision)
+        else:
+            name = str(precision).lower()
+            name = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name, name)
+        spec = cls(name, (backend or "torch").lower(), device)
+        spec.plans()  # validates
+        return spec
+
+    def plans(self) -> List[Plan]:
+        return candidate_plans(self.backend, self.precision, self.device)
+
+    def fixed(self) -> Optional[Runtime]:
+        """The runtime when nothing needs measuring or building (one eager-torch plan)."""
+        plans = self.plans()
+        if len(plans) == 1 and plans[0].backend == "torch":
+            return torch_runtime(self.device, resolve_dtype(plans[0].precision, self.device))
+        return None
+
+    def select(self, name: str, parts: Sequence[Part], workers: int = 1,
+               threads: Optional[int] = None, use_cache: bool = True,
+               signature: Optional[Dict[str, object]] = None) -> Runtime:
+        """:func:`select_runtime` for this spec (``threads`` default: torch's count now)."""
+        return select_runtime(name, parts, backend=self.backend, precision=self.precision,
+                              device=self.device, workers=max(1, int(workers)),
+                              threads=max(1, int(threads or torch.get_num_threads())),
+                              signature=signature, use_cache=use_cache)
+
+
+__all__ = ["Runtime", "RuntimeSpec", "Part", "select_runtime", "torch_runtime"]
