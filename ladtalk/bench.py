@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model arithmetic, as generate --precision (default: auto)")
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
                    help="what runs the models, as generate --backend (default: auto)")
+    p.add_argument("--compile", action="store_true", help="as generate --compile")
     p.add_argument("--track-cache", action="store_true",
                    help="let runs reuse the face-track cache (default: each run detects)")
     p.add_argument("--loop", default=DEFAULT_LOOP, choices=LOOP_POLICIES)
@@ -153,7 +154,7 @@ def _child(args: argparse.Namespace) -> int:
     bs = args.batch_size or DEFAULT_BATCH_SIZE
     # the checkpoint is loaded exactly as the CLI loads it (same memory footprint)
     pipe = Pipeline(args.wav2lip, device=args.device, dtype=args.precision, batch_size=bs,
-                    workers=args.workers, backend=args.backend)
+                    workers=args.workers, backend=args.backend, compile=args.compile)
     opts = GenerateOptions(identity=None if args.no_enhance else args.identity,
                            detector=args.detector, box=tuple(args.box) if args.box else None,
                            loop=args.loop, batch_size=bs,
@@ -217,7 +218,7 @@ def _child_argv(args: argparse.Namespace, identity: Optional[str], audio: Path, 
     if args.device:
         argv += ["--device", str(args.device)]
     argv += ["--precision", args.precision, "--backend", args.backend]
-    return argv
+    return argv + (["--compile"] if args.compile else [])
 
 
 def _random_identity(spec: str, folder: Path) -> Path:

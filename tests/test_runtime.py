@@ -229,3 +229,24 @@ def test_fast_sovqae_keeps_holdout_psnr(demo_holdout, backend, precision):
     got = _holdout_psnr(fast, demo_holdout)
     assert ref > 28.0  # the identity really reconstructs its own face
     assert abs(got - ref) < 0.1, (ref, got)
+
+
+# ------------------------------------------------------------------ the GPU check's dry run
+def test_gpu_check_dry_runs_on_cpu(tmp_path):
+    """scripts/gpu_check.sh runs end to end with --device cpu --quick and writes its JSON."""
+    import subprocess
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--device", "cpu",
+                           "--quick"], cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "OUT": str(out)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["device"] == "cpu" and report["quick"]
+    modes = {(r["mode"].split()[0], r["precision"]) for r in report["generate"]}
+    assert modes == {("wav2lip", "fp32"), ("wav2lip", "bf16"), ("identity", "fp32"),
+                     ("identity", "bf16")}
+    assert all(r["fps_end_to_end"] > 0 and r["frames"] > 0 for r in report["generate"])
+    assert report["enroll"]["steps_per_s"] > 0 and report["enroll"]["amp"] is False
+    assert report["tests"]["exit_status"] == 0 and report["tests"]["tests"] >= 1
+    assert set(report["zerogpu"]) == {"wav2lip", "identity"}
+    assert "| mode |" in (out / "gpu_check.md").read_text()

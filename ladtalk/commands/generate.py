@@ -95,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="what runs the models. auto (default): the fastest measured of "
                            "torch and, on a CPU with the optional extra installed "
                            "(pip install 'ladtalk[openvino]'), OpenVINO")
+    run_.add_argument("--compile", action="store_true",
+                      help="torch.compile the models torch runs (worth it on a GPU for long "
+                           "videos; the first frames wait for the compilation)")
     run_.add_argument("--batch-size", type=int, default=None, metavar="N",
                       help="frames per chunk / model batch (default: 16)")
     run_.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -140,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     options.validate()
     pipe = Pipeline(wav2lip=args.wav2lip, device=args.device, dtype=args.precision,
-                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE, backend=args.backend)
+                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE, backend=args.backend,
+                    compile=args.compile)
     result = pipe.run(args.face, args.audio, args.out, options,
                       progress=_Progress(not args.quiet))
     if not args.quiet:

@@ -56,20 +56,21 @@ class LipSyncer:
     ``device``: None/"auto" picks CUDA when available. ``dtype``: None/"fp32" (default,
     upstream's arithmetic), "fp16"/"bf16" autocast on CUDA, "bf16" autocast on CPU, or
     "auto" (the fastest measured, :mod:`ladtalk.runtime.autotune`). ``backend``: "torch"
-    (default), "openvino" (CPU, optional extra) or "auto" (measured). ``batch_size``: crops
-    per forward. The measurement, when there is one, runs on first use or
-    :meth:`select_runtime`.
+    (default), "openvino" (CPU, optional extra) or "auto" (measured); ``compile``:
+    ``torch.compile`` the generator when torch runs it. ``batch_size``: crops per forward.
+    The measurement, when there is one, runs on first use or :meth:`select_runtime`.
     """
 
     def __init__(self, model: nn.Module, device: DeviceLike = None,
                  dtype: Union[str, torch.dtype, None] = None, batch_size: int = 64,
-                 rounding: str = "nearest", backend: str = "torch") -> None:
+                 rounding: str = "nearest", backend: str = "torch",
+                 compile: bool = False) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if rounding not in ROUNDING_MODES:
             raise InputError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
         self.device = resolve_device(device)
-        self.spec = RuntimeSpec.of(dtype, backend, self.device)
+        self.spec = RuntimeSpec.of(dtype, backend, self.device, compile)
         self._runtime: Optional[Runtime] = self.spec.fixed()
         self._select_lock = threading.Lock()
         self.batch_size = batch_size
@@ -81,7 +82,8 @@ class LipSyncer:
     def from_checkpoint(cls, spec_or_path: Union[str, Path] = "wav2lip",
                         device: DeviceLike = None,
                         dtype: Union[str, torch.dtype, None] = None, batch_size: int = 64,
-                        rounding: str = "nearest", backend: str = "torch") -> "LipSyncer":
+                        rounding: str = "nearest", backend: str = "torch",
+                        compile: bool = False) -> "LipSyncer":
         """Load generator weights (anything ``resolve_checkpoint`` accepts: ``"wav2lip"``,
         a local file or folder, an ``hf://`` reference) safely and strictly; a mismatch
         raises :class:`CheckpointError` listing the offending keys."""
@@ -94,7 +96,7 @@ class LipSyncer:
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}\n  {_CHECKPOINT_HINT}") from None
         return cls(model, device=device, dtype=dtype, batch_size=batch_size, rounding=rounding,
-                   backend=backend)
+                   backend=backend, compile=compile)
 
     # ------------------------------------------------------------------ runtime
     @property

@@ -98,17 +98,18 @@ class Pipeline:
     module or a ready :class:`LipSyncer`. ``detector`` / ``restorer``: objects used for every
     call instead of the named detector / the identity's SOVQAE. ``dtype``: the models'
     precision and ``backend`` what runs them ("auto": the fastest measured on this machine,
-    :mod:`ladtalk.runtime`). ``workers``: model threads (default 2 on a multi-core CPU, 1 on
-    CUDA).
+    :mod:`ladtalk.runtime`); ``compile``: ``torch.compile`` the models torch runs.
+    ``workers``: model threads (default 2 on a multi-core CPU, 1 on CUDA).
     """
 
     def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = DEFAULT_PRECISION,
                  batch_size: int = DEFAULT_BATCH_SIZE, detector: Any = None,
                  restorer: Any = None, workers: Optional[int] = None,
-                 backend: str = DEFAULT_BACKEND):
+                 backend: str = DEFAULT_BACKEND, compile: bool = False):
         self.device = resolve_device(device)
         self.dtype = dtype
         self.backend = RuntimeSpec.of(dtype, backend, self.device).backend  # checks both
+        self.compile = bool(compile)
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch size must be a positive whole number, got {batch_size!r}")
         self.batch_size = int(batch_size)
@@ -163,11 +164,12 @@ class Pipeline:
             syncer = spec
         elif isinstance(spec, torch.nn.Module):
             syncer = LipSyncer(spec, device=self.device, dtype=self.dtype, batch_size=batch,
-                               backend=self.backend)
+                               backend=self.backend, compile=self.compile)
         else:
             syncer = LipSyncer.from_checkpoint("wav2lip" if spec is None else spec,
                                                device=self.device, dtype=self.dtype,
-                                               batch_size=batch, backend=self.backend)
+                                               batch_size=batch, backend=self.backend,
+                                               compile=self.compile)
         # inference-only speed-ups, equal up to float rounding: BatchNorm folded into the
         # convolutions, NHWC convolutions on CPU
         syncer.model = fold_batchnorm(syncer.model, copy_model=injected)
@@ -211,7 +213,8 @@ class Pipeline:
             if key not in self._restorers:
                 self._restorers = {k: v for k, v in self._restorers.items() if k[0] != key[0]}
                 restorer = Restorer.from_identity(path, device=self.device,
-                                                  precision=self.dtype, backend=self.backend)
+                                                  precision=self.dtype, backend=self.backend,
+                                                  compile=self.compile)
                 restorer.select_runtime(*self.worker_plan())
                 self._restorers[key] = restorer
             return self._restorers[key], str(path)

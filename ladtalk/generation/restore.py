@@ -88,12 +88,13 @@ class Restorer:
     def __init__(self, model: torch.nn.Module, device: DeviceLike = None,
                  batch_size: Optional[int] = None,
                  precision: Optional[str] = None,
-                 fusion: Optional[FusionConfig] = None, backend: str = "torch") -> None:
+                 fusion: Optional[FusionConfig] = None, backend: str = "torch",
+                 compile: bool = False) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = max(1, int(batch_size or default_batch(
             self.device, int(self.model.config.resolution))))
-        self.spec = RuntimeSpec.of(precision or "fp16", backend, self.device)
+        self.spec = RuntimeSpec.of(precision or "fp16", backend, self.device, compile)
         self._runtime: Optional[Runtime] = self.spec.fixed()
         self._select_lock = threading.Lock()
         self._parts = (_EncodePart(self.model), _DecodePart(self.model))

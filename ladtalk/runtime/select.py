@@ -33,6 +33,8 @@ class Runtime:
     dtype: torch.dtype
     device: torch.device
     engines: List[OpenVINOEngine] = field(default_factory=list)
+    #: torch.compile'd parts (torch backend with ``compile=True``), by part index
+    compiled: Dict[int, nn.Module] = field(default_factory=dict)
 
     @property
     def backend(self) -> str:
@@ -46,6 +48,7 @@ class Runtime:
         """Part ``index`` (``module``) on ``inputs`` -> its float32 output."""
         if self.engines:
             return self.engines[index](*inputs).to(self.device)
+        module = self.compiled.get(index, module)
         with torch.inference_mode(), autocast(self.device, self.dtype):
             return module(*inputs).float()
 
@@ -80,10 +83,12 @@ def _builder(parts: Sequence[Part], device: torch.device,
 def select_runtime(name: str, parts: Sequence[Part], *, backend: str, precision: str,
                    device: torch.device, workers: int = 1, threads: int = 1,
                    signature: Optional[Dict[str, object]] = None,
-                   use_cache: bool = True) -> Runtime:
+                   use_cache: bool = True, compile: bool = False) -> Runtime:
     """Choose and build how ``parts`` run (see the module doc). ``workers``: threads that
     will call the parts at once (OpenVINO gets one stream each); ``threads``: intra-op threads
-    per worker, also the threads the measurement uses."""
+    per worker, also the threads the measurement uses. ``compile``: wrap the parts in
+    ``torch.compile`` when torch runs them (the first calls of each shape then compile: tens
+    of seconds on a CPU; measured in docs/performance.md)."""
     items = int(parts[0][1][0].shape[0])
     sig = {"parts": [[type(m).__name__, sum(p.numel() for p in m.parameters()),
                       [list(x.shape) for x in ex]] for m, ex in parts], **(signature or {})}
@@ -95,22 +100,26 @@ def select_runtime(name: str, parts: Sequence[Part], *, backend: str, precision:
     if choice.backend == "openvino":
         engines = [OpenVINOEngine(m, ex, choice.precision, threads=workers * threads,
                                   streams=workers) for m, ex in parts]
-    return Runtime(choice, dtype, device, engines)
+    compiled = {i: torch.compile(m) for i, (m, _) in enumerate(parts)} \
+        if compile and choice.backend == "torch" else {}
+    return Runtime(choice, dtype, device, engines, compiled)
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """What a model was asked to run with: ``precision`` ("auto", "fp32", "bf16", "fp16") and
-    ``backend`` ("auto", "torch", "openvino") on ``device``. Built with :meth:`of`, which
-    checks the names (and that an asked-for OpenVINO is installed) at once."""
+    """What a model was asked to run with: ``precision`` ("auto", "fp32", "bf16", "fp16"),
+    ``backend`` ("auto", "torch", "openvino") on ``device``, and whether torch parts are
+    ``torch.compile``'d. Built with :meth:`of`, which checks the names (and that an asked-for
+    OpenVINO is installed) at once."""
 
     precision: str
     backend: str
     device: torch.device
+    compile: bool = False
 
     @classmethod
     def of(cls, precision: Union[str, torch.dtype, None], backend: Optional[str],
-           device: torch.device) -> "RuntimeSpec":
+           device: torch.device, compile: bool = False) -> "RuntimeSpec":
         if precision is None:
             name = "fp32"
         elif isinstance(precision, torch.dtype):
@@ -118,7 +127,7 @@ class RuntimeSpec:
         else:
             name = str(precision).lower()
             name = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name, name)
-        spec = cls(name, (backend or "torch").lower(), device)
+        spec = cls(name, (backend or "torch").lower(), device, bool(compile))
         spec.plans()  # validates
         return spec
 
@@ -128,7 +137,7 @@ class RuntimeSpec:
     def fixed(self) -> Optional[Runtime]:
         """The runtime when nothing needs measuring or building (one eager-torch plan)."""
         plans = self.plans()
-        if len(plans) == 1 and plans[0].backend == "torch":
+        if len(plans) == 1 and plans[0].backend == "torch" and not self.compile:
             return torch_runtime(self.device, resolve_dtype(plans[0].precision, self.device))
         return None
 
@@ -139,7 +148,7 @@ class RuntimeSpec:
         return select_runtime(name, parts, backend=self.backend, precision=self.precision,
                               device=self.device, workers=max(1, int(workers)),
                               threads=max(1, int(threads or torch.get_num_threads())),
-                              signature=signature, use_cache=use_cache)
+                              signature=signature, use_cache=use_cache, compile=self.compile)
 
 
 __all__ = ["Runtime", "RuntimeSpec", "Part", "select_runtime", "torch_runtime"]
