@@ -475,3 +475,57 @@ def test_audio_to_mel_windows_end_to_end(tmp_path):
     sf.write(tmp_path / "mute.wav", np.zeros(SR, np.float32), SR, subtype="PCM_16")
     with pytest.raises(InputError, match="mute.wav.*no audible speech"):
         A.check_has_speech(A.load_audio(tmp_path / "mute.wav"), SR, tmp_path / "mute.wav")
+
+
+# ------------------------------------------------------------------ the early mel process
+def _speech_file(tmp_path, seconds=1.3, name="speech.wav"):
+    t = np.arange(int(seconds * A.SAMPLE_RATE)) / A.SAMPLE_RATE
+    path = tmp_path / name
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(7 * t))).astype(
+        np.float32), A.SAMPLE_RATE)
+    return path
+
+
+def test_mel_frames_predicts_the_spectrogram_width():
+    for n in (1, 199, 200, 201, 16000, 16017):
+        assert M.melspectrogram(np.zeros(n, np.float32) + 0.1).shape[1] == M.mel_frames(n)
+
+
+def test_early_mel_process_gives_the_in_process_numbers(tmp_path):
+    from ladtalk.generation.inputs import load_speech
+    from ladtalk.media import mel_process
+    path = _speech_file(tmp_path)
+    job = mel_process.start(path)
+    speech = load_speech(path, job)
+    exact = M.melspectrogram(A.load_audio(path, A.SAMPLE_RATE))
+    assert speech.n_mel_frames == exact.shape[1]
+    got = speech.mel
+    assert got.dtype == exact.dtype and np.array_equal(got, exact)  # bit for bit
+    assert speech.wav is None and speech.early is None  # the waveform is not kept
+
+
+def test_failed_or_mismatched_early_mel_falls_back(tmp_path):
+    from ladtalk.generation.inputs import load_speech
+    from ladtalk.media import mel_process
+    path = _speech_file(tmp_path)
+    exact = M.melspectrogram(A.load_audio(path, A.SAMPLE_RATE))
+    broken = mel_process.start(tmp_path / "missing.wav")  # the child fails: None
+    assert broken.result(exact.shape[1]) is None
+    other = mel_process.start(_speech_file(tmp_path, 0.6, "short.wav"))  # another length
+    speech = load_speech(path, other)
+    assert np.array_equal(speech.mel, exact)  # computed in-process instead
+    running = mel_process.start(path)
+    running.close()  # an early end stops the child
+    assert running.proc.poll() is not None
+
+
+def test_cli_starts_the_mel_of_generate_audio_before_parsing(tmp_path, monkeypatch):
+    import ladtalk.cli as cli
+    started = []
+    from ladtalk.media import mel_process
+    monkeypatch.setattr(mel_process, "start", lambda audio: started.append(audio) or None)
+    assert cli._prestart("generate", ["generate", "--face", "f.mp4", "--audio=a b.wav"]) is None
+    assert started == ["a b.wav"]
+    assert cli._prestart("enroll", ["enroll", "--audio", "x.wav"]) is None and len(started) == 1
+    assert cli._prestart("generate", ["generate", "--face", "f.mp4"]) is None
+    assert len(started) == 1

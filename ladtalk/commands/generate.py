@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size or DEFAULT_BATCH_SIZE, backend=args.backend,
                     compile=args.compile)
     result = pipe.run(args.face, args.audio, args.out, options,
-                      progress=_Progress(not args.quiet))
+                      progress=_Progress(not args.quiet),
+                      mel_process=getattr(args, "_early", None))  # started by the CLI
     if not args.quiet:
         t = result.timings
         mode = f"identity {result.identity}" if result.enhanced else "Wav2Lip only"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -14,7 +14,8 @@ from ladtalk.errors import InputError
 from ladtalk.face.detect import DLIB_MIN_FACE, s3fd_available
 from ladtalk.generation.options import STILL_FPS, GenerateOptions
 from ladtalk.media.audio import SAMPLE_RATE, check_has_speech, load_audio
-from ladtalk.media.mel import mel_chunk_starts, melspectrogram, num_video_frames
+from ladtalk.media.mel import mel_chunk_starts, mel_frames, melspectrogram, num_video_frames
+from ladtalk.media.mel_process import MelProcess
 from ladtalk.media.probe import MediaInfo, probe
 
 log = logging.getLogger("ladtalk.generation.pipeline")
@@ -26,18 +27,37 @@ MIN_RESIZED_SIDE = 32
 
 @dataclass
 class Speech:
-    """The decoded speech: Wav2Lip mel spectrogram, sample count and length in seconds."""
+    """The decoded speech: sample count, length in seconds and the Wav2Lip mel spectrogram
+    (:attr:`mel`: taken from an early :class:`~ladtalk.media.mel_process.MelProcess` when one
+    was started for this audio, else computed on first use)."""
 
-    mel: np.ndarray
     n_samples: int
     seconds: float
+    wav: Optional[np.ndarray] = field(default=None, repr=False)
+    early: Optional[MelProcess] = field(default=None, repr=False)
+    _mel: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def n_mel_frames(self) -> int:
+        return mel_frames(self.n_samples)
+
+    @property
+    def mel(self) -> np.ndarray:
+        if self._mel is None:
+            if self.early is not None:
+                self._mel = self.early.result(self.n_mel_frames)
+            if self._mel is None:
+                self._mel = melspectrogram(self.wav)
+            self.wav = self.early = None
+        return self._mel
 
 
-def load_speech(audio: Path) -> Speech:
-    """Decode ``audio`` to 16 kHz mono, refuse silence / too-short clips, compute the mel."""
+def load_speech(audio: Path, early: Optional[MelProcess] = None) -> Speech:
+    """Decode ``audio`` to 16 kHz mono and refuse silence / too-short clips; the mel follows
+    on first use (``early``: a mel child started for the same file)."""
     wav = load_audio(audio, SAMPLE_RATE)
     check_has_speech(wav, SAMPLE_RATE, audio)
-    return Speech(mel=melspectrogram(wav), n_samples=len(wav), seconds=len(wav) / SAMPLE_RATE)
+    return Speech(n_samples=len(wav), seconds=len(wav) / SAMPLE_RATE, wav=wav, early=early)
 
 
 @dataclass
@@ -67,7 +87,7 @@ def plan_source(face: Path, speech: Speech, opts: GenerateOptions,
         log.info("%s looks like variable frame rate; resampling it to a constant %.3f fps",
                  face, fps)
     return SourcePlan(info=info, fps=fps, n_out=n_out,
-                      starts=mel_chunk_starts(speech.mel.shape[1], fps, n_out), size=size,
+                      starts=mel_chunk_starts(speech.n_mel_frames, fps, n_out), size=size,
                       resize=None if k == 1 else size,
                       chunk_size=int(opts.batch_size or batch_size))
 

@@ -55,6 +55,7 @@ from ladtalk.generation.restore import Restorer
 from ladtalk.generation.runner import StreamingRunner, StreamResult, open_stream
 from ladtalk.generation.track import FileStamp, SourceTrack, framing_key, track_source
 from ladtalk.identities.store import resolve_identity
+from ladtalk.media.mel_process import MelProcess
 from ladtalk.media.probe import estimate_frames
 from ladtalk.models.fuse import fold_batchnorm
 from ladtalk.models.sovqae import WEIGHTS_NAME
@@ -222,11 +223,14 @@ class Pipeline:
     # ------------------------------------------------------------------ run
     def run(self, face: PathLike, audio: PathLike, out: PathLike,
             options: Optional[GenerateOptions] = None, progress: Optional[ProgressFn] = None,
-            track: Optional[SourceTrack] = None) -> GenerateResult:
+            track: Optional[SourceTrack] = None,
+            mel_process: Optional[MelProcess] = None) -> GenerateResult:
         """Generate ``out`` from ``face`` (video or photo) and ``audio``.
 
         ``track``: a previous result's ``track`` for the same face file and framing options
         skips face detection; a track that does not fit this call is ignored (detect again).
+        ``mel_process``: the mel of ``audio`` started early in a child
+        (:func:`ladtalk.media.mel_process.start`; the CLI's start-up overlap).
         Raises :class:`ladtalk.errors.InputError` or :class:`ladtalk.errors.CheckpointError`.
         """
         call = _Call(Path(face), Path(audio), Path(out),
@@ -234,7 +238,7 @@ class Pipeline:
                      progress or (lambda stage, done, total: None))
         check_output(call.out, call.face, call.audio)
         t0 = time.perf_counter()
-        speech = load_speech(call.audio)
+        speech = load_speech(call.audio, mel_process)
         call.timings["audio"] = time.perf_counter() - t0
         call.report("audio", 1, 1)
         plan = plan_source(call.face, speech, call.opts, self.batch_size)
@@ -308,7 +312,10 @@ class Pipeline:
         if models.restorer is not None and strength is not None:
             base = getattr(models.restorer, "fusion", None) or FusionConfig()
             fusion = replace(base, low_strength=strength[0], high_strength=strength[1])
-        return ChunkProcessor(syncer=models.syncer, mel=speech.mel, starts=plan.starts,
+        t0 = time.perf_counter()
+        mel = speech.mel  # (waits for an early mel process, else computes it)
+        call.timings["mel"] = time.perf_counter() - t0
+        return ChunkProcessor(syncer=models.syncer, mel=mel, starts=plan.starts,
                               track=track, frame_size=plan.size, crop=_crop_config(call.opts),
                               blend=call.opts.blend, restorer=models.restorer, fusion=fusion)
 

@@ -105,6 +105,11 @@ def melspectrogram(wav: np.ndarray, pad_mode: str = "reflect",
     return out.astype(dtype)
 
 
+def mel_frames(n_samples: int, params: MelParams = WAV2LIP_MEL) -> int:
+    """Columns :func:`melspectrogram` gives for ``n_samples`` samples, without computing it."""
+    return 1 + int(n_samples) // params.hop_size
+
+
 def pad_mel(mel: np.ndarray, min_frames: int = MEL_STEP_SIZE,
             value: float = -WAV2LIP_MEL.max_abs_value) -> np.ndarray:
     """Right-pad a mel shorter than ``min_frames`` columns with the silence floor (-4).
