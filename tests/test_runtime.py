@@ -250,3 +250,22 @@ def test_gpu_check_dry_runs_on_cpu(tmp_path):
     assert report["tests"]["exit_status"] == 0 and report["tests"]["tests"] >= 1
     assert set(report["zerogpu"]) == {"wav2lip", "identity"}
     assert "| mode |" in (out / "gpu_check.md").read_text()
+
+
+@needs_openvino
+def test_torch_weights_dropped_under_openvino_keep_the_output(formula_wav2lip):
+    import copy
+    model = copy.deepcopy(formula_wav2lip)
+    rng = np.random.default_rng(9)
+    faces = rng.integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    mels = rng.uniform(-4, 4, (3, 80, 16)).astype(np.float32)
+    syncer = LipSyncer(model, device="cpu", dtype="fp32", backend="openvino", batch_size=4)
+    before = syncer(faces, mels)
+    syncer.drop_torch_weights()
+    assert all(p.is_meta for p in syncer.model.parameters())
+    assert np.array_equal(syncer(faces, mels), before)  # OpenVINO holds its own copy
+    with pytest.raises(RuntimeError, match="weights were dropped"):
+        syncer.select_runtime()
+    torch_only = LipSyncer(copy.deepcopy(formula_wav2lip), device="cpu")
+    with pytest.raises(RuntimeError, match="torch weights are what runs"):
+        torch_only.drop_torch_weights()

@@ -7,7 +7,6 @@ this module only (docs/generation.md, "Lip-sync conventions").
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -20,7 +19,7 @@ from ladtalk.checkpoints import load_into, load_state_dict, resolve_checkpoint
 from ladtalk.errors import CheckpointError, InputError
 from ladtalk.media.resample import to_tensor01
 from ladtalk.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip
-from ladtalk.runtime.select import Runtime, RuntimeSpec
+from ladtalk.runtime.select import RuntimeHolder, RuntimeSpec
 
 MASK_ROW = FACE_SIZE // 2  # rows >= this are zeroed in the target channels
 #: crops per forward on a CPU: OpenVINO and eager fp32 run as fast at 8 as at 16 and each
@@ -50,7 +49,7 @@ def build_generator_input(faces: torch.Tensor,
     return torch.cat((target, ref), dim=1)
 
 
-class LipSyncer:
+class LipSyncer(RuntimeHolder):
     """Batched Wav2Lip inference on RGB face crops; see the module docstring for conventions.
 
     ``device``: None/"auto" picks CUDA when available. ``dtype``: None/"fp32" (default,
@@ -70,9 +69,7 @@ class LipSyncer:
         if rounding not in ROUNDING_MODES:
             raise InputError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
         self.device = resolve_device(device)
-        self.spec = RuntimeSpec.of(dtype, backend, self.device, compile)
-        self._runtime: Optional[Runtime] = self.spec.fixed()
-        self._select_lock = threading.Lock()
+        self._init_runtime(RuntimeSpec.of(dtype, backend, self.device, compile))
         self.batch_size = batch_size
         self.rounding = rounding
         self.model = model.to(self.device).eval()
@@ -99,28 +96,6 @@ class LipSyncer:
                    backend=backend, compile=compile)
 
     # ------------------------------------------------------------------ runtime
-    @property
-    def runtime(self) -> Runtime:
-        """How the model runs (measured on first access when precision or backend is auto)."""
-        if self._runtime is None:
-            with self._select_lock:
-                if self._runtime is None:
-                    self._runtime = self._select(1, None, True)
-        return self._runtime
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.runtime.dtype
-
-    def select_runtime(self, workers: int = 1, threads: Optional[int] = None,
-                       use_cache: bool = True) -> Runtime:
-        """Choose (measure, or read the cached winner) and build how the generator runs, for
-        ``workers`` threads calling it at once with ``threads`` intra-op threads each
-        (default: all of torch's). Call after the model's final rewrites (channels-last)."""
-        with self._select_lock:
-            self._runtime = self._select(workers, threads, use_cache)
-            return self._runtime
-
     def drop_torch_weights(self) -> None:
         """Free the torch copy of the weights (145 MB) once an OpenVINO runtime, which holds
         its own, runs the model. The module keeps its shapes (on the ``meta`` device); a
@@ -130,7 +105,7 @@ class LipSyncer:
         self.model.to_empty(device="meta")
         release_memory()
 
-    def _select(self, workers: int, threads: Optional[int], use_cache: bool) -> Runtime:
+    def _runtime_parts(self):
         if any(p.is_meta for p in self.model.parameters()):
             raise RuntimeError("the torch weights were dropped (drop_torch_weights); load the "
                                "checkpoint again to choose another runtime")
@@ -138,8 +113,7 @@ class LipSyncer:
         face = torch.rand((self.batch_size, 6, FACE_SIZE, FACE_SIZE),
                           generator=torch.Generator().manual_seed(0)).to(self.device)
         face = face.contiguous(memory_format=self.memory_format)
-        return self.spec.select("wav2lip", [(self.model, (mel, face))], workers=workers,
-                                threads=threads, use_cache=use_cache)
+        return "wav2lip", [(self.model, (mel, face))], None
 
     def use_channels_last(self, enable: bool = True) -> "LipSyncer":
         """Run the model channels-last (NHWC; about 2x faster on CPU, equal up to float

@@ -9,7 +9,6 @@ under ``no_grad`` and the chosen precision, optionally fused with the input
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -24,7 +23,7 @@ from ladtalk.identities.meta import IdentityMeta, load_meta
 from ladtalk.identities.store import resolve_identity
 from ladtalk.media.resample import resize01, to_tensor01, to_uint8
 from ladtalk.models.sovqae import SOVQAE
-from ladtalk.runtime.select import Runtime, RuntimeSpec
+from ladtalk.runtime.select import RuntimeHolder, RuntimeSpec
 
 _UNSET = object()
 #: on a CPU, pixels per SOVQAE call: 2 crops at 256 px. Small batches stay in the caches; one
@@ -74,7 +73,7 @@ class RestoreOutput:
     h: torch.Tensor
 
 
-class Restorer:
+class Restorer(RuntimeHolder):
     """Batched, no-grad SOVQAE restoration of face crops on one device.
 
     ``model``: an :class:`ladtalk.models.sovqae.SOVQAE` (moved to ``device`` and set to eval).
@@ -94,9 +93,7 @@ class Restorer:
         self.model = model.to(self.device).eval()
         self.batch_size = max(1, int(batch_size or default_batch(
             self.device, int(self.model.config.resolution))))
-        self.spec = RuntimeSpec.of(precision or "fp16", backend, self.device, compile)
-        self._runtime: Optional[Runtime] = self.spec.fixed()
-        self._select_lock = threading.Lock()
+        self._init_runtime(RuntimeSpec.of(precision or "fp16", backend, self.device, compile))
         self._parts = (_EncodePart(self.model), _DecodePart(self.model))
         self.memory_format = torch.contiguous_format
         self.fusion = fusion
@@ -130,36 +127,14 @@ class Restorer:
         return self
 
     # ------------------------------------------------------------------ runtime
-    @property
-    def runtime(self) -> Runtime:
-        """How the model runs (measured on first access when precision or backend is auto)."""
-        if self._runtime is None:
-            with self._select_lock:
-                if self._runtime is None:
-                    self._runtime = self._select(1, None, True)
-        return self._runtime
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.runtime.dtype
-
-    def select_runtime(self, workers: int = 1, threads: Optional[int] = None,
-                       use_cache: bool = True) -> Runtime:
-        """Choose (measure, or read the cached winner) and build how the SOVQAE runs, for
-        ``workers`` threads calling it at once with ``threads`` intra-op threads each."""
-        with self._select_lock:
-            self._runtime = self._select(workers, threads, use_cache)
-            return self._runtime
-
-    def _select(self, workers: int, threads: Optional[int], use_cache: bool) -> Runtime:
+    def _runtime_parts(self):
         n, r = self.batch_size, self.resolution
         x = torch.rand((n, 3, r, r), generator=torch.Generator().manual_seed(0))
         x = (x * 2 - 1).to(self.device).contiguous(memory_format=self.memory_format)
         with torch.no_grad():
             z_q = self.model.encode(x).z_q.contiguous(memory_format=self.memory_format)
-        return self.spec.select("sovqae", [(self._parts[0], (x,)), (self._parts[1], (z_q,))],
-                                workers=workers, threads=threads, use_cache=use_cache,
-                                signature={"config": self.model.config.to_dict()})
+        return ("sovqae", [(self._parts[0], (x,)), (self._parts[1], (z_q,))],
+                {"config": self.model.config.to_dict()})
 
     @property
     def resolution(self) -> int:

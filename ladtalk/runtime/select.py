@@ -10,6 +10,7 @@ calls a part with the winner: eager torch under autocast at the chosen dtype, or
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -151,4 +152,49 @@ class RuntimeSpec:
                               signature=signature, use_cache=use_cache, compile=self.compile)
 
 
-__all__ = ["Runtime", "RuntimeSpec", "Part", "select_runtime", "torch_runtime"]
+class RuntimeHolder:
+    """What a model wrapper (``LipSyncer``, ``Restorer``) shares: its :class:`Runtime`,
+    chosen when first needed or by :meth:`select_runtime`. A subclass calls
+    :meth:`_init_runtime` and implements ``_runtime_parts() -> (name, parts, signature)``
+    (the parts with example inputs at the batch it runs)."""
+
+    spec: RuntimeSpec
+
+    def _init_runtime(self, spec: RuntimeSpec) -> None:
+        self.spec = spec
+        self._runtime: Optional[Runtime] = spec.fixed()
+        self._select_lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        """How the model runs (measured on first use when precision or backend is auto)."""
+        if self._runtime is None:
+            with self._select_lock:
+                if self._runtime is None:
+                    self._runtime = self._select(1, None, True)
+        return self._runtime
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runtime.dtype
+
+    def select_runtime(self, workers: int = 1, threads: Optional[int] = None,
+                       use_cache: bool = True) -> Runtime:
+        """Choose (measure, or read the cached winner) and build how the model runs, for
+        ``workers`` threads calling it at once with ``threads`` intra-op threads each
+        (default: all of torch's). Call after the model's final rewrites (channels-last)."""
+        with self._select_lock:
+            self._runtime = self._select(workers, threads, use_cache)
+            return self._runtime
+
+    def _select(self, workers: int, threads: Optional[int], use_cache: bool) -> Runtime:
+        name, parts, signature = self._runtime_parts()
+        return self.spec.select(name, parts, workers=workers, threads=threads,
+                                use_cache=use_cache, signature=signature)
+
+    def _runtime_parts(self) -> Tuple[str, List[Part], Optional[Dict[str, object]]]:
+        raise NotImplementedError
+
+
+__all__ = ["Runtime", "RuntimeHolder", "RuntimeSpec", "Part", "select_runtime",
+           "torch_runtime"]
