@@ -77,6 +77,8 @@ def _builder(parts: Sequence[Part], device: torch.device,
         def one_batch() -> None:
             for i, (m, ex) in enumerate(parts):
                 rt.run(i, m, *ex)
+            if device.type == "cuda":  # kernels run asynchronously: time them, not launches
+                torch.cuda.synchronize(device)
         return one_batch
     return build
 
