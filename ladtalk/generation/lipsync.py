@@ -156,8 +156,7 @@ class LipSyncer(RuntimeHolder):
         # channels-last tensor would pick different (equally valid) conv kernels than a direct
         # model call. OpenVINO takes NCHW.
         x = build_generator_input(faces, references).contiguous(
-            memory_format=self.memory_format if self.runtime.backend == "torch"
-            else torch.contiguous_format)
+            memory_format=self.runtime.input_format(self.memory_format))
         y = self.runtime.run(0, self.model, mels.to(dev, torch.float32), x)
         return rgb_bgr(y)
 

@@ -41,26 +41,19 @@ def default_batch(device: torch.device, resolution: int) -> int:
     return int(max(1, min(GPU_BATCH, CPU_BATCH_PIXELS // (resolution * resolution))))
 
 
-class _EncodePart(nn.Module):
-    """The SOVQAE's encoder + quant_conv as one part (image in [-1, 1] -> latent ``h``)."""
+class _Part(nn.Module):
+    """One SOVQAE method as a module of its own, for the runtime: ``encode_latent`` (image in
+    [-1, 1] -> latent ``h``) or ``decode`` (quantized latent -> image in about [-1, 1])."""
 
-    def __init__(self, model: SOVQAE) -> None:
+    def __init__(self, model: SOVQAE, method: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_latent(x)
+        return getattr(self.model, self.method)(x)
 
-
-class _DecodePart(nn.Module):
-    """post_quant_conv + decoder as one part (quantized latent -> image in about [-1, 1])."""
-
-    def __init__(self, model: SOVQAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z_q)
+    def extra_repr(self) -> str:
+        return f"method={self.method}"
 
 
 @dataclass
@@ -94,7 +87,7 @@ class Restorer(RuntimeHolder):
         self.batch_size = max(1, int(batch_size or default_batch(
             self.device, int(self.model.config.resolution))))
         self._init_runtime(RuntimeSpec.of(precision or "fp16", backend, self.device, compile))
-        self._parts = (_EncodePart(self.model), _DecodePart(self.model))
+        self._parts = (_Part(self.model, "encode_latent"), _Part(self.model, "decode"))
         self.memory_format = torch.contiguous_format
         self.fusion = fusion
         self.meta: Optional[IdentityMeta] = None  # set by from_identity
@@ -147,7 +140,7 @@ class Restorer(RuntimeHolder):
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             x = resize01(x, self.resolution)
         rt = self.runtime
-        fmt = self.memory_format if rt.backend == "torch" else torch.contiguous_format
+        fmt = rt.input_format(self.memory_format)
         x = (x * 2.0 - 1.0).contiguous(memory_format=fmt)
         enc = self.model.quantize_latent(rt.run(0, self._parts[0], x))
         y = rt.run(1, self._parts[1], enc.z_q.contiguous(memory_format=fmt))

@@ -100,15 +100,23 @@ def candidate_plans(backend: str, precision: str, device: torch.device) -> List[
     if precision == "auto":
         precisions = ["fp32", "bf16"] if device.type == "cpu" else ["fp32", "fp16"] + (
             ["bf16"] if _cuda_bf16(device) else [])
-    elif device.type == "cpu" and precision == "fp16" and backends == ["torch"]:
-        precisions = ["fp32"]  # no fast fp16 convolutions in eager torch on a CPU
     else:
         precisions = [precision]
-    ref = "fp32" if precision == "auto" else precisions[0]
-    plans = [Plan(b, p) for b in backends for p in precisions
-             if not (b == "torch" and device.type == "cpu" and p == "fp16")]
-    plans.sort(key=lambda pl: (pl.backend != "torch" or pl.precision != ref))
+    reference = Plan("torch", _torch_precision("fp32" if precision == "auto" else precision,
+                                               device))
+    plans = [reference] if "torch" in backends else []
+    for b in backends:
+        for p in precisions:
+            plan = Plan(b, _torch_precision(p, device) if b == "torch" else p)
+            if plan not in plans:
+                plans.append(plan)
     return plans
+
+
+def _torch_precision(precision: str, device: torch.device) -> str:
+    """What eager torch runs for ``precision``: fp16 is fp32 on a CPU (no fast fp16
+    convolutions there; :func:`ladtalk._util.device.resolve_dtype` does the same)."""
+    return "fp32" if device.type == "cpu" and precision == "fp16" else precision
 
 
 def _cuda_bf16(device: torch.device) -> bool:
@@ -130,19 +138,19 @@ def machine_signature(device: torch.device) -> Dict[str, object]:
 
 
 def _cpu_model() -> tuple:
-    name, flags = platform.processor() or platform.machine(), []
+    """``(model name, the vector / matrix flags)`` from ``/proc/cpuinfo`` (first core), or
+    the platform's processor name and no flags where there is none."""
+    fields: Dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return name, flags
+        text = ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and name in ("", platform.machine(), "x86_64"):
-            name = value.strip()
-        elif key.strip() == "flags":
-            flags = sorted(f for f in value.split()
-                           if f.startswith(("avx", "amx", "fma", "sse4")) or "vnni" in f)
-            break
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = sorted(f for f in fields.get("flags", "").split()
+                   if f.startswith(("avx", "amx", "fma", "sse4")) or "vnni" in f)
     return name, flags
 
 

@@ -84,10 +84,10 @@ def _bytes_view(t: torch.Tensor) -> memoryview:
 
 
 def ir_key(module: nn.Module, examples: Sequence[torch.Tensor]) -> str:
-    """Cache key of a module's IR: its class, weights and buffers (values and layout), input
-    shapes, OpenVINO version (sha256: about 0.12 s for Wav2Lip's 145 MB)."""
+    """Cache key of a module's IR: its class and ``extra_repr``, weights and buffers (values
+    and layout), input shapes, OpenVINO version (sha256: about 0.12 s for Wav2Lip's 145 MB)."""
     h = hashlib.sha256()
-    h.update(f"{type(module).__qualname__}|{openvino_version()}|".encode())
+    h.update(f"{type(module).__qualname__}|{module.extra_repr()}|{openvino_version()}|".encode())
     h.update(repr([tuple(x.shape[1:]) for x in examples]).encode())
     for name, t in module.state_dict().items():
         h.update(f"{name}|{tuple(t.shape)}|{tuple(t.stride())}|".encode())

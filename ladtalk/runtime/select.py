@@ -45,6 +45,10 @@ class Runtime:
     def precision(self) -> str:
         return self.choice.precision
 
+    def input_format(self, model_format: torch.memory_format) -> torch.memory_format:
+        """The layout inputs should have: the torch model's own, NCHW for OpenVINO."""
+        return model_format if not self.engines else torch.contiguous_format
+
     def run(self, index: int, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
         """Part ``index`` (``module``) on ``inputs`` -> its float32 output."""
         if self.engines:
