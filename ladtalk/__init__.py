@@ -9,5 +9,5 @@ __version__ = "0.1.0"
 
 # The package's parts, lowest first: a part imports only from parts before it.
 LAYERS = ("errors", "_util", "media", "checkpoints", "models", "runtime", "metrics", "face",
-          "identities", "generation", "analysis", "evaluation", "enrollment", "commands", "app",
-          "cli", "bench", "__main__", "app.py")
+          "identities", "generation", "analysis", "evaluation", "enrollment", "batch", "commands",
+          "app", "cli", "bench", "__main__", "app.py")

@@ -20,6 +20,8 @@ COMMANDS = {
     "convert": "convert an upstream .pth/.ckpt checkpoint to .safetensors (no pickle execution)",
     "generate": "lip-sync a face video or photo to speech "
                 "(Wav2Lip + optional identity restoration)",
+    "batch": "run many generate jobs from a CSV / JSON Lines file with one set of models "
+             "(resumable; sharded over torchrun processes)",
     "enroll": "enroll an identity: fine-tune its SOVQAE on a video of the person "
               "(time-budgeted, resumable)",
     "eval": "score generated videos against references: PSNR, SSIM, mouth PSNR, FID, LSE",

@@ -393,3 +393,22 @@ def test_a_kill_during_save_leaves_nothing_after_the_sweep(tmp_path):
     assert {f.name: f.read_bytes() for f in target.iterdir()} == before
     assert resolve_identity("katie") == target and is_identity_dir(target)
     assert SOVQAE.from_pretrained(target).config.resolution == 32
+
+
+def test_no_cache_detects_again_and_keeps_nothing(tmp_path, counting_dlib):
+    """``--no-cache`` (``GenerateOptions.track_cache=False``): the cached track is not read
+    and a new one is not stored; the frames are the same as with the cache."""
+    from ladtalk.generation.pipeline import GenerateOptions, Pipeline
+    from ladtalk.generation.track import track_cache
+    face = make_face_video(tmp_path / "face.mp4", 14, 10.0)
+    wav = make_speech(tmp_path / "speech.wav", 1.4)
+    pipe = Pipeline(StubGenerator(), device="cpu", batch_size=4)
+    off = GenerateOptions(detector="dlib", identity_check="off", track_cache=False)
+    pipe.run(face, wav, tmp_path / "a.mp4", off)
+    assert counting_dlib["frames"] == 14 and track_cache().usage().entries == 0
+    on = GenerateOptions(detector="dlib", identity_check="off")
+    first = pipe.run(face, wav, tmp_path / "b.mp4", on)
+    assert counting_dlib["frames"] == 28 and track_cache().usage().entries == 1
+    again = pipe.run(face, wav, tmp_path / "c.mp4", off)
+    assert counting_dlib["frames"] == 42 and track_cache().usage().entries == 1
+    np.testing.assert_array_equal(again.track.boxes, first.track.boxes)

@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="enrolled identity whose SOVQAE restores the generated face")
     which.add_argument("--no-enhance", action="store_true",
                        help="Wav2Lip only (the baseline; same crop and blending)")
+    add_shared_arguments(parser, enh)
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser, enh, box: bool = True) -> None:
+    """The flags ``generate`` and ``batch`` share: identity check and strength (into the
+    ``enh`` group), checkpoint, face detection, video and compute."""
     enh.add_argument("--identity-check", default=CLI_IDENTITY_CHECK, choices=IDENTITY_CHECKS,
                      help="is the identity this person? Its reconstruction PSNR on 8 face "
                           "crops of --face is compared with its own holdout PSNR "
@@ -67,14 +73,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     face = parser.add_argument_group("face detection")
     face.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                       help="auto: S3FD when its weights are available, else dlib (default)")
-    face.add_argument("--box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
-                      help="fixed face box in source pixels (skips detection)")
+    if box:
+        face.add_argument("--box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
+                          help="fixed face box in source pixels (skips detection)")
     face.add_argument("--pads", type=int, nargs=4, default=DEFAULT_PADS,
                       metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                       help="pixels added to the face box before cropping (default: "
                            f"{' '.join(map(str, DEFAULT_PADS))})")
     face.add_argument("--no-smooth", action="store_true",
                       help="do not smooth face boxes over time")
+    face.add_argument("--no-cache", action="store_true",
+                      help="detect the face again and keep nothing: skip the face-track cache "
+                           "in $LADTALK_HOME/cache/tracks (by default a second run on the same "
+                           "video, with any audio, reuses the track)")
     vid = parser.add_argument_group("video")
     vid.add_argument("--resize-factor", type=int, default=1, metavar="K",
                      help="downscale the video by K first (the output is 1/K the size)")
@@ -107,12 +118,13 @@ def options_from_args(args: argparse.Namespace):
     """Build :class:`ladtalk.generation.pipeline.GenerateOptions` from parsed arguments."""
     from ladtalk.generation.pipeline import GenerateOptions
     return GenerateOptions(
-        identity=None if args.no_enhance else args.identity,
-        detector=args.detector, box=tuple(args.box) if args.box else None,
+        identity=None if getattr(args, "no_enhance", False) else args.identity,
+        detector=args.detector, box=tuple(args.box) if getattr(args, "box", None) else None,
         pads=tuple(args.pads), smooth=not args.no_smooth, resize_factor=args.resize_factor,
         fps=args.fps, loop=args.loop, batch_size=args.batch_size,
         identity_check=getattr(args, "identity_check", CLI_IDENTITY_CHECK),
-        restore_strength=getattr(args, "restore_strength", None))
+        restore_strength=getattr(args, "restore_strength", None),
+        track_cache=not getattr(args, "no_cache", False))
 
 
 class _Progress:

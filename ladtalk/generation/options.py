@@ -49,6 +49,8 @@ class GenerateOptions:
     identity_check: str = "refuse"
     #: fusion strengths ``S`` or ``(LOW, HIGH)`` instead of the identity's calibrated ones
     restore_strength: Optional[Union[str, float, Sequence[float]]] = None
+    #: read and write the on-disk face-track cache (``--no-cache``: detect, keep nothing)
+    track_cache: bool = True
 
     def validate(self) -> "GenerateOptions":
         """Normalise the fields in place; raise :class:`InputError` naming the bad flag."""

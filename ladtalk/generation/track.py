@@ -143,8 +143,9 @@ def _plain(v: Any) -> Any:
 
 def detector_signature(detector: Any) -> Optional[Dict[str, Any]]:
     """What a detector's boxes depend on (class and its plain settings: max side, retry side,
-    threshold, upsampling, device, weights), or None when its tracks must not be cached: a
-    fixed box (nothing to detect) or a detector LaDTalk did not build."""
+    threshold, upsampling, device, weights path and that file's size and time), or None when
+    its tracks must not be cached: a fixed box (nothing to detect) or a detector LaDTalk did
+    not build."""
     cls = type(detector)
     if isinstance(detector, FixedBoxDetector) or not cls.__module__.startswith("ladtalk."):
         return None
@@ -153,6 +154,10 @@ def detector_signature(detector: Any) -> Optional[Dict[str, Any]]:
     for k, v in sorted(getattr(detector, "__dict__", {}).items()):
         if not k.startswith("_") and (value := _plain(v)) is not None:
             sig[k] = value
+    weights = getattr(detector, "weights_path", None)
+    if weights is not None and Path(weights).is_file():  # the weights' file, not only its name
+        st = Path(weights).stat()
+        sig["weights_file"] = [int(st.st_size), int(st.st_mtime_ns)]
     return sig
 
 
@@ -230,7 +235,8 @@ def track_source(face: Path, plan: SourcePlan, opts: GenerateOptions, detector: 
         track.n_source_frames = 1 if plan.info.is_image else None
         return track
     cache = track_cache()
-    ckey = track_cache_key(face, key, detector, plan.chunk_size) if cache.enabled else None
+    use = cache.enabled and opts.track_cache
+    ckey = track_cache_key(face, key, detector, plan.chunk_size) if use else None
     if ckey is not None and _cached_track(cache, ckey, track, face, report):
         return track
     info, fps, bs = plan.info, plan.fps, plan.chunk_size
