@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                         help="face detector (auto: S3FD when its weights are available, else dlib)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training batch size (per process under torchrun: the effective "
+                             "batch is this times the number of processes)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+                        help="stop this run after N training steps even if --seconds is not "
+                             "spent (for quick trials and reproducible runs)")
     parser.add_argument("--fresh", action="store_true",
                         help="start the identity over instead of continuing its training")
     parser.add_argument("--json", default=None, metavar="FILE",
@@ -63,19 +68,41 @@ def quality_summary(quality: Optional[Dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Enroll; under ``torchrun`` every rank trains and rank 0 writes and reports."""
+    from ladtalk._util import dist
+    from ladtalk.errors import InputError
+
+    if args.max_steps is not None and args.max_steps < 1:
+        raise InputError(f"--max-steps must be >= 1, got {args.max_steps}")
+    try:
+        return _run(args, dist.context())
+    finally:
+        dist.shutdown()
+
+
+def _run(args: argparse.Namespace, ctx) -> int:
     from ladtalk._util.atomic import write_json
     from ladtalk.enrollment import enroll
     from ladtalk.identities.meta import load_meta
 
+    overrides = {"max_steps": args.max_steps} if args.max_steps else None
     path = enroll(args.video, args.name, seconds=args.seconds, config=args.config, init=args.init,
                   holdout=args.holdout, out=args.out, detector=args.detector, device=args.device,
-                  batch_size=args.batch_size, fresh=args.fresh, show_progress=not args.quiet,
-                  resolution=args.resolution)
+                  batch_size=args.batch_size, fresh=args.fresh,
+                  show_progress=not args.quiet and ctx.is_main, resolution=args.resolution,
+                  train_overrides=overrides)
+    if not ctx.is_main:
+        return 0
     meta = load_meta(path)
     print(f"identity '{args.name}' written to {path}")
     print(f"steps {meta.steps} (this run {meta.run_steps}), training "
           f"{meta.training_seconds:.0f} s, holdout PSNR "
           + (f"{meta.holdout_psnr:.2f} dB" if meta.holdout_psnr is not None else "n/a"))
+    if meta.distributed and meta.distributed.get("world_size", 1) > 1:
+        d = meta.distributed
+        print(f"trained on {d['world_size']} processes ({d['backend']}): effective batch "
+              f"{d['effective_batch']} ({d['per_rank_batch']} per process), lr {d['lr']:g}, "
+              f"{meta.run_steps / max(meta.run_training_seconds, 1e-9):.2f} steps/s")
     for spec, r in meta.restoration.items():
         print(f"  {spec:>10}: degraded {r['psnr_degraded']:.2f} dB -> restored "
               f"{r['psnr_restored']:.2f} dB ({r['psnr_restored'] - r['psnr_degraded']:+.2f} dB)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -17,14 +18,16 @@ import numpy as np
 import torch
 
 from ladtalk import __version__
-from ladtalk._util.device import resolve_device
+from ladtalk._util import dist
 from ladtalk._util.disk import check_free_space, enroll_disk_need
+from ladtalk._util.dist import DistContext
 from ladtalk._util.jsonsafe import parse_float
 from ladtalk._util.paths import PathLike
 from ladtalk._util.types import ProgressFn
 from ladtalk.enrollment.calibrate import calibrate_and_measure
 from ladtalk.enrollment.config import TrainConfig
 from ladtalk.enrollment.data import CropSampler
+from ladtalk.enrollment.distributed import rank_seed, setup_of
 from ladtalk.enrollment.evaluate import evaluate_identity
 from ladtalk.enrollment.loop import RunResult, save_identity, train_loop
 from ladtalk.enrollment.plan import (
@@ -36,7 +39,8 @@ from ladtalk.enrollment.plan import (
     plan_crops,
     resolve_train_config,
 )
-from ladtalk.enrollment.trainer import STATE_JSON, Trainer, read_state_info
+from ladtalk.enrollment.state import STATE_JSON, read_state_info
+from ladtalk.enrollment.trainer import Trainer
 from ladtalk.errors import InputError
 from ladtalk.face.video_crops import FaceCrops, even_subset, split_holdout
 from ladtalk.identities.meta import FramesInfo, IdentityMeta
@@ -100,27 +104,31 @@ class _Run:
     init_src: Optional[str]
     perceptual_status: str
     t_crops: float
+    distributed: Dict[str, Any] = field(default_factory=dict)
 
 
-def _perceptual(cfg: TrainConfig, device: torch.device):
+def _perceptual(cfg: TrainConfig, device: torch.device, verbose: bool):
     if cfg.perceptual_weight <= 0:
         return None, "perceptual loss off (weight 0)"
     perceptual, status = load_perceptual(device)
-    if perceptual is not None:
+    if perceptual is not None and verbose:
         print(status, file=sys.stderr)
     return perceptual, status
 
 
 def _trainer(model: SOVQAE, cfg: TrainConfig, dev: torch.device, train_crops: np.ndarray,
              prev_state: Optional[Path], state_info: Optional[Dict[str, Any]],
-             pretrained: bool) -> Tuple[Trainer, CropSampler, str]:
-    perceptual, status = _perceptual(cfg, dev)
-    # the trainer cuts patches itself, after degrading whole crops
-    sampler = CropSampler(train_crops, cfg.batch_size, seed=cfg.seed)
-    trainer = Trainer(model, cfg, dev, perceptual)
+             pretrained: bool, ctx: DistContext) -> Tuple[Trainer, CropSampler, str]:
+    perceptual, status = _perceptual(cfg, dev, ctx.is_main)
+    # the trainer cuts patches itself, after degrading whole crops; each rank its own batches
+    sampler = CropSampler(train_crops, cfg.batch_size, seed=rank_seed(cfg.seed, ctx))
+    trainer = Trainer(model, cfg, dev, perceptual, ctx)
     if prev_state is not None:
         trainer.load_state(prev_state, sampler, state_info)
         trainer.warmup_from = trainer.step_count  # brief warm-up again after a resume
+        if not ctx.is_main:  # the saved RNG streams are rank 0's: this rank draws its own
+            sampler.gen.manual_seed(rank_seed(cfg.seed, ctx) + trainer.step_count)
+            trainer.gen.manual_seed(rank_seed(cfg.seed + 1, ctx) + trainer.step_count)
     elif pretrained:
         trainer.kmeans_done = True  # pretrained codebook: no k-means re-init
     return trainer, sampler, status
@@ -153,7 +161,7 @@ def build_meta(run: _Run, result: RunResult, evaluation: Dict[str, Any],
         certificate=evaluation.get("certificate"),
         codebook={"d_C_all": float(codebook_min_distance(q).detach()), "n_embed": q.n_embed},
         perceptual=run.perceptual_status, train_config=run.cfg.to_dict(),
-        history=trainer.history[-200:])
+        history=trainer.history[-200:], distributed=dict(run.distributed) or None)
 
 
 def _evaluate(run: _Run, result: RunResult, on_progress: Optional[ProgressFn]) -> IdentityMeta:
@@ -191,9 +199,73 @@ def enroll(video: PathLike, name: str, seconds: Optional[float] = None,
     t_start = time.time()
     model_cfg, config = _check_args(name, seconds, batch_size, config, resolution, holdout)
     target = Path(out).expanduser() if out is not None else store_path(name)
-    dev = resolve_device(device)
-    overrides = dict(train_overrides or {})
+    ctx = dist.context()
+    dev = ctx.device(device)  # cuda:LOCAL_RANK under torchrun
+    dist.init(ctx, dev)
     progress = crop_progress(on_progress, t_start)
+    with _rank_zero_first(ctx):  # detection and crops once, into the cache the others read
+        prep = _prepare(video, target, config, fresh, dev, model_cfg, resolution, init,
+                        dict(train_overrides or {}), detector, progress, seconds, batch_size)
+    model, cfg, crops = prep.model, prep.cfg, prep.crops
+    t_crops = time.time() - t_start
+    # 3. data and trainer
+    train_idx, hold_idx = split_holdout(len(crops), holdout)
+    hold = crops.subset(hold_idx)
+    hold_eval = to_tensor01(hold.crops[even_subset(len(hold), cfg.eval_frames)]) \
+        if len(hold) and ctx.is_main else None
+    if cfg.patch and cfg.patch % model.downsample_factor:
+        cfg = replace(cfg, patch=0)
+    trainer, sampler, status = _trainer(model, cfg, dev, crops.crops[train_idx],
+                                        prep.prev_state, prep.state_info,
+                                        prep.resumed or bool(prep.init_src), ctx)
+    setup = setup_of(ctx, cfg.batch_size, cfg.lr, cfg.disc_lr)
+    if ctx.enabled and ctx.is_main:
+        print(f"distributed: {setup.world_size} processes ({setup.backend}), batch "
+              f"{setup.per_rank_batch} per process = effective batch {setup.effective_batch}, "
+              f"lr {setup.lr:g} (discriminator {setup.disc_lr:g}); rank 0 writes the identity",
+              file=sys.stderr)
+    run = _Run(name, video, target, dev, t_start, crops, hold, cfg, prep.config_name, trainer,
+               sampler, prep.resumed, prep.init_src, status, t_crops, setup.to_json())
+    # 4. train, 5. evaluate, 6. save (rank 0; the others wait for it)
+    result = train_loop(trainer, sampler, hold_eval, cfg, on_progress, show_progress, target,
+                        name, lambda r: replace(build_meta(run, r, {}, 0.0), partial=True), ctx)
+    if ctx.is_main:
+        meta = _evaluate(run, result, on_progress)
+        _emit(on_progress, {"phase": "save", "step": trainer.step_count,
+                            "elapsed": time.time() - t_start})
+        save_identity(target, trainer, sampler, meta)
+        _emit(on_progress, {"phase": "done", "step": trainer.step_count, "path": str(target),
+                            "elapsed": time.time() - t_start, "holdout_psnr": meta.holdout_psnr})
+    dist.barrier()
+    return target
+
+
+@contextmanager
+def _rank_zero_first(ctx: DistContext):
+    """Rank 0 runs the block first, the other ranks after it (then from its caches)."""
+    if ctx.enabled and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.enabled and ctx.is_main:
+        dist.barrier()
+
+
+@dataclass
+class _Prepared:
+    crops: FaceCrops
+    model: SOVQAE
+    config_name: str
+    resumed: bool
+    init_src: Optional[str]
+    prev_state: Optional[Path]
+    state_info: Optional[Dict[str, Any]]
+    cfg: TrainConfig
+
+
+def _prepare(video, target: Path, config, fresh: bool, dev: torch.device, model_cfg,
+             resolution, init, overrides: Dict[str, Any], detector: str, progress,
+             seconds, batch_size) -> _Prepared:
+    """Steps 1 and 2: the face crops, the model (new or resumed) and the train config."""
     # 1. crops first only for a new identity whose resolution follows the measured face size
     # (an existing identity keeps its own: its files are read once, by load_model below)
     plan = None if has_identity(target) and not fresh else plan_crops(
@@ -213,28 +285,7 @@ def enroll(video: PathLike, name: str, seconds: Optional[float] = None,
     if crops is None or crops.resolution != model.config.resolution:
         crops = crops_for(video, CropPlan(model.config.resolution, cfg.max_frames), detector,
                           dev, progress)
-    t_crops = time.time() - t_start
-    # 3. data and trainer
-    train_idx, hold_idx = split_holdout(len(crops), holdout)
-    hold = crops.subset(hold_idx)
-    hold_eval = to_tensor01(hold.crops[even_subset(len(hold), cfg.eval_frames)]) \
-        if len(hold) else None
-    if cfg.patch and cfg.patch % model.downsample_factor:
-        cfg = replace(cfg, patch=0)
-    trainer, sampler, status = _trainer(model, cfg, dev, crops.crops[train_idx], prev_state,
-                                        state_info, resumed or bool(init_src))
-    run = _Run(name, video, target, dev, t_start, crops, hold, cfg, config_name, trainer,
-               sampler, resumed, init_src, status, t_crops)
-    # 4. train, 5. evaluate, 6. save
-    result = train_loop(trainer, sampler, hold_eval, cfg, on_progress, show_progress, target,
-                        name, lambda r: replace(build_meta(run, r, {}, 0.0), partial=True))
-    meta = _evaluate(run, result, on_progress)
-    _emit(on_progress, {"phase": "save", "step": trainer.step_count,
-                        "elapsed": time.time() - t_start})
-    save_identity(target, trainer, sampler, meta)
-    _emit(on_progress, {"phase": "done", "step": trainer.step_count, "path": str(target),
-                        "elapsed": time.time() - t_start, "holdout_psnr": meta.holdout_psnr})
-    return target
+    return _Prepared(crops, model, config_name, resumed, init_src, prev_state, state_info, cfg)
 
 
 __all__ = ["enroll", "build_meta"]

@@ -10,9 +10,11 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ladtalk._util.atomic import atomic_dir, write_json
+from ladtalk._util.dist import DistContext
 from ladtalk._util.types import ProgressFn
 from ladtalk.enrollment.config import TrainConfig
 from ladtalk.enrollment.data import CropSampler
+from ladtalk.enrollment.distributed import agree_on_time
 from ladtalk.enrollment.trainer import Trainer
 from ladtalk.identities.meta import META_JSON, IdentityMeta
 
@@ -97,10 +99,16 @@ def _evaluate(trainer: Trainer, hold_eval: torch.Tensor, elapsed: float,
 def train_loop(trainer: Trainer, sampler: CropSampler, hold_eval: Optional[torch.Tensor],
                cfg: TrainConfig, on_progress: Optional[ProgressFn], show_progress: bool,
                target: Path, name: str,
-               partial_meta: Callable[[RunResult], IdentityMeta]) -> RunResult:
+               partial_meta: Callable[[RunResult], IdentityMeta],
+               ctx: Optional[DistContext] = None) -> RunResult:
     """Step until ``cfg.seconds`` (or ``cfg.max_steps``) is spent; evaluate the holdout as
-    :class:`EvalSchedule` says; save a partial identity every ``checkpoint_seconds``."""
+    :class:`EvalSchedule` says; save a partial identity every ``checkpoint_seconds``.
+
+    With several ranks (``ctx``) rank 0's clock sets the progress and the end for all, and
+    only rank 0 evaluates (pass ``hold_eval=None`` elsewhere) and writes checkpoints."""
     from tqdm.auto import tqdm
+
+    main = (ctx or DistContext()).is_main
 
     budget, start, steps0 = float(cfg.seconds), time.time(), trainer.step_count
     last_ckpt = start
@@ -111,16 +119,19 @@ def train_loop(trainer: Trainer, sampler: CropSampler, hold_eval: Optional[torch
     def done_steps() -> int:
         return trainer.step_count - steps0
 
-    bar = tqdm(total=round(budget), unit="s", desc=f"enroll {name}", disable=not show_progress,
+    bar = tqdm(total=round(budget), unit="s", desc=f"enroll {name}",
+               disable=not (show_progress and main),
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{postfix}]")
     try:
         while True:
             now = time.time()
-            if now - start >= budget or (cfg.max_steps and done_steps() >= cfg.max_steps):
-                break
+            stop = now - start >= budget or bool(cfg.max_steps and done_steps() >= cfg.max_steps)
             progress = (now - start) / budget
             if cfg.max_steps:
                 progress = max(progress, done_steps() / cfg.max_steps)
+            progress, stop = agree_on_time(progress, stop, trainer.device)
+            if stop:
+                break
             terms = trainer.step(sampler, progress=progress)
             avg.add(terms)
             now = time.time()
@@ -137,7 +148,7 @@ def train_loop(trainer: Trainer, sampler: CropSampler, hold_eval: Optional[torch
                                 + (f" holdout {psnr:.2f} dB" if psnr else ""), refresh=True)
             if on_progress is not None:
                 on_progress(dict(info))
-            if cfg.checkpoint_seconds > 0 and now - last_ckpt >= cfg.checkpoint_seconds:
+            if main and cfg.checkpoint_seconds > 0 and now - last_ckpt >= cfg.checkpoint_seconds:
                 trainer.elapsed += now - last_ckpt
                 save_identity(target, trainer, sampler,
                               partial_meta(RunResult(now - start, done_steps(), psnr)))

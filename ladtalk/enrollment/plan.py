@@ -18,7 +18,7 @@ from ladtalk._util.device import resolve_device
 from ladtalk._util.paths import PathLike
 from ladtalk._util.types import PhaseProgress, ProgressFn
 from ladtalk.enrollment.config import TRAIN_PRESETS, TrainConfig
-from ladtalk.enrollment.trainer import read_state_info
+from ladtalk.enrollment.state import read_state_info
 from ladtalk.errors import InputError
 from ladtalk.face.video_crops import FaceCrops, extract_crops
 from ladtalk.identities.meta import load_meta

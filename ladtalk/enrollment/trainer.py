@@ -13,6 +13,7 @@ from torch import nn
 
 from ladtalk._util.atomic import write_json
 from ladtalk._util.device import autocast
+from ladtalk._util.dist import DistContext
 from ladtalk.enrollment.config import TrainConfig
 from ladtalk.enrollment.data import (
     CropSampler,
@@ -23,6 +24,15 @@ from ladtalk.enrollment.data import (
     take_patches,
 )
 from ladtalk.enrollment.discriminator import NLayerDiscriminator
+from ladtalk.enrollment.distributed import (
+    broadcast_buffers,
+    broadcast_codebook,
+    global_codes,
+    mean_scalar,
+    rank_seed,
+    sum_usage,
+    wrap,
+)
 from ladtalk.enrollment.losses import (
     adaptive_weight,
     codebook_regularizer,
@@ -31,6 +41,14 @@ from ladtalk.enrollment.losses import (
     hinge_d_loss,
     reconstruction_loss,
 )
+from ladtalk.enrollment.state import (
+    STATE_FORMAT,
+    STATE_JSON,
+    STATE_TENSORS,
+    flatten_optimizer,
+    read_state_info,
+    unflatten_optimizer,
+)
 from ladtalk.errors import CheckpointError
 from ladtalk.metrics.image import psnr_torch
 from ladtalk.models.quantizer import dead_code_restart, kmeans_init
@@ -38,9 +56,6 @@ from ladtalk.models.sovqae import SOVQAE
 
 log = logging.getLogger(__name__)
 
-STATE_TENSORS = "trainer_state.safetensors"
-STATE_JSON = "trainer_state.json"
-STATE_FORMAT = "ladtalk-enroll-state/1"
 
 
 def holdout_psnr(y01: torch.Tensor, x01: torch.Tensor) -> float:
@@ -61,15 +76,24 @@ class _Forward:
 
 
 class Trainer:
-    """Holds the SOVQAE, the PatchGAN, optimisers and counters; one :meth:`step` = one batch."""
+    """Holds the SOVQAE, the PatchGAN, optimisers and counters; one :meth:`step` = one batch.
+
+    ``ctx``: this process's place under ``torchrun`` (:mod:`ladtalk.enrollment.distributed`):
+    with several ranks the generator and the PatchGAN run under DistributedDataParallel and
+    the codebook's decisions are made on rank 0 and broadcast."""
 
     def __init__(self, model: SOVQAE, cfg: TrainConfig, device: torch.device,
-                 perceptual: Optional[nn.Module] = None) -> None:
+                 perceptual: Optional[nn.Module] = None,
+                 ctx: Optional[DistContext] = None) -> None:
         self.model = model.to(device).train()
         self.cfg = cfg
         self.device = device
         self.perceptual = perceptual
+        self.ctx = ctx or DistContext()
         self.disc = NLayerDiscriminator(ndf=cfg.disc_ndf, n_layers=cfg.disc_layers).to(device)
+        # the forward passes that train go through DDP (the plain modules share its weights)
+        self.model_ddp = wrap(self.model, device)
+        self.disc_ddp = wrap(self.disc, device)
         self.opt_g = torch.optim.Adam(model.generator_parameters(), lr=cfg.lr, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas)
         amp = device.type == "cuda"
@@ -80,7 +104,7 @@ class Trainer:
         self.kmeans_done = False
         self.warmup_from = 0        # LR warm-up restarts at this step count
         self.history: List[Dict[str, Any]] = []
-        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.gen = torch.Generator().manual_seed(rank_seed(cfg.seed + 1, self.ctx))
         self.wmap: Optional[torch.Tensor] = None
         self.ranges = DegradationRanges(weights=tuple(cfg.degrade_weights),
                                         lipsync_sigma=tuple(cfg.lipsync_sigma))
@@ -109,10 +133,12 @@ class Trainer:
         cfg = self.cfg
         if self.kmeans_done or cfg.kmeans_at <= 0 or self.step_count < cfg.kmeans_at:
             return
-        with torch.no_grad():
-            lat = [self.model.encode_latent(sampler.sample().to(self.device) * 2 - 1).float()
-                   for _ in range(max(1, cfg.kmeans_batches))]
-            kmeans_init(self.model.quantize, torch.cat(lat), iters=10, generator=self.gen)
+        if self.ctx.is_main:  # decided once, then every rank takes rank 0's codebook
+            with torch.no_grad():
+                lat = [self.model.encode_latent(sampler.sample().to(self.device) * 2 - 1)
+                       .float() for _ in range(max(1, cfg.kmeans_batches))]
+                kmeans_init(self.model.quantize, torch.cat(lat), iters=10, generator=self.gen)
+        broadcast_codebook(self.model.quantize)
         self.kmeans_done = True
 
     def _batch(self, sampler: CropSampler) -> Tuple[torch.Tensor, torch.Tensor, bool]:
@@ -144,7 +170,7 @@ class Trainer:
         cfg, model = self.cfg, self.model
         target = x * 2 - 1
         with autocast(self.device):
-            y, q_loss, idx = model(xin * 2 - 1)
+            y, q_loss, idx = self.model_ddp(xin * 2 - 1)
             rec = reconstruction_loss(y, target, cfg.l1, cfg.l2,
                                       self._weight_map(crop_side, y.shape[-1]))
             nll = rec
@@ -172,6 +198,7 @@ class Trainer:
                                   self.cfg.disc_weight, scale=scale)
         except RuntimeError:  # e.g. no grad path in eval-only corner cases
             d_w = torch.tensor(0.0, device=self.device)
+        d_w = mean_scalar(d_w)  # one weight for the whole (all-rank) batch
         terms["g_loss"], terms["d_weight"] = g_loss.item(), d_w.item()
         return d_w * g_loss
 
@@ -189,26 +216,31 @@ class Trainer:
     def _ema_codebook_step(self, idx: torch.Tensor, terms: Dict[str, float]) -> None:
         cfg, q = self.cfg, self.model.quantize
         if cfg.dc_weight > 0 and getattr(q, "ema", False):
+            used = global_codes(idx, q.n_embed)  # the same step on every rank
             terms["dc_penalty"] = codebook_regularizer_step(
-                q.embedding.weight, idx, lr=cfg.dc_weight, theta=cfg.dc_theta, tau=cfg.dc_tau)
-            _sync_ema(q, idx)
+                q.embedding.weight, used, lr=cfg.dc_weight, theta=cfg.dc_theta, tau=cfg.dc_tau)
+            _sync_ema(q, used)
 
     def _discriminator_step(self, fw: _Forward, terms: Dict[str, float]) -> None:
         self.disc.requires_grad_(True)
         with autocast(self.device):
-            d_loss = hinge_d_loss(self.disc(fw.target), self.disc(fw.y.detach()))
+            d_loss = hinge_d_loss(self.disc_ddp(fw.target), self.disc_ddp(fw.y.detach()))
         self._optimise(d_loss, self.opt_d, self.scaler_d)
+        broadcast_buffers(self.disc)  # the running statistics of every rank: rank 0's
         terms["d_loss"] = d_loss.item()
 
     def _maybe_restart_codes(self, x: torch.Tensor, terms: Dict[str, float]) -> None:
         cfg = self.cfg
         if cfg.restart_every > 0 and self.step_count % cfg.restart_every == 0 and (
                 self.kmeans_done or cfg.kmeans_at <= 0):
-            with torch.no_grad():
-                lat = self.model.encode_latent(x * 2 - 1).float()
-            dead = dead_code_restart(self.model.quantize, None, lat, min_count=1.0,
-                                     generator=self.gen)
-            terms["restarted_codes"] = float(dead.numel())
+            q = self.model.quantize
+            sum_usage(q)  # dead on every rank, not only on this one
+            if self.ctx.is_main:
+                with torch.no_grad():
+                    lat = self.model.encode_latent(x * 2 - 1).float()
+                dead = dead_code_restart(q, None, lat, min_count=1.0, generator=self.gen)
+                terms["restarted_codes"] = float(dead.numel())
+            broadcast_codebook(q)
 
     def step(self, sampler: CropSampler, progress: float = 0.0) -> Dict[str, float]:
         """One generator (+ discriminator) update; ``progress`` in [0, 1] is the fraction of
@@ -256,8 +288,8 @@ class Trainer:
             "format": STATE_FORMAT, "step": self.step_count,
             "elapsed_seconds": round(self.elapsed, 3), "kmeans_done": self.kmeans_done,
             "train_config": self.cfg.to_dict(),
-            "opt_g": _flatten_optimizer("opt_g", self.opt_g, tensors),
-            "opt_d": _flatten_optimizer("opt_d", self.opt_d, tensors),
+            "opt_g": flatten_optimizer("opt_g", self.opt_g, tensors),
+            "opt_d": flatten_optimizer("opt_d", self.opt_d, tensors),
             "history": self.history[-500:],
         }
         for k, v in self.disc.state_dict().items():
@@ -309,8 +341,8 @@ class Trainer:
     def _load_optimisers(self, directory: Path, info: Dict[str, Any],
                          tensors: Dict[str, torch.Tensor]) -> None:
         try:
-            _unflatten_optimizer("opt_g", self.opt_g, info["opt_g"], tensors)
-            _unflatten_optimizer("opt_d", self.opt_d, info["opt_d"], tensors)
+            unflatten_optimizer("opt_g", self.opt_g, info["opt_g"], tensors)
+            unflatten_optimizer("opt_d", self.opt_d, info["opt_d"], tensors)
             self.disc.load_state_dict({k[5:]: v for k, v in tensors.items()
                                        if k.startswith("disc.")})
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -339,35 +371,6 @@ class Trainer:
             sampler.set_state(tensors["rng.sampler"])
         if self.scaler is not None and "grad_scale" in info:
             self.scaler.update(float(info["grad_scale"]))
-
-
-def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer,
-                       tensors: Dict[str, torch.Tensor]) -> Dict[str, Any]:
-    sd = opt.state_dict()
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(float(v))
-            tensors[f"{prefix}.state.{pid}.{k}"] = t.detach().to("cpu").contiguous()
-    return {"param_groups": sd["param_groups"]}
-
-
-def _unflatten_optimizer(prefix: str, opt: torch.optim.Optimizer, info: Dict[str, Any],
-                         tensors: Dict[str, torch.Tensor]) -> None:
-    state: Dict[int, Dict[str, torch.Tensor]] = {}
-    head = prefix + ".state."
-    for key, t in tensors.items():
-        if key.startswith(head):
-            pid, name = key[len(head):].split(".", 1)
-            state.setdefault(int(pid), {})[name] = t
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-
-
-def read_state_info(directory: Path) -> Optional[Dict[str, Any]]:
-    """The parsed ``trainer_state.json`` in ``directory``; None when missing or unreadable."""
-    try:
-        return json.loads((directory / STATE_JSON).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @torch.no_grad()

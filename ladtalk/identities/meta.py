@@ -100,13 +100,16 @@ class IdentityMeta:
     #: held-out W-vs-L quality report (``QualityReport.to_json()``)
     quality: Optional[Dict[str, Any]] = None
     identity_match_reference: Optional[Dict[str, Any]] = None
+    #: how training ran: ``world_size``, ``per_rank_batch``, ``effective_batch``, ``backend``,
+    #: ``lr`` (:class:`ladtalk.enrollment.distributed.DistributedSetup`)
+    distributed: Optional[Dict[str, Any]] = None
     #: True while training is still going (a periodic checkpoint)
     partial: bool = False
     #: keys this version does not know (from older or newer layouts), written back as they are
     extra: Dict[str, Any] = field(default_factory=dict)
 
     # keys written only when set, so a fresh enrollment writes the same keys as before
-    _OPTIONAL = ("partial", "history", "fusion", "fusion_calibration", "quality",
+    _OPTIONAL = ("partial", "history", "fusion", "fusion_calibration", "quality", "distributed",
                  "identity_match_reference")
 
     def to_json(self) -> Dict[str, Any]:
@@ -142,6 +145,7 @@ class IdentityMeta:
             fusion_calibration=_opt_dict(d.get("fusion_calibration")),
             quality=_opt_dict(d.get("quality")),
             identity_match_reference=_opt_dict(d.get("identity_match_reference")),
+            distributed=_opt_dict(d.get("distributed")),
             partial=bool(d.get("partial", False)),
             extra={k: v for k, v in d.items() if k not in known},
             **opt_str, **secs)
