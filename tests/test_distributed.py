@@ -106,23 +106,35 @@ def test_ddp_ranks_keep_identical_weights_and_codebooks(tmp_path, ema):
     assert float(b["restarted"]) == 0
 
 
-def _torchrun(args, home: Path) -> subprocess.CompletedProcess:
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc-per-node", "2"],
+    # accelerate's multi-process launch (torchrun's launcher underneath; gloo without GPUs)
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_port", "0"],
+}
+
+
+def _launch(launcher: str, args, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "LADTALK_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "ladtalk", *args]
+    cmd = [*LAUNCHERS[launcher], "-m", "ladtalk", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
-def test_torchrun_enroll_writes_the_identity_once_and_resumes(tmp_path):
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launched_enroll_writes_the_identity_once_and_resumes(tmp_path, launcher):
     from test_training import _astronaut_frames, _write_video
+    if launcher == "accelerate":
+        pytest.importorskip("accelerate")
     video = _write_video(tmp_path / "astronaut.mp4", _astronaut_frames(48))
     home = tmp_path / "home"
     args = ["enroll", "--video", str(video), "--name", "pair", "--config", "tiny",
             "--seconds", "120", "--max-steps", "3", "--batch-size", "2", "--detector", "dlib",
             "--quiet"]
-    first = _torchrun(args, home)
+    first = _launch(launcher, args, home)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count("identity 'pair' written") == 1  # rank 0 reports, once
     assert "effective batch 4" in first.stderr
@@ -133,7 +145,7 @@ def test_torchrun_enroll_writes_the_identity_once_and_resumes(tmp_path):
     assert meta["distributed"]["world_size"] == 2
     assert meta["distributed"]["effective_batch"] == 4
     assert meta["distributed"]["backend"] == "gloo"
-    second = _torchrun(args, home)
+    second = _launch(launcher, args, home)
     assert second.returncode == 0, second.stdout + second.stderr
     meta = json.loads((store / "pair" / "meta.json").read_text())
     assert meta["steps"] == 6 and meta["run_steps"] == 3 and meta["resumed"]

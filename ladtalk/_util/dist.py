@@ -24,8 +24,9 @@ from ladtalk._util.device import resolve_device
 from ladtalk.errors import InputError
 
 #: seconds a process waits at a collective for the others (``LADTALK_DIST_TIMEOUT``): a rank
-#: that waits while rank 0 detects faces or evaluates must not give up early
-DEFAULT_TIMEOUT_S = 4 * 3600.0
+#: that waits while rank 0 detects faces or evaluates, or that finished its share of a batch
+#: before the slowest rank, must not give up early
+DEFAULT_TIMEOUT_S = 24 * 3600.0
 
 
 def _env_int(name: str, default: int) -> int:
@@ -106,7 +107,13 @@ def init(ctx: Optional[DistContext] = None, device: Optional[torch.device] = Non
         if not os.environ.get(var):
             raise InputError(f"WORLD_SIZE={ctx.world_size} but {var} is not set: start the "
                              "processes with torchrun (or accelerate launch), which sets it")
-    timeout = float(os.environ.get("LADTALK_DIST_TIMEOUT", "") or DEFAULT_TIMEOUT_S)
+    raw = os.environ.get("LADTALK_DIST_TIMEOUT", "").strip()
+    try:
+        timeout = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise InputError(f"LADTALK_DIST_TIMEOUT={raw!r} is not a number of seconds > 0")
     cuda = device is not None and device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
