@@ -110,6 +110,13 @@ def test_bad_rows_are_listed_up_front(media, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "6 bad row(s)" in err and "line 5" in err and "checkpoint" not in err
     assert not out.exists()
+    # without --strict the good row would run, but Wav2Lip cannot load: the batch stops with
+    # the checkpoint's error (not one failure per job), and no job is recorded
+    code = main(["batch", str(jobs_file), "--out-dir", str(out),
+                 "--wav2lip", str(tmp_path / "no-such-checkpoint.safetensors"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no-such-checkpoint" in err
+    assert not list(out.glob(".ladtalk-batch/jobs/*.json"))
     # not a batch file at all: one clear error
     (tmp_path / "jobs.txt").write_text("face,audio\n")
     assert main(["batch", str(tmp_path / "jobs.txt"), "--out-dir", str(out)]) == 2
@@ -164,8 +171,8 @@ def _cli_env(home: Path) -> dict:
     return env
 
 
-def _jobs_for_cli(media, path: Path, n: int) -> Path:
-    rows = [[media["face"], media["audios"][i % 3], f"job{i}.mp4", "none", BOX]
+def _jobs_for_cli(media, path: Path, n: int, box: str = BOX) -> Path:
+    rows = [[media["face"], media["audios"][i % 3], f"job{i}.mp4", "none", box]
             for i in range(n)]
     return _write_csv(path, rows)
 
@@ -173,13 +180,15 @@ def _jobs_for_cli(media, path: Path, n: int) -> Path:
 @pytest.mark.slow
 def test_torchrun_two_processes_shard_the_jobs(media, wav2lip_ckpt, tmp_path):
     """``torchrun --nproc-per-node 2 -m ladtalk batch``: each job done once, by one of the
-    two ranks, and one merged report."""
-    jobs = _jobs_for_cli(media, tmp_path / "jobs.csv", 5)
+    two ranks, one merged report, and the shared face detected once for both ranks (tracks
+    exchanged, the disk cache off)."""
+    jobs = _jobs_for_cli(media, tmp_path / "jobs.csv", 5, box="")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--standalone", "-m", "ladtalk", "batch", str(jobs), "--out-dir", str(out),
            "--wav2lip", str(wav2lip_ckpt), "--device", "cpu", "--backend", "torch",
-           "--precision", "fp32", "--batch-size", "8", "--quiet"]
+           "--precision", "fp32", "--batch-size", "8", "--detector", "dlib", "--no-cache",
+           "--quiet"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_cli_env(tmp_path / "home"), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -188,6 +197,8 @@ def test_torchrun_two_processes_shard_the_jobs(media, wav2lip_ckpt, tmp_path):
     names = [j["name"] for j in report["jobs"]]
     assert names == [f"job{i}.mp4" for i in range(5)]
     assert sorted(j["rank"] for j in report["jobs"]) == [0, 0, 0, 1, 1]
+    assert report["track_seconds"] > 0  # one rank tracked the face ahead of the jobs...
+    assert all(j["timings"]["detect"] == 0.0 for j in report["jobs"])  # ...no job detected
     for j in report["jobs"]:
         assert len(decode(out / j["name"])) == j["frames"]
         assert Manifest(out).read(j["name"]).rank == j["rank"]
@@ -233,4 +244,5 @@ def test_a_killed_batch_resumes_without_redoing_complete_jobs(media, wav2lip_ckp
         {f"job{i}.mp4" for i in range(4)} - done_first
     for n in done_first:  # not redone
         assert Manifest(out).read(n).finished == finished[n]
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(".tmp-*"))  # no half-written output
+    assert not list((out / ".ladtalk-batch" / "tmp").iterdir())  # nor the killed call's temp

@@ -123,10 +123,13 @@ def init(ctx: Optional[DistContext] = None, device: Optional[torch.device] = Non
     return ctx
 
 
-def shutdown() -> None:
-    """Leave the process group (after a last barrier, so no rank leaves while others send)."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group, after a last barrier so no rank leaves while others still
+    send. ``barrier=False`` when leaving on an error: the others may wait at another
+    collective, and the launcher stops them when this process exits with an error."""
     if is_initialized():
-        torch.distributed.barrier()
+        if barrier:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

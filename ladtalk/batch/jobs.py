@@ -191,16 +191,25 @@ def _parse_row(row: Dict[str, Any], base: Path, defaults: JobDefaults
     return parsed, problems
 
 
-def _check_inputs(parsed: Dict[str, Any], problems: List[str]) -> None:
-    """Probe the files, resolve the identity and validate the options (all problems kept)."""
-    checks = [("face", lambda p: probe(p)),
-              ("audio", lambda p: _require_audio(probe(p, require_video=False)))]
-    for col, check in checks:
-        if col in parsed:
+def _check_inputs(parsed: Dict[str, Any], problems: List[str],
+                  seen: Dict[Tuple[str, Path], Optional[str]]) -> None:
+    """Probe the files, resolve the identity and validate the options (all problems kept).
+    ``seen``: the problem (or None) of each (column, file) probed already, so a face shared
+    by many rows is probed once."""
+    checks = {"face": lambda p: probe(p),
+              "audio": lambda p: _require_audio(probe(p, require_video=False))}
+    for col, check in checks.items():
+        if col not in parsed:
+            continue
+        key = (col, parsed[col])
+        if key not in seen:
             try:
                 check(parsed[col])
+                seen[key] = None
             except LadTalkError as exc:
-                problems.append(f"{col}: {exc}")
+                seen[key] = f"{col}: {exc}"
+        if seen[key]:
+            problems.append(seen[key])
     if parsed["identity"] is not None:
         try:
             resolve_identity(parsed["identity"])
@@ -231,12 +240,13 @@ def read_jobs(path: PathLike, defaults: Optional[JobDefaults] = None
     jobs: List[Job] = []
     bad: List[BadRow] = []
     names: Dict[str, int] = {}
+    seen: Dict[Tuple[str, Path], Optional[str]] = {}
     rows = list(_rows(path))
     if not rows:
         raise InputError(f"batch file '{path}' has no jobs")
     for line, row in rows:
         parsed, problems = _parse_row(dict(row), base, defaults)
-        _check_inputs(parsed, problems)
+        _check_inputs(parsed, problems, seen)
         name = parsed["out"] or (f"{parsed['face'].stem}__{parsed['audio'].stem}.mp4"
                                  if "face" in parsed and "audio" in parsed else "")
         if name and (why := _check_name(name)):

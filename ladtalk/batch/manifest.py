@@ -66,6 +66,17 @@ class Manifest:
         self.out_dir = Path(out_dir)
         self.root = self.out_dir / STATE_DIR / "jobs"
 
+    def temp_dir(self) -> Path:
+        """The parent of the jobs' per-call temp folders (in the batch's own folder, so a
+        killed run's leftovers are found and removed by the next run)."""
+        path = self.out_dir / STATE_DIR / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def clear_temp(self) -> None:
+        """Remove every temp folder of earlier runs (call it while no job runs)."""
+        shutil.rmtree(self.out_dir / STATE_DIR / "tmp", ignore_errors=True)
+
     def record_path(self, name: str) -> Path:
         return self.root / f"{name}.json"
 

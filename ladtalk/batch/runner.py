@@ -8,7 +8,8 @@ track of a face file is kept for the next job on the same face (and the on-disk 
 serves later runs), so three audios on one face detect it once.
 
 Under ``torchrun`` (:mod:`ladtalk._util.dist`) rank 0 decides which jobs still need doing,
-every rank takes every ``WORLD_SIZE``-th of them, and rank 0 merges all records into one
+the ranks share out the distinct faces and exchange their tracks (each face is detected
+once), every rank takes every ``WORLD_SIZE``-th job, and rank 0 merges all records into one
 :class:`BatchReport`.
 """
 
@@ -18,7 +19,7 @@ import csv
 import io
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -67,6 +68,8 @@ class BatchReport:
     out_dir: str = ""
     #: what the pipeline had loaded at the end (``Pipeline.loaded_models()``)
     models_loaded: Dict[str, Any] = field(default_factory=dict)
+    #: seconds the ranks spent tracking the faces ahead of the jobs (torchrun only)
+    track_seconds: float = 0.0
 
     def counts(self) -> Dict[str, int]:
         return {s: sum(r.status == s for r in self.jobs) for s in STATUSES}
@@ -79,6 +82,7 @@ class BatchReport:
         return {"format": REPORT_FORMAT, "ok": self.ok, "counts": self.counts(),
                 "world_size": self.world_size, "seconds": round(self.seconds, 3),
                 "out_dir": self.out_dir, "models_loaded": self.models_loaded,
+                "track_seconds": round(self.track_seconds, 3),
                 "jobs": [asdict(r) for r in self.jobs]}
 
     def to_csv(self) -> str:
@@ -116,9 +120,10 @@ def _run_one(job: Job, pipeline: Any, manifest: Manifest, tracks: Dict[str, Any]
     rec = _base_record(job, "failed", rank)
     out = manifest.out_dir / job.name
     face_key = str(job.face.resolve())
+    options = replace(job.options, temp_dir=manifest.temp_dir())  # beside the outputs
     t0 = time.perf_counter()
     try:
-        res = pipeline.run(job.face, job.audio, out, job.options, progress=frames,
+        res = pipeline.run(job.face, job.audio, out, options, progress=frames,
                            track=tracks.get(face_key))
         tracks[face_key] = res.track
         rec.status, rec.frames, rec.out_bytes = "done", int(res.n_frames), out.stat().st_size
@@ -162,11 +167,16 @@ def run_batch(jobs: Sequence[Job], bad: Sequence[BadRow], out_dir: PathLike, pip
     emit = progress or (lambda event: None)
     pending = None
     if ctx.is_main:
+        manifest.clear_temp()  # what a killed run's generate calls left (no rank runs yet)
         pending = [j.name for j in jobs if fresh or manifest.complete(j) is None]
     pending = set(dist.broadcast_object(pending))  # every rank shards the same list
     todo = [j for j in jobs if j.name in pending]
     mine = todo[ctx.rank::ctx.world_size]
-    tracks: Dict[str, Any] = {}
+    if mine and hasattr(pipeline, "lipsyncer"):
+        pipeline.lipsyncer  # noqa: B018 - load Wav2Lip now: a missing checkpoint stops the batch
+    t_tracks = time.time()
+    tracks = _shared_tracks(todo, pipeline, ctx) if ctx.enabled else {}
+    t_tracks = time.time() - t_tracks
     records: List[JobRecord] = []
     for k, job in enumerate(mine, 1):
         emit(BatchEvent("job", k, len(mine), job.name, ctx.rank))
@@ -185,7 +195,27 @@ def run_batch(jobs: Sequence[Job], bad: Sequence[BadRow], out_dir: PathLike, pip
     if not ctx.is_main:
         merged = records
     loaded = pipeline.loaded_models() if hasattr(pipeline, "loaded_models") else {}
-    return BatchReport(merged, ctx.world_size, time.time() - t0, str(out_dir), loaded)
+    return BatchReport(merged, ctx.world_size, time.time() - t0, str(out_dir), loaded,
+                       t_tracks)
+
+
+def _shared_tracks(todo: Sequence[Job], pipeline: Any, ctx: DistContext) -> Dict[str, Any]:
+    """Under torchrun: every distinct face of the remaining jobs is tracked by one rank, and
+    every rank gets every track, so a face shared by jobs on several ranks is detected once
+    (also with ``--no-cache``, and across nodes that share no cache)."""
+    firsts: Dict[str, Job] = {}
+    for job in todo:
+        firsts.setdefault(str(job.face.resolve()), job)
+    local: Dict[str, Any] = {}
+    for key, job in list(firsts.items())[ctx.rank::ctx.world_size]:
+        try:
+            local[key] = pipeline.track(job.face, job.options)
+        except Exception as exc:  # noqa: BLE001 - the job itself reports it when it runs
+            log.info("no face track of %s ahead of its jobs (%s)", job.face, exc)
+    merged: Dict[str, Any] = {}
+    for part in dist.all_gather_object(local):
+        merged.update(part)
+    return merged
 
 
 __all__ = ["BatchEvent", "BatchReport", "CSV_COLUMNS", "RESULTS_CSV", "RESULTS_JSON",

@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             report.write(args.out_dir)
             print(_summary(report))
         ok = dist.broadcast_object(report.ok)
-    finally:
-        dist.shutdown()
+    except BaseException:
+        dist.shutdown(barrier=False)
+        raise
+    dist.shutdown()
     return 0 if ok else 1

@@ -75,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps must be >= 1, got {args.max_steps}")
     try:
-        return _run(args, dist.context())
-    finally:
-        dist.shutdown()
+        code = _run(args, dist.context())
+    except BaseException:
+        dist.shutdown(barrier=False)
+        raise
+    dist.shutdown()
+    return code
 
 
 def _run(args: argparse.Namespace, ctx) -> int:

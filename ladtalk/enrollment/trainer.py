@@ -57,7 +57,6 @@ from ladtalk.models.sovqae import SOVQAE
 log = logging.getLogger(__name__)
 
 
-
 def holdout_psnr(y01: torch.Tensor, x01: torch.Tensor) -> float:
     """Mean per-image PSNR (dB) of [0, 1] batches, as recorded in ``meta.json``."""
     return float(psnr_torch(y01, x01, mse_floor=1e-12).mean())

@@ -55,6 +55,7 @@ from ladtalk.generation.restore import Restorer
 from ladtalk.generation.runner import StreamingRunner, StreamResult, open_stream
 from ladtalk.generation.track import FileStamp, SourceTrack, framing_key, track_source
 from ladtalk.identities.store import resolve_identity
+from ladtalk.media.audio import SAMPLE_RATE
 from ladtalk.media.mel_process import MelProcess
 from ladtalk.media.probe import estimate_frames
 from ladtalk.models.fuse import fold_batchnorm
@@ -248,6 +249,16 @@ class Pipeline:
         processor = self._processor(call, models, plan, speech, src_track)
         stream = self._stream(call, plan, src_track, processor)
         return self._result(call, plan, speech, models, src_track, processor, stream, match)
+
+    def track(self, face: PathLike, options: Optional[GenerateOptions] = None) -> SourceTrack:
+        """The face track of ``face`` for ``options`` (detector, framing, frame rate), without
+        generating: detected, or read from the track cache. It does not depend on the audio;
+        pass it as ``run(..., track=...)`` (a batch's ranks share tracks this way)."""
+        call = _Call(Path(face), Path(face), Path(face),
+                     replace(options or GenerateOptions()).validate(), lambda *a: None)
+        one_second = Speech(n_samples=SAMPLE_RATE, seconds=1.0)
+        return self._track(call, plan_source(call.face, one_second, call.opts, self.batch_size),
+                           None)
 
     def _track(self, call: _Call, plan: SourcePlan,
                given: Optional[SourceTrack]) -> SourceTrack:
