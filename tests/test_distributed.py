@@ -149,3 +149,21 @@ def test_launched_enroll_writes_the_identity_once_and_resumes(tmp_path, launcher
     assert second.returncode == 0, second.stdout + second.stderr
     meta = json.loads((store / "pair" / "meta.json").read_text())
     assert meta["steps"] == 6 and meta["run_steps"] == 3 and meta["resumed"]
+
+
+@pytest.mark.slow
+def test_a_failure_on_rank_0_stops_every_rank_with_its_message(tmp_path):
+    """Rank 0 finds no face while the other rank waits for its crops: both stop at once with
+    rank 0's message (no rank left waiting at a collective, no traceback)."""
+    frames = np.repeat(np.random.default_rng(0).integers(0, 256, (1, 160, 160, 3), np.uint8),
+                       12, axis=0)
+    from test_training import _write_video
+    video = _write_video(tmp_path / "noface.mp4", frames)
+    proc = _launch("torchrun", ["enroll", "--video", str(video), "--name", "nobody", "--config",
+                                "tiny", "--seconds", "10", "--detector", "dlib", "--quiet"],
+                   tmp_path / "home")
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: no face was detected") == 1
+    assert "error: rank 0 stopped (InputError: no face was detected" in proc.stderr
+    assert "[rank1]: Traceback" not in proc.stderr and "[rank0]: Traceback" not in proc.stderr
+    assert not (tmp_path / "home" / "identities" / "nobody").exists()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import torch
 
@@ -133,6 +134,28 @@ def shutdown(barrier: bool = True) -> None:
         torch.distributed.destroy_process_group()
 
 
+@contextmanager
+def rank_zero_first(ctx: DistContext) -> Iterator[None]:
+    """Run the block on rank 0 first and on the other ranks after it (which then find its
+    caches). When rank 0's block fails, the others stop with an :class:`InputError` that
+    names rank 0's error, instead of waiting at a collective that never comes."""
+    if not (ctx.enabled and is_initialized()):
+        yield
+        return
+    if not ctx.is_main:
+        failed = broadcast_object(None)
+        if failed:
+            raise InputError(f"rank 0 stopped ({failed}); this rank stops too")
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        broadcast_object(f"{type(exc).__name__}: {exc}")
+        raise
+    broadcast_object("")
+
+
 def barrier() -> None:
     if is_initialized():
         torch.distributed.barrier()
@@ -172,4 +195,5 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 
 __all__ = ["DEFAULT_TIMEOUT_S", "DistContext", "all_gather_object", "all_reduce_", "barrier",
-           "broadcast_", "broadcast_object", "context", "init", "is_initialized", "shutdown"]
+           "broadcast_", "broadcast_object", "context", "init", "is_initialized",
+           "rank_zero_first", "shutdown"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -203,7 +202,7 @@ def enroll(video: PathLike, name: str, seconds: Optional[float] = None,
     dev = ctx.device(device)  # cuda:LOCAL_RANK under torchrun
     dist.init(ctx, dev)
     progress = crop_progress(on_progress, t_start)
-    with _rank_zero_first(ctx):  # detection and crops once, into the cache the others read
+    with dist.rank_zero_first(ctx):  # detection and crops once, into the cache the others read
         prep = _prepare(video, target, config, fresh, dev, model_cfg, resolution, init,
                         dict(train_overrides or {}), detector, progress, seconds, batch_size)
     model, cfg, crops = prep.model, prep.cfg, prep.crops
@@ -238,16 +237,6 @@ def enroll(video: PathLike, name: str, seconds: Optional[float] = None,
                             "elapsed": time.time() - t_start, "holdout_psnr": meta.holdout_psnr})
     dist.barrier()
     return target
-
-
-@contextmanager
-def _rank_zero_first(ctx: DistContext):
-    """Rank 0 runs the block first, the other ranks after it (then from its caches)."""
-    if ctx.enabled and not ctx.is_main:
-        dist.barrier()
-    yield
-    if ctx.enabled and ctx.is_main:
-        dist.barrier()
 
 
 @dataclass
