@@ -6,7 +6,8 @@ Run it through ``scripts/gpu_check.sh`` whenever a GPU machine is lent. It cover
 2. ``generate`` frames/s on a 512x512 25 fps clip with a fixed box, Wav2Lip only and with a
    random-weight ``base`` identity at 256 px, in fp16 and bf16, ``torch.compile`` off and on;
    peak GPU memory of each;
-3. ``base`` enrollment training steps/s at 256 px with AMP, and its peak GPU memory;
+3. ``base`` enrollment training steps/s at 256 px with AMP, and its peak GPU memory, plain
+   and under DistributedDataParallel with one process (``torchrun --nproc-per-node 1``);
 4. the measured per-frame GPU seconds next to the ZeroGPU duration estimate of
    ``ladtalk.app.limits`` (what the app asks ZeroGPU for).
 
@@ -128,8 +129,30 @@ def generate_runs(device, clip: Dict[str, Path], models: Dict[str, Any],
     return runs
 
 
+def ddp_enroll_steps(device, resolution: int, steps: int, config: str) -> Dict[str, Any]:
+    """The same trainer under DistributedDataParallel in a process group of one (NCCL on
+    CUDA, gloo on a CPU), as ``torchrun --nproc-per-node 1`` would give it: the DDP cost."""
+    import socket
+
+    import torch
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0")
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                         rank=0, world_size=1)
+    try:
+        return {**enroll_steps(device, resolution, steps, config), "ddp_world_size": 1}
+    finally:
+        torch.distributed.destroy_process_group()
+        for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            os.environ.pop(var, None)
+
+
 def enroll_steps(device, resolution: int, steps: int, config: str) -> Dict[str, Any]:
-    """Training steps/s of the SOVQAE + PatchGAN trainer (AMP on CUDA), random crops."""
+    """Training steps/s of the SOVQAE + PatchGAN trainer (AMP on CUDA), random crops; under
+    DDP when a process group is up (:func:`ddp_enroll_steps`)."""
     import numpy as np
     import torch
 
@@ -142,7 +165,7 @@ def enroll_steps(device, resolution: int, steps: int, config: str) -> Dict[str, 
     cfg = resolve_train_config(config, resolution, None, perceptual_weight=0.0)
     crops = np.random.default_rng(0).integers(0, 256, (32, resolution, resolution, 3), np.uint8)
     sampler = CropSampler(crops, cfg.batch_size, seed=0)
-    trainer = Trainer(model, cfg, device)
+    trainer = Trainer(model, cfg, device)  # wraps in DDP when a process group is up
     trainer.step(sampler, 0.0)  # warm-up (k-means init, kernel selection)
     _reset_memory(device)
     if device.type == "cuda":
@@ -154,7 +177,8 @@ def enroll_steps(device, resolution: int, steps: int, config: str) -> Dict[str, 
         torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
     return {"config": config, "resolution": resolution, "batch_size": cfg.batch_size,
-            "amp": trainer.scaler is not None, "steps": steps,
+            "amp": trainer.scaler is not None, "ddp": trainer.model_ddp is not trainer.model,
+            "steps": steps,
             "steps_per_s": round(steps / dt, 3), "peak_gpu_mb": _peak_memory(device)}
 
 
@@ -187,6 +211,10 @@ def _table(report: Dict[str, Any]) -> str:
     lines.append(f"enrollment ({e['config']}, {e['resolution']} px, batch {e['batch_size']}, "
                  f"AMP {'on' if e['amp'] else 'off'}): {e['steps_per_s']} steps/s, peak GPU "
                  f"{e['peak_gpu_mb'] or '-'} MB")
+    d = report.get("enroll_ddp")
+    if d:
+        lines.append(f"the same under DistributedDataParallel, 1 process: {d['steps_per_s']} "
+                     f"steps/s, peak GPU {d['peak_gpu_mb'] or '-'} MB")
     t = report["tests"]
     lines.append(f"CUDA tests: {t.get('tests', '?')} run, {t.get('failures', '?')} failed, "
                  f"{t.get('errors', '?')} errors, {t.get('skipped', '?')} skipped "
@@ -225,6 +253,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("enrollment ...", flush=True)
     report["enroll"] = enroll_steps(device, 32 if args.quick else 256, 2 if args.quick else 40,
                                     "base")
+    print("enrollment under DDP (1 process) ...", flush=True)
+    report["enroll_ddp"] = ddp_enroll_steps(device, 32 if args.quick else 256,
+                                            2 if args.quick else 40, "base")
     report["zerogpu"] = zerogpu_estimates(report["generate"])
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))

@@ -247,6 +247,8 @@ def test_gpu_check_dry_runs_on_cpu(tmp_path):
                      ("identity", "bf16")}
     assert all(r["fps_end_to_end"] > 0 and r["frames"] > 0 for r in report["generate"])
     assert report["enroll"]["steps_per_s"] > 0 and report["enroll"]["amp"] is False
+    assert report["enroll_ddp"]["steps_per_s"] > 0 and report["enroll_ddp"]["ddp"]
+    assert not report["enroll"]["ddp"]
     assert report["tests"]["exit_status"] == 0 and report["tests"]["tests"] >= 1
     assert set(report["zerogpu"]) == {"wav2lip", "identity"}
     assert "| mode |" in (out / "gpu_check.md").read_text()

@@ -395,7 +395,7 @@ def test_a_kill_during_save_leaves_nothing_after_the_sweep(tmp_path):
     assert SOVQAE.from_pretrained(target).config.resolution == 32
 
 
-def test_no_cache_detects_again_and_keeps_nothing(tmp_path, counting_dlib):
+def test_no_cache_detects_again_and_keeps_nothing(tmp_path, counting_dlib, caplog):
     """``--no-cache`` (``GenerateOptions.track_cache=False``): the cached track is not read
     and a new one is not stored; the frames are the same as with the cache."""
     from ladtalk.generation.pipeline import GenerateOptions, Pipeline
@@ -412,3 +412,11 @@ def test_no_cache_detects_again_and_keeps_nothing(tmp_path, counting_dlib):
     again = pipe.run(face, wav, tmp_path / "c.mp4", off)
     assert counting_dlib["frames"] == 42 and track_cache().usage().entries == 1
     np.testing.assert_array_equal(again.track.boxes, first.track.boxes)
+    # a corrupt entry (a crash, a full disk, an edit) is discarded with a warning, not trusted
+    (entry,) = [p for p in track_cache().root.iterdir() if not p.name.startswith(".")]
+    (entry / "track.json").write_text('{"version": 1, "boxes": [[1, 2')
+    with caplog.at_level("WARNING"):
+        fixed = pipe.run(face, wav, tmp_path / "d.mp4", on)
+    assert "ignoring unreadable cache entry" in caplog.text
+    assert counting_dlib["frames"] == 56 and track_cache().usage().entries == 1
+    np.testing.assert_array_equal(fixed.track.boxes, first.track.boxes)
