@@ -156,7 +156,8 @@ def fingerprint(job: Job) -> str:
     ident = None
     if job.identity is not None:
         ident = _stamp(resolve_identity(job.identity) / WEIGHTS_NAME)
-    opts = {k: v for k, v in to_jsonable(job.options).items() if k != "temp_dir"}
+    opts = {k: v for k, v in to_jsonable(job.options).items()
+            if k not in ("temp_dir", "track_cache")}  # neither changes the output
     text = json.dumps({"face": _stamp(job.face), "audio": _stamp(job.audio), "identity": ident,
                        "options": opts, "name": job.name}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
