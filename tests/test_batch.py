@@ -17,6 +17,7 @@ import pytest
 import torch
 from pipeline_helpers import (
     FACE_BOX,
+    CountingDetector,
     StubGenerator,
     decode,
     make_face_video,
@@ -59,19 +60,6 @@ def wav2lip_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("w2l") / "w2l.safetensors"
     save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(path))
     return path
-
-
-class CountingDetector:
-    """dlib, counting the frames it is asked to look at."""
-
-    def __init__(self):
-        from ladtalk.face.detect import make_detector
-        self.inner = make_detector("dlib")
-        self.frames = 0
-
-    def detect(self, frames):
-        self.frames += len(frames)
-        return self.inner.detect(frames)
 
 
 def test_bad_rows_are_listed_up_front(media, tmp_path, capsys):

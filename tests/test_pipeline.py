@@ -19,6 +19,7 @@ from pipeline_helpers import (
     FACE_BOX,
     FRAME_H,
     FRAME_W,
+    CountingDetector,
     StubGenerator,
     decode,
     make_aac,
@@ -271,21 +272,6 @@ def test_parallel_model_workers_keep_frame_order_and_content(media, tmp_path, re
     assert torch.get_num_threads() == before and seen == [before]
     with pytest.raises(Exception, match="workers"):
         Pipeline(model, device="cpu", workers=0)
-
-
-class CountingDetector:
-    """dlib, counting the frames it is asked to look at."""
-
-    name = "dlib"
-
-    def __init__(self):
-        from ladtalk.face.detect import make_detector
-        self.inner = make_detector("dlib")
-        self.frames = 0
-
-    def detect(self, frames):
-        self.frames += len(frames)
-        return self.inner.detect(frames)
 
 
 def test_reused_track_skips_detection_and_gives_the_same_output(media, tmp_path, recording):

@@ -45,6 +45,15 @@ def dir_bytes(path: PathLike) -> int:
     return total
 
 
+def remove_path(path: PathLike) -> None:
+    """Remove a file or a whole folder; nothing happens when it is gone already."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _existing(path: Path) -> Path:
     """``path`` or its nearest existing parent (a folder that will be created later)."""
     path = path.expanduser().absolute()

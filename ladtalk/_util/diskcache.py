@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ladtalk._util.atomic import OLD_PREFIX, TMP_PREFIX, atomic_dir
-from ladtalk._util.disk import MB, dir_bytes
+from ladtalk._util.disk import MB, dir_bytes, remove_path
 from ladtalk._util.jsonsafe import to_jsonable
 from ladtalk._util.paths import PathLike
 from ladtalk.errors import InputError
@@ -227,10 +227,7 @@ class DiskCache:
             if not child.name.startswith((TMP_PREFIX, OLD_PREFIX)):
                 continue
             if now - newest_mtime(child) >= min_age_seconds:
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+                remove_path(child)
                 removed.append(child)
         return removed
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ladtalk._util.atomic import TMP_PREFIX, write_json
+from ladtalk._util.disk import remove_path
 from ladtalk._util.paths import PathLike
 from ladtalk.batch.jobs import Job
 
@@ -111,10 +112,7 @@ class Manifest:
         """Remove ``.tmp-NAME-*`` files a killed run of this job left beside its output."""
         removed = []
         for p in self.out_dir.glob(f"{TMP_PREFIX}{glob.escape(name)}-*"):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            remove_path(p)
             removed.append(p)
         return removed
 
