@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -21,6 +21,7 @@ from ladtalk._util.jsonsafe import to_jsonable
 from ladtalk._util.paths import PathLike
 from ladtalk.errors import InputError, LadTalkError
 from ladtalk.generation.options import GenerateOptions
+from ladtalk.generation.track import FileStamp
 from ladtalk.identities.store import resolve_identity
 from ladtalk.media.probe import probe
 from ladtalk.models.sovqae import WEIGHTS_NAME
@@ -145,20 +146,16 @@ def _check_name(name: str) -> Optional[str]:
     return None
 
 
-def _stamp(path: Path) -> List[Any]:
-    st = path.stat()
-    return [str(path.resolve()), int(st.st_size), int(st.st_mtime_ns)]
-
-
 def fingerprint(job: Job) -> str:
     """What a finished output depends on: the inputs' files (path, size, time), the identity's
     weights, and the options. A changed row or input makes its old output stale."""
     ident = None
     if job.identity is not None:
-        ident = _stamp(resolve_identity(job.identity) / WEIGHTS_NAME)
+        ident = astuple(FileStamp.of(resolve_identity(job.identity) / WEIGHTS_NAME))
     opts = {k: v for k, v in to_jsonable(job.options).items()
             if k not in ("temp_dir", "track_cache")}  # neither changes the output
-    text = json.dumps({"face": _stamp(job.face), "audio": _stamp(job.audio), "identity": ident,
+    text = json.dumps({"face": astuple(FileStamp.of(job.face)),
+                       "audio": astuple(FileStamp.of(job.audio)), "identity": ident,
                        "options": opts, "name": job.name}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = dist.context()
     logging.basicConfig(level=logging.WARNING if args.quiet or not ctx.is_main else logging.INFO,
                         format="%(levelname)s: %(message)s")
-    defaults = options_from_args(args)
-    defaults.identity_check = args.identity_check
-    jobs, bad = read_jobs(args.jobs, JobDefaults(identity=args.identity, options=defaults))
+    defaults = JobDefaults(identity=args.identity, options=options_from_args(args))
+    jobs, bad = read_jobs(args.jobs, defaults)
     if bad and ctx.is_main:
         print(f"{len(bad)} bad row(s) in {args.jobs}:", file=sys.stderr)
         for row in bad:

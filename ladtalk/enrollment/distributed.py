@@ -19,7 +19,7 @@ With one process every helper is a no-op, so a single-device run is unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Tuple
 
 import torch
@@ -44,9 +44,7 @@ class DistributedSetup:
     disc_lr: float
 
     def to_json(self) -> dict:
-        return {"world_size": self.world_size, "per_rank_batch": self.per_rank_batch,
-                "effective_batch": self.effective_batch, "backend": self.backend,
-                "lr": self.lr, "disc_lr": self.disc_lr}
+        return asdict(self)
 
 
 def setup_of(ctx: DistContext, batch_size: int, lr: float, disc_lr: float) -> DistributedSetup:
