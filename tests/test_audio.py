@@ -355,6 +355,65 @@ def _upstream_mel(x: np.ndarray, pad_mode: str) -> np.ndarray:
     return np.clip(8 * ((db + 100) / 100) - 4, -4, 4)
 
 
+@pytest.mark.parametrize("mode", M.PAD_MODES)
+def test_numpy_stft_is_librosa_stft_bit_for_bit(mode):
+    """The front-end's STFT (librosa's window, numpy's FFT) is ``librosa.stft``'s, exactly."""
+    rng = np.random.default_rng(3)
+    x = (0.3 * rng.standard_normal(16000 * 3 + 123)).astype(np.float32)
+    ypad = M._preemphasized_padded(x, M.WAV2LIP_MEL, mode)
+    ref = np.abs(librosa.stft(ypad, n_fft=800, hop_length=200, win_length=800, window="hann",
+                              center=False))
+    for block in (M.BLOCK_FRAMES, 7):
+        got = np.concatenate([m for _, m in M._stft_blocks(ypad, M.WAV2LIP_MEL, block)], axis=1)
+        assert got.shape == ref.shape and np.array_equal(got, ref)
+
+
+def test_frontend_constants_are_librosa_s_and_cached_on_disk(monkeypatch, caplog):
+    params = M.MelParams(num_mels=40)  # not the default: its in-memory cache is this test's
+    M.frontend_constants.cache_clear()
+    try:
+        window, basis = M.frontend_constants(params)
+        path = M.frontend_path(params)
+        assert path.is_file() and path.parent.name == "mel"
+        ref_window = librosa.util.pad_center(
+            librosa.filters.get_window("hann", 800, fftbins=True), size=800)
+        assert np.array_equal(window, ref_window)
+        assert np.array_equal(basis, librosa.filters.mel(sr=SR, n_fft=800, n_mels=40,
+                                                         fmin=55.0, fmax=7600.0))
+        assert not window.flags.writeable and not basis.flags.writeable
+
+        def no_librosa(_params):
+            raise AssertionError("librosa used although the cache holds the constants")
+        with monkeypatch.context() as patch:
+            patch.setattr(M, "_librosa_frontend", no_librosa)
+            M.frontend_constants.cache_clear()
+            w2, b2 = M.frontend_constants(params)  # read back from the file
+        assert np.array_equal(w2, window) and np.array_equal(b2, basis)
+
+        path.write_bytes(b"not an npz")  # a corrupt entry: warned about and rebuilt
+        M.frontend_constants.cache_clear()
+        with caplog.at_level("WARNING", logger="ladtalk.media.mel"):
+            w3, b3 = M.frontend_constants(params)
+        assert "unreadable mel front-end cache" in caplog.text
+        assert np.array_equal(w3, window) and np.array_equal(b3, basis)
+        with np.load(path) as data:  # and the file is whole again
+            assert np.array_equal(data["basis"], basis)
+    finally:
+        M.frontend_constants.cache_clear()
+
+
+def test_a_warm_mel_does_not_import_librosa_s_heavy_parts(tmp_path):
+    """With the constants on disk, a new process's mel skips scipy.signal and numba."""
+    code = ("import sys, numpy as np; from ladtalk.media.mel import melspectrogram; "
+            "m = melspectrogram(np.ones(4000, np.float32) * 0.1); "
+            "print(m.shape, 'scipy.signal' in sys.modules, 'numba' in sys.modules)")
+    env = {**__import__("os").environ, "LADTALK_HOME": str(tmp_path)}
+    runs = [subprocess.run([__import__("sys").executable, "-c", code], env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs[1][-2:] == ["False", "False"], runs  # the second process read the cache
+
+
 def test_stft_blocking_does_not_change_the_mel():
     rng = np.random.default_rng(1)
     y = rng.standard_normal(9000)

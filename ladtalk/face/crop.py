@@ -231,16 +231,27 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, region: CropRegion,
         return out
     src = _resize(np.asarray(crop), region.width, region.height)
     ox, oy = cx1 - region.x1, cy1 - region.y1
-    src = src[oy:oy + (cy2 - cy1), ox:ox + (cx2 - cx1)].astype(np.float32)
+    src = src[oy:oy + (cy2 - cy1), ox:ox + (cx2 - cx1)]
     dst = out[cy1:cy2, cx1:cx2]
     if mask is None:
-        out[cy1:cy2, cx1:cx2] = np.clip(np.rint(src), 0, 255).astype(out.dtype)
+        out[cy1:cy2, cx1:cx2] = np.clip(np.rint(src.astype(np.float32)), 0, 255).astype(out.dtype)
         return out
     m = np.asarray(mask, dtype=np.float32)
     if m.shape[:2] != (region.height, region.width):
         m = cv2.resize(m, (region.width, region.height), interpolation=cv2.INTER_LINEAR)
-    m = np.clip(m[oy:oy + (cy2 - cy1), ox:ox + (cx2 - cx1)], 0.0, 1.0)[..., None]
-    d = dst.astype(np.float32)
-    blended = d + m * (src - d)
-    out[cy1:cy2, cx1:cx2] = np.clip(np.rint(blended), 0, 255).astype(out.dtype)
+    m = np.clip(m[oy:oy + (cy2 - cy1), ox:ox + (cx2 - cx1)], 0.0, 1.0)
+    # only the mask's bounding box can change (d + 0 * (s - d) == d): a lower-face mask
+    # covers about half of the region, and the arithmetic below is most of a paste's time
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return out
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    d = dst[r0:r1, c0:c1].astype(np.float32)
+    blended = src[r0:r1, c0:c1].astype(np.float32)
+    blended -= d
+    blended *= m[r0:r1, c0:c1, None]
+    blended += d  # d + m * (s - d), in place
+    np.rint(blended, out=blended)
+    np.clip(blended, 0, 255, out=blended)
+    dst[r0:r1, c0:c1] = blended.astype(out.dtype)
     return out

@@ -1,21 +1,36 @@
-"""Wav2Lip mel front-end (librosa STFT and filterbank) and the mel window of each video frame.
+"""Wav2Lip mel front-end (librosa's Hann window and Slaney filterbank, numpy's FFT) and the
+mel window of each video frame.
 
 The numbers match upstream Wav2Lip's ``audio.py`` with its ``hparams`` (:data:`WAV2LIP_MEL`);
-the golden tests pin them. See docs/media.md for the steps and the edge-padding choice.
+the golden tests pin them. The STFT is the one ``librosa.stft`` computes (the same window
+times the same frames through numpy's real FFT: bit-identical, tested), run here directly so
+that a process's first mel does not pay for librosa's imports of scipy.signal, numba and
+soxr (about 2 CPU-seconds). The window and the filterbank come from librosa, once per machine
+and library version, and are kept in ``$LADTALK_HOME/cache/mel`` (:func:`frontend_constants`).
+See docs/media.md for the steps and the edge-padding choice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
-import librosa
+import librosa  # lazy package: its submodules load on first use (a cache miss below)
 import numpy as np
 
+from ladtalk._util.atomic import atomic_path
+from ladtalk._util.paths import ladtalk_home
 from ladtalk.errors import InputError
 from ladtalk.media.audio import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 #: Width of one mel window fed to Wav2Lip / SyncNet (columns; 16 * 12.5 ms = 200 ms).
 MEL_STEP_SIZE = 16
@@ -45,13 +60,77 @@ class MelParams:
 WAV2LIP_MEL = MelParams()
 
 
-@lru_cache(maxsize=8)
-def mel_basis(params: MelParams = WAV2LIP_MEL) -> np.ndarray:
-    """librosa's Slaney mel filterbank, ``(num_mels, n_fft//2 + 1)`` float32, read-only."""
+def _versions() -> str:
+    out = []
+    for dist in ("librosa", "scipy", "numpy"):
+        try:
+            out.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{dist}=?")
+    return ",".join(out)
+
+
+def frontend_path(params: MelParams = WAV2LIP_MEL) -> Path:
+    """The cache file of ``params``' window and filterbank, keyed by the params and the
+    librosa / scipy / numpy versions that computed them."""
+    key = json.dumps({"params": asdict(params), "versions": _versions()}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return ladtalk_home() / "cache" / "mel" / f"frontend-{digest}.npz"
+
+
+def _librosa_frontend(params: MelParams) -> Tuple[np.ndarray, np.ndarray]:
+    """What ``librosa.stft`` windows with and ``librosa.filters.mel`` returns."""
+    window = librosa.filters.get_window("hann", params.win_size, fftbins=True)
+    window = librosa.util.pad_center(np.asarray(window, dtype=np.float64), size=params.n_fft)
     basis = librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft,
                                 n_mels=params.num_mels, fmin=params.fmin, fmax=params.fmax)
-    basis.setflags(write=False)
-    return basis
+    return window, np.asarray(basis, dtype=np.float32)
+
+
+def _read_frontend(path: Path, params: MelParams) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            window, basis = data["window"], data["basis"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        log.warning("ignoring the unreadable mel front-end cache %s (%s); computing it again",
+                    path, exc)
+        return None
+    n_bins = params.n_fft // 2 + 1
+    if (window.shape != (params.n_fft,) or window.dtype != np.float64
+            or basis.shape != (params.num_mels, n_bins) or basis.dtype != np.float32):
+        log.warning("ignoring the mel front-end cache %s (unexpected arrays); computing it "
+                    "again", path)
+        return None
+    return window, basis
+
+
+@lru_cache(maxsize=8)
+def frontend_constants(params: MelParams = WAV2LIP_MEL) -> Tuple[np.ndarray, np.ndarray]:
+    """``(window, basis)``: the STFT window ``(n_fft,)`` float64 and the Slaney mel filterbank
+    ``(num_mels, n_fft//2 + 1)`` float32, both read-only, as librosa computes them.
+
+    Read from :func:`frontend_path` when there; otherwise computed with librosa and written
+    there atomically (an unwritable cache only costs the recomputation next time).
+    """
+    path = frontend_path(params)
+    found = _read_frontend(path, params)
+    if found is None:
+        found = _librosa_frontend(params)
+        try:
+            with atomic_path(path, suffix=".npz") as tmp:
+                np.savez(tmp, window=found[0], basis=found[1])
+        except OSError as exc:
+            log.debug("mel front-end cache not written (%s)", exc)
+    for arr in found:
+        arr.setflags(write=False)
+    return found
+
+
+def mel_basis(params: MelParams = WAV2LIP_MEL) -> np.ndarray:
+    """librosa's Slaney mel filterbank, ``(num_mels, n_fft//2 + 1)`` float32, read-only."""
+    return frontend_constants(params)[1]
 
 
 def _preemphasized_padded(wav: np.ndarray, params: MelParams, pad_mode: str) -> np.ndarray:
@@ -71,15 +150,17 @@ def _preemphasized_padded(wav: np.ndarray, params: MelParams, pad_mode: str) -> 
 
 def _stft_blocks(ypad: np.ndarray, params: MelParams,
                  block_frames: int) -> Iterator[Tuple[int, np.ndarray]]:
-    """``(first_frame, |STFT| (n_fft//2+1, n))``: one ``librosa.stft(center=False)`` call per
-    block of frames of the already padded signal."""
+    """``(first_frame, |STFT| (n_fft//2+1, n))`` per block of frames of the already padded
+    signal: ``librosa.stft(center=False)``'s numbers (window times frame, real FFT)."""
     n_fft, hop = params.n_fft, params.hop_size
+    window = frontend_constants(params)[0]
     n_frames = 1 + (ypad.size - n_fft) // hop
     for s in range(0, n_frames, block_frames):
         e = min(n_frames, s + block_frames)
-        spec = librosa.stft(ypad[s * hop:(e - 1) * hop + n_fft], n_fft=n_fft, hop_length=hop,
-                            win_length=params.win_size, window="hann", center=False)
-        yield s, np.abs(spec)
+        frames = np.lib.stride_tricks.sliding_window_view(
+            ypad[s * hop:(e - 1) * hop + n_fft], n_fft)[::hop]
+        spec = np.fft.rfft(frames * window, axis=-1)
+        yield s, np.ascontiguousarray(np.abs(spec).T)
 
 
 def melspectrogram(wav: np.ndarray, pad_mode: str = "reflect",

@@ -1,12 +1,14 @@
 """The Wav2Lip mel of an audio file, computed early in a second process (:func:`start`).
 
-A process's first mel spectrogram pays for librosa's imports (scipy.signal, soxr, numba:
-about 1.1 s on a 2-core CPU), which in a thread would hold the GIL against the model
-loading. The CLI starts this child before it imports torch and the pipeline, so the imports
-run on the other core; :meth:`MelProcess.result` then hands over the same numbers
-:func:`ladtalk.media.mel.melspectrogram` gives in-process (the child runs that function), or
-None when the child failed, in which case the caller computes it itself (and reports the
-input's real error). Run as a module it writes the mel of ``AUDIO`` to stdout as ``.npy``.
+Decoding the audio (an ffmpeg run for anything but a 16 kHz WAV / FLAC) and the STFT take a
+few tenths of a second, and a process's very first mel on a machine also computes librosa's
+window and filterbank (librosa's imports: about 1.5 s; later processes read them from
+``$LADTALK_HOME/cache/mel``). The CLI starts this child before it imports torch and the
+pipeline, so that work runs on the other core; :meth:`MelProcess.result` then hands over the
+same numbers :func:`ladtalk.media.mel.melspectrogram` gives in-process (the child runs that
+function), or None when the child failed, in which case the caller computes it itself (and
+reports the input's real error). Run as a module it writes the mel of ``AUDIO`` to stdout as
+``.npy``.
 """
 
 from __future__ import annotations

@@ -8,29 +8,36 @@
 * :mod:`.lse` - LSE-C / LSE-D exactly as syncnet_python / Wav2Lip compute them
   (model: :mod:`ladtalk.models.syncnet_lse`, MFCCs: :mod:`.mfcc`).
 
-Importing this package pulls in numpy/scipy only; torch is imported by :mod:`.lse` and FID
-dependencies only when FID is requested.
+Importing this package imports nothing else: each name loads its submodule on first use
+(numpy / scipy); torch is imported by :mod:`.lse`, and FID's dependencies only when FID is
+requested.
 """
 
-from ladtalk.metrics.frechet import (
-                      feature_statistics,
-                      frechet_distance,
-                      frechet_distance_from_features,
-)
-from ladtalk.metrics.image import MouthRegion, SSIMConfig, mouth_psnr, psnr, psnr_torch, ssim
-from ladtalk.metrics.sliding import (
-                      SlidingResult,
-                      sliding_evaluation,
-                      sliding_frechet,
-                      sliding_search,
-                      sliding_sequence,
-                      valid_offsets,
-)
-from ladtalk.metrics.temporal import temporal_error
+import importlib
+from typing import Any, List
 
-__all__ = [
-    "psnr", "psnr_torch", "ssim", "SSIMConfig", "mouth_psnr", "MouthRegion", "temporal_error",
-    "frechet_distance", "frechet_distance_from_features", "feature_statistics",
-    "SlidingResult", "sliding_evaluation", "sliding_sequence", "sliding_frechet",
-    "sliding_search", "valid_offsets",
-]
+#: public name -> the submodule that defines it; loaded on first use (PEP 562), so that a
+#: caller of one metric (the generation pipeline's PSNR) does not import scipy.linalg & co.
+_EXPORTS = {
+    "psnr": "image", "psnr_torch": "image", "ssim": "image", "SSIMConfig": "image",
+    "mouth_psnr": "image", "MouthRegion": "image", "temporal_error": "temporal",
+    "frechet_distance": "frechet", "frechet_distance_from_features": "frechet",
+    "feature_statistics": "frechet", "SlidingResult": "sliding",
+    "sliding_evaluation": "sliding", "sliding_sequence": "sliding",
+    "sliding_frechet": "sliding", "sliding_search": "sliding", "valid_offsets": "sliding",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, uniform_filter
 
 from ladtalk.errors import InputError
 
@@ -111,6 +110,8 @@ class SSIMConfig:
 def ssim(generated: np.ndarray, reference: np.ndarray, data_range: Optional[float] = None,
          config: SSIMConfig = SSIMConfig()) -> float:
     """Mean structural similarity (see :class:`SSIMConfig` for the variant)."""
+    from scipy.ndimage import gaussian_filter, uniform_filter  # scipy.ndimage: 0.14 s to load
+
     g, r, rng = _pair(generated, reference, data_range, "ssim")
     if g.ndim == 2:
         g, r = g[..., None], r[..., None]
