@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import zipfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -93,7 +94,7 @@ def _read_frontend(path: Path, params: MelParams) -> Optional[Tuple[np.ndarray, 
             window, basis = data["window"], data["basis"]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("ignoring the unreadable mel front-end cache %s (%s); computing it again",
                     path, exc)
         return None
