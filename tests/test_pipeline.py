@@ -423,6 +423,16 @@ def test_blend_face_changes_only_masked_pixels_inside_region():
     assert not changed[y1:y1 + int(0.45 * region.height)].any()
 
 
+def test_wav2lip_only_generation_does_not_import_the_identity_stack():
+    """The SOVQAE and huggingface_hub (0.2-0.3 s of imports) load only with an identity."""
+    code = ("import sys; import ladtalk.generation.pipeline; "
+            "print(*(m in sys.modules for m in ('ladtalk.models.sovqae', 'huggingface_hub', "
+            "'ladtalk.generation.restore', 'ladtalk.generation.identity_match')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False"] * 4, out
+
+
 def test_fold_batchnorm_matches_the_original_in_eval():
     from torch import nn
 
@@ -444,6 +454,23 @@ def test_fold_batchnorm_matches_the_original_in_eval():
         ref, got = model(mel, face), fused(mel, face)
     assert (ref - got).abs().max() < 1e-5
     assert (ref - model(mel, face * 0.5)).abs().max() > 1e-3  # the comparison can fail
+    # the same numbers as torch's own fusion, bit for bit (the OpenVINO cache keys hash them),
+    # for Conv2d and ConvTranspose2d pairs
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    pairs = [m for m in model.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+             and isinstance(m[1], nn.BatchNorm2d)]
+    assert {type(m[0]) for m in pairs} == {nn.Conv2d, nn.ConvTranspose2d}
+    folded = [m[0] for m in fused.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+              and isinstance(m[1], nn.Identity)]
+    for pair, conv in zip(pairs, folded):
+        want = fuse_conv_bn_eval(pair[0], pair[1],
+                                 transpose=isinstance(pair[0], nn.ConvTranspose2d))
+        assert torch.equal(want.weight, conv.weight) and torch.equal(want.bias, conv.bias)
+    # copy_model=False rewrites the model itself, with the same result
+    inplace = fold_batchnorm(model, copy_model=False)
+    assert inplace is model and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(),
+                                                 model.state_dict().values()))
 
 
 # ------------------------------------------------------------------------- CLI

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from ladtalk.face.crop import CropConfig
 from ladtalk.face.detect import FixedBoxDetector, make_detector
 from ladtalk.generation.chunks import ChunkProcessor
 from ladtalk.generation.fusion import FusionConfig
-from ladtalk.generation.identity_match import IdentityMatch, run_identity_check
 from ladtalk.generation.inputs import (
     SourcePlan,
     Speech,
@@ -51,17 +50,17 @@ from ladtalk.generation.options import (
     PathLike,
     ProgressFn,
 )
-from ladtalk.generation.restore import Restorer
 from ladtalk.generation.runner import StreamingRunner, StreamResult, open_stream
 from ladtalk.generation.track import FileStamp, SourceTrack, framing_key, track_source
-from ladtalk.identities.store import resolve_identity
 from ladtalk.media.audio import SAMPLE_RATE
 from ladtalk.media.mel_process import MelProcess
 from ladtalk.media.probe import estimate_frames
 from ladtalk.models.fuse import fold_batchnorm
-from ladtalk.models.sovqae import WEIGHTS_NAME
 from ladtalk.runtime.autotune import RuntimeChoice
 from ladtalk.runtime.select import RuntimeSpec
+
+if TYPE_CHECKING:
+    from ladtalk.generation.identity_match import IdentityMatch
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +207,11 @@ class Pipeline:
             return None, None
         if self._restorer is not None:
             return self._restorer, str(identity)
+        # the identity stack (the SOVQAE, huggingface_hub: 0.2-0.3 s of imports) loads only
+        # for a call that uses an identity, never for a Wav2Lip-only run
+        from ladtalk.generation.restore import Restorer
+        from ladtalk.identities.store import resolve_identity
+        from ladtalk.models.sovqae import WEIGHTS_NAME
         path = resolve_identity(identity)
         weights = path / WEIGHTS_NAME
         key = (str(path.resolve()), weights.stat().st_mtime)
@@ -307,6 +311,7 @@ class Pipeline:
         """Never one person's identity on another's face: refuse / warn before streaming."""
         if models.restorer is None or call.opts.identity_check == "off":
             return None
+        from ladtalk.generation.identity_match import run_identity_check
         t0 = time.perf_counter()
         match = run_identity_check(
             models.restorer, models.identity_dir, call.opts.identity_check, info=plan.info,
