@@ -466,8 +466,12 @@ def test_fold_batchnorm_matches_the_original_in_eval():
         want = fuse_conv_bn_eval(pair[0], pair[1],
                                  transpose=isinstance(pair[0], nn.ConvTranspose2d))
         assert torch.equal(want.weight, conv.weight) and torch.equal(want.bias, conv.bias)
-    # copy_model=False rewrites the model itself, with the same result
+    # copy_model=False rewrites the model itself, with the same result, and never writes into
+    # the given weights (a safetensors checkpoint maps its file copy-on-write)
+    given = [m[0].weight for m in pairs]
+    before = [w.clone() for w in given]
     inplace = fold_batchnorm(model, copy_model=False)
+    assert all(torch.equal(a, b) for a, b in zip(given, before))
     assert inplace is model and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(),
                                                  model.state_dict().values()))
