@@ -68,6 +68,22 @@ def test_dlib_box_maps_back_from_the_downscaled_copy(astronaut):
     assert np.allclose(big_box, 2 * small_box, atol=2.0)
 
 
+def test_dlib_threads_give_the_same_boxes_in_order(astronaut):
+    """Frames split across threads (one detector each) come back in order, unchanged."""
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(7):  # the face moved about, some frames without it
+        img = np.roll(astronaut, (10 * k, -15 * k), axis=(0, 1))
+        frames.append(img if k % 3 else rng.integers(0, 255, img.shape, dtype=np.uint8))
+    frames = np.stack(frames)
+    one = DlibHOGDetector(threads=1).detect(frames)
+    three = DlibHOGDetector(threads=3)
+    got = three.detect(frames)
+    assert [len(d) for d in one] == [len(d) for d in got] and sum(map(len, one)) >= 4
+    assert all(np.array_equal(a, b) for a, b in zip(one, got))
+    assert DlibHOGDetector().threads >= 1
+
+
 def test_blank_frames_have_no_face(dlib_det):
     frames = np.full((2, 240, 320, 3), 127, np.uint8)
     frames[1] = np.random.default_rng(0).integers(0, 255, (240, 320, 3))

