@@ -231,6 +231,58 @@ def test_fast_sovqae_keeps_holdout_psnr(demo_holdout, backend, precision):
     assert abs(got - ref) < 0.1, (ref, got)
 
 
+@pytest.fixture(scope="module")
+def demo_at_256():
+    """The demo identity's weights run at 256 px (its ``cpu`` config is convolutional, so any
+    size works) and its 10 held-out frames cropped at 256 px."""
+    from dataclasses import replace
+
+    from ladtalk.face.video_crops import extract_crops
+    from ladtalk.models.sovqae import SOVQAE
+    model = SOVQAE.from_pretrained(ROOT / "checkpoints" / "identities" / "demo")
+    model.config = replace(model.config, resolution=256)
+    crops = extract_crops(ROOT / "examples" / "astronaut.mp4", 256, "dlib", cache=False)
+    return model, crops.crops[-10:]
+
+
+@pytest.mark.parametrize("backend,precision", [("torch", "fp32")] + FAST_PATHS)
+def test_a_window_restores_the_rows_asked_for_as_the_whole_crop(demo_at_256, backend,
+                                                                 precision):
+    """Generation asks for the rows from the paste mask's top (0.45) down; the model then
+    runs on rows 64-255 (12 latent rows higher, on the 8 px grid) and those rows keep their
+    holdout PSNR; the rows above the window come back as given."""
+    from ladtalk.generation.fusion import FusionConfig
+    model, crops = demo_at_256
+    r = Restorer(model, "cpu", precision=precision, backend=backend)
+    assert r.windowable and r.window_top(0.45) == 64 and r.window_top(0.0) == 0
+    wanted = int(0.45 * 256)
+    for fusion in (None, FusionConfig()):
+        whole = r.restore(crops, fusion=fusion)
+        window = r.restore(crops, fusion=fusion, from_row=0.45)
+        assert np.array_equal(window[:, :64], crops[:, :64])
+        lower = [np.mean([psnr(o[wanted:], c[wanted:]) for o, c in zip(out, crops)])
+                 for out in (whole, window)]
+        assert lower[0] > 28.0 and abs(lower[1] - lower[0]) < 0.02, lower
+        diff = np.abs(whole[:, wanted:].astype(int) - window[:, wanted:])
+        assert diff.mean() < 0.05, diff.mean()
+    # the same call twice gives the same pixels (the model stays in eval mode, its EMA
+    # codebook untouched, also in the process that converts it for OpenVINO)
+    codebook = model.quantize.embedding.weight.detach().clone()
+    again = r.restore(crops, fusion=None, from_row=0.45)
+    assert np.array_equal(again, r.restore(crops, fusion=None, from_row=0.45))
+    assert not model.training and torch.equal(codebook, model.quantize.embedding.weight)
+
+
+def test_window_top_follows_the_model_and_the_grids():
+    from ladtalk.models.sovqae import SOVQAE, get_config
+    cpu = Restorer(SOVQAE(get_config("cpu", resolution=256)), "cpu")
+    assert [cpu.window_top(f) for f in (0.0, 0.2, 0.45, 0.62, 1.0)] == [0, 0, 64, 104, 208]
+    small = Restorer(SOVQAE(get_config("cpu", resolution=128)), "cpu")
+    assert small.window_top(0.45) == 8  # 57 - 48 on the 4 px grid of 128 px
+    attention = Restorer(SOVQAE(get_config("tiny")), "cpu")  # attention: every pixel sees all
+    assert not attention.windowable and attention.window_top(0.45) == 0
+
+
 # ------------------------------------------------------------------ the GPU check's dry run
 def test_gpu_check_dry_runs_on_cpu(tmp_path):
     """scripts/gpu_check.sh runs end to end with --device cpu --quick and writes its JSON."""

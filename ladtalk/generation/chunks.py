@@ -112,10 +112,14 @@ class ChunkProcessor:
         return len(frames) - len(sel)
 
     def restore(self, gen: np.ndarray) -> np.ndarray:
-        """Wav2Lip crops -> bicubic to the identity's resolution -> restored uint8 crops."""
+        """Wav2Lip crops -> bicubic to the identity's resolution -> restored uint8 crops. Only
+        the rows the paste mask can show (from its top down) are asked of a restorer that can
+        restore a window (:meth:`ladtalk.generation.restore.Restorer.window_top`)."""
         res = int(self.restorer.resolution)
         up = np.stack([cv2.resize(g, (res, res), interpolation=cv2.INTER_CUBIC) for g in gen])
-        kw = {} if self.fusion is None else {"fusion": self.fusion}
+        kw: Dict[str, Any] = {} if self.fusion is None else {"fusion": self.fusion}
+        if hasattr(self.restorer, "window_top"):
+            kw["from_row"] = self.blend.top
         return np.asarray(self.restorer.restore(up, **kw), dtype=np.uint8)
 
 

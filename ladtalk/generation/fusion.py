@@ -72,11 +72,13 @@ def parse_strength(text: Union[str, float, Sequence[float], None]) -> Optional[T
 
 
 def band_split(d: torch.Tensor, band_size: int = FACE_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(low, high)`` of NCHW ``d`` at side R: ``low = bicubic_up(area_down(d, band))``."""
+    """``(low, high)`` of NCHW ``d`` of width R: ``low = bicubic_up(area_down(d, band))``, the
+    width brought to ``band_size`` and the height in proportion (a window of a crop's rows
+    that starts on the band's grid splits as those rows of the whole crop do)."""
     side = d.shape[-1]
     if side <= band_size:
         return d, torch.zeros_like(d)
-    low = area_resize(d, (band_size, band_size))
+    low = area_resize(d, (max(1, round(d.shape[-2] * band_size / side)), band_size))
     low = torch.nn.functional.interpolate(low, size=tuple(d.shape[-2:]), mode="bicubic",
                                           align_corners=False)
     return low, d - low

@@ -5,10 +5,16 @@ evaluation and the app: uint8 RGB crops (:meth:`Restorer.restore`) or float NCHW
 batches (:meth:`Restorer.restore01`, one batch: :meth:`Restorer.restore_tensor`), in batches
 under ``no_grad`` and the chosen precision, optionally fused with the input
 (:mod:`ladtalk.generation.fusion`; ``fusion=None`` is the plain decode).
+
+Generation pastes only the lower face, so it asks for the rows from the paste mask's top
+down (``from_row``): a model without attention then runs on a window of the crop that starts
+:data:`WINDOW_REACH` latent rows higher (:meth:`Restorer.window_top`), a quarter less work at
+256 px, and those rows come out as from the whole crop (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -23,6 +29,7 @@ from ladtalk.identities.meta import IdentityMeta, load_meta
 from ladtalk.identities.store import resolve_identity
 from ladtalk.media.resample import resize01, to_tensor01, to_uint8
 from ladtalk.models.sovqae import SOVQAE
+from ladtalk.models.wav2lip import FACE_SIZE
 from ladtalk.runtime.select import RuntimeHolder, RuntimeSpec
 
 _UNSET = object()
@@ -31,6 +38,10 @@ _UNSET = object()
 #: the memory (docs/performance.md)
 CPU_BATCH_PIXELS = 2 * 256 * 256
 GPU_BATCH = 16
+#: latent rows a window of the crop starts above the first row asked for (48 px at f = 4).
+#: Measured with the demo identity's weights at 256 px: a window's rows 40 px and more below
+#: its top equal the whole crop's to 0.5 grey levels (docs/performance.md)
+WINDOW_REACH = 12
 
 
 def default_batch(device: torch.device, resolution: int) -> int:
@@ -45,9 +56,11 @@ class _Part(nn.Module):
     """One SOVQAE method as a module of its own, for the runtime: ``encode_latent`` (image in
     [-1, 1] -> latent ``h``) or ``decode`` (quantized latent -> image in about [-1, 1])."""
 
-    def __init__(self, model: SOVQAE, method: str) -> None:
+    def __init__(self, model: SOVQAE, method: str, dynamic: bool = False) -> None:
         super().__init__()
         self.model, self.method = model, method
+        #: any height and width for OpenVINO too (windows of the crop), else the examples'
+        self.openvino_dynamic_axes = (2, 3) if dynamic else ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return getattr(self.model, self.method)(x)
@@ -87,7 +100,8 @@ class Restorer(RuntimeHolder):
         self.batch_size = max(1, int(batch_size or default_batch(
             self.device, int(self.model.config.resolution))))
         self._init_runtime(RuntimeSpec.of(precision or "fp16", backend, self.device, compile))
-        self._parts = (_Part(self.model, "encode_latent"), _Part(self.model, "decode"))
+        self._parts = (_Part(self.model, "encode_latent", self.windowable).eval(),
+                       _Part(self.model, "decode", self.windowable).eval())
         self.memory_format = torch.contiguous_format
         self.fusion = fusion
         self.meta: Optional[IdentityMeta] = None  # set by from_identity
@@ -133,11 +147,34 @@ class Restorer(RuntimeHolder):
     def resolution(self) -> int:
         return int(self.model.config.resolution)
 
+    @property
+    def windowable(self) -> bool:
+        """Whether every output pixel depends on nearby input only (no attention), so that a
+        window of the crop's rows can be restored alone (``from_row``)."""
+        cfg = self.model.config
+        return not cfg.attn_resolutions and not cfg.mid_attn
+
+    def window_top(self, from_row: float, band_size: int = FACE_SIZE) -> int:
+        """The first crop row (at model resolution) the model sees when only the rows from
+        the fraction ``from_row`` of the crop down are wanted: :data:`WINDOW_REACH` latent rows
+        above it, on the grid of the latents and of the fusion's ``band_size`` px band; 0 (the
+        whole crop) for ``from_row <= 0`` or a model with attention."""
+        if from_row <= 0 or not self.windowable:
+            return 0
+        r, f = self.resolution, self.model.config.downsample_factor
+        step = math.lcm(f, r // math.gcd(r, int(band_size)))
+        top = int(math.floor(min(float(from_row), 1.0) * r)) - WINDOW_REACH * f
+        return max(0, top // step * step)
+
     @torch.no_grad()
     def restore_tensor(self, x01: torch.Tensor) -> RestoreOutput:
-        """One batch of NCHW [0, 1] images at model resolution -> :class:`RestoreOutput`."""
+        """One batch of NCHW [0, 1] images at model resolution -> :class:`RestoreOutput`.
+        A window of rows of such images (the full width, a height that is a multiple of the
+        downsampling factor) is restored as it is; anything else is resized first."""
         x = x01.to(self.device, non_blocking=True).float()
-        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+        h, w = x.shape[-2:]
+        if w != self.resolution or not 0 < h <= self.resolution \
+                or h % self.model.config.downsample_factor or (h < w and not self.windowable):
             x = resize01(x, self.resolution)
         rt = self.runtime
         fmt = rt.input_format(self.memory_format)
@@ -151,12 +188,15 @@ class Restorer(RuntimeHolder):
     @torch.no_grad()
     def restore01(self, x01: torch.Tensor,
                   fusion: Optional[FusionConfig] = _UNSET,  # type: ignore[assignment]
-                  size: Optional[Union[int, Tuple[int, int]]] = None) -> torch.Tensor:
+                  size: Optional[Union[int, Tuple[int, int]]] = None,
+                  from_row: float = 0.0) -> torch.Tensor:
         """NCHW [0, 1] images of any size -> restored float32 images on the CPU, in batches.
 
         ``fusion``: default the restorer's own, ``None`` the plain decode. ``size``: output
         ``(H, W)`` (or one side); default the input's size (``self.resolution`` keeps the
-        model's resolution).
+        model's resolution). ``from_row``: only the rows from this fraction of the image down
+        are wanted; the model runs on the window from :meth:`window_top` (the rows above it
+        are returned as given), and the wanted rows equal the whole image's restoration.
         """
         fusion = self.fusion if fusion is _UNSET else fusion
         outs = []
@@ -164,11 +204,15 @@ class Restorer(RuntimeHolder):
             size = tuple(x01.shape[-2:])
         elif isinstance(size, int):
             size = (size, size)
+        top = self.window_top(from_row, fusion.band_size if fusion is not None else FACE_SIZE)
         for s in range(0, x01.shape[0], self.batch_size):
             xb = resize01(x01[s:s + self.batch_size].to(self.device).float(), self.resolution)
-            y = self.restore_tensor(xb).images
+            window = xb[:, :, top:]
+            y = self.restore_tensor(window).images
             if fusion is not None:
-                y = fuse(y, xb, fusion)
+                y = fuse(y, window, fusion)
+            if top:
+                y = torch.cat([xb[:, :, :top], y], dim=2)
             y = resize01(y, size)
             outs.append(y.cpu())
         if not outs:
@@ -176,18 +220,18 @@ class Restorer(RuntimeHolder):
         return torch.cat(outs)
 
     def restore(self, crops: np.ndarray,
-                fusion: Optional[FusionConfig] = _UNSET  # type: ignore[assignment]
-                ) -> np.ndarray:
+                fusion: Optional[FusionConfig] = _UNSET,  # type: ignore[assignment]
+                from_row: float = 0.0) -> np.ndarray:
         """uint8 RGB crops (N, H, W, 3) or (H, W, 3) -> restored uint8 crops of the same shape
-        (fused as :meth:`restore01`)."""
+        (fused, and only the rows from ``from_row`` down restored, as :meth:`restore01`)."""
         arr = np.asarray(crops)
         if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
             raise ValueError(f"restore expects uint8 RGB crops (N, H, W, 3), got {arr.dtype} "
                              f"{arr.shape}")
         single = arr.ndim == 3
         batch = arr[None] if single else arr
-        out = to_uint8(self.restore01(to_tensor01(batch), fusion))
+        out = to_uint8(self.restore01(to_tensor01(batch), fusion, from_row=from_row))
         return out[0] if single else out
 
 
-__all__ = ["Restorer", "RestoreOutput"]
+__all__ = ["Restorer", "RestoreOutput", "WINDOW_REACH"]

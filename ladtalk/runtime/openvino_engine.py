@@ -2,7 +2,8 @@
 
 OpenVINO is an optional extra (``pip install 'ladtalk[openvino]'``); asking for it without it
 installed is an :class:`~ladtalk.errors.InputError` that says so. The module is converted once
-from torch (traced at batch 1, the batch left dynamic) and its intermediate representation is
+from torch (traced at batch 1, the batch left dynamic, and any axis the module names in
+``openvino_dynamic_axes``: :func:`dynamic_axes`) and its intermediate representation is
 kept in ``$LADTALK_HOME/cache/openvino``, keyed by the weights' bytes, the input shapes and the
 OpenVINO version: a later process reads it in milliseconds instead of converting again
 (about 2 s for Wav2Lip). The weights stay float32 on disk; the precision is a compile-time
@@ -17,7 +18,7 @@ import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -85,28 +86,43 @@ def _bytes_view(t: torch.Tensor) -> memoryview:
 
 def ir_key(module: nn.Module, examples: Sequence[torch.Tensor]) -> str:
     """Cache key of a module's IR: its class and ``extra_repr``, weights and buffers (values
-    and layout), input shapes, OpenVINO version (sha256: about 0.12 s for Wav2Lip's 145 MB)."""
+    and layout), input shapes and dynamic axes, OpenVINO version (sha256: about 0.12 s for
+    Wav2Lip's 145 MB)."""
     h = hashlib.sha256()
     h.update(f"{type(module).__qualname__}|{module.extra_repr()}|{openvino_version()}|".encode())
-    h.update(repr([tuple(x.shape[1:]) for x in examples]).encode())
+    free = dynamic_axes(module)  # (only when there are any: the other keys stay as they were)
+    h.update(repr([tuple(x.shape[1:]) for x in examples] + ([free] if free else [])).encode())
     for name, t in module.state_dict().items():
         h.update(f"{name}|{tuple(t.shape)}|{tuple(t.stride())}|".encode())
         h.update(_bytes_view(t))
     return h.hexdigest()[:40]
 
 
+def dynamic_axes(module: nn.Module) -> Tuple[int, ...]:
+    """The input axes besides the batch that the module's IR keeps dynamic: its
+    ``openvino_dynamic_axes`` attribute (e.g. ``(2, 3)``, any height and width), else none."""
+    return tuple(int(a) for a in getattr(module, "openvino_dynamic_axes", ()))
+
+
 def _convert(module: nn.Module, examples: Sequence[torch.Tensor]) -> Any:
     ov = require_openvino()
     first = [x[:1].detach().float().contiguous() for x in examples]
-    shapes = [ov.PartialShape([-1, *x.shape[1:]]) for x in first]
-    was_training = module.training
+    free = set(dynamic_axes(module)) | {0}
+    shapes = [ov.PartialShape([-1 if a in free else int(n) for a, n in enumerate(x.shape)])
+              for x in first]
+    # each submodule's own mode back afterwards: ``module.train(flag)`` would set them all
+    # (a wrapper in training mode around an eval-mode SOVQAE would turn its EMA codebook on)
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():  # (tracing cannot take
             warnings.simplefilter("ignore")               # inference-mode tensors)
-            return ov.convert_model(module, example_input=tuple(first), input=shapes)
+            # the IR owns its weights: the torch copy may be freed (drop_torch_weights)
+            return ov.convert_model(module, example_input=tuple(first), input=shapes,
+                                    share_weights=False)
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def load_ir(module: nn.Module, examples: Sequence[torch.Tensor],
@@ -165,4 +181,4 @@ class OpenVINOEngine:
 
 
 __all__ = ["OpenVINOEngine", "openvino_available", "require_openvino", "openvino_version",
-           "ir_cache", "ir_key", "load_ir", "INSTALL_HINT"]
+           "ir_cache", "ir_key", "load_ir", "dynamic_axes", "INSTALL_HINT"]
