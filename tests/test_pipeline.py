@@ -433,6 +433,19 @@ def test_wav2lip_only_generation_does_not_import_the_identity_stack():
     assert out == ["False"] * 4, out
 
 
+def test_blend_colour_band_starts_where_the_generator_drew():
+    cfg = BlendConfig()
+    assert cfg.from_row(0.25).reference == (0.2, 0.25, 0.8, 0.45)
+    assert cfg.from_row(0.05) == cfg and cfg.from_row(0.5) == cfg  # above it / band would vanish
+    rng = np.random.default_rng(0)
+    orig = rng.integers(60, 200, (64, 64, 3)).astype(np.uint8)
+    gen = orig.astype(np.float32)
+    gen[:16] = 255.0  # rows the generator did not draw (0.25 of the crop): not its colours
+    assert not np.allclose(match_colour(gen, orig, cfg), gen, atol=1)
+    np.testing.assert_allclose(match_colour(gen, orig, cfg.from_row(0.25))[16:], gen[16:],
+                               atol=1e-3)
+
+
 def test_fold_batchnorm_matches_the_original_in_eval():
     from torch import nn
 

@@ -265,6 +265,20 @@ def test_a_window_restores_the_rows_asked_for_as_the_whole_crop(demo_at_256, bac
         assert lower[0] > 28.0 and abs(lower[1] - lower[0]) < 0.02, lower
         diff = np.abs(whole[:, wanted:].astype(int) - window[:, wanted:])
         assert diff.mean() < 0.05, diff.mean()
+    # pasted as generation pastes it: colours matched on the reference band's restored rows,
+    # lower-face mask; Wav2Lip-like input (96 px, bicubic up)
+    from ladtalk.generation.blend import BlendConfig, lower_face_mask, match_colour
+    small = torch.nn.functional.interpolate(torch.from_numpy(crops).permute(0, 3, 1, 2).float(),
+                                            size=(96, 96), mode="area")
+    up = torch.nn.functional.interpolate(small, size=(256, 256), mode="bicubic")
+    up = up.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    blend, mask = BlendConfig().from_row(64 / 256), lower_face_mask(256) > 0
+    pasted = []
+    for row in (0.0, 0.45):
+        out = r.restore(up, fusion=FusionConfig(), from_row=row)
+        matched = [match_colour(o, c, blend).round().astype(np.uint8) for o, c in zip(out, crops)]
+        pasted.append(np.mean([psnr(m[mask], c[mask]) for m, c in zip(matched, crops)]))
+    assert abs(pasted[1] - pasted[0]) < 0.05, pasted
     # the same call twice gives the same pixels (the model stays in eval mode, its EMA
     # codebook untouched, also in the process that converts it for OpenVINO)
     codebook = model.quantize.embedding.weight.detach().clone()

@@ -7,7 +7,7 @@ band), :func:`blend_face` pastes it through the feathered lower-face mask
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional, Tuple
 
@@ -42,6 +42,16 @@ class BlendConfig:
             raise ValueError(f"reference band must lie inside the crop, got {self.reference}")
         if self.max_gain < 1.0:
             raise ValueError(f"max_gain must be >= 1, got {self.max_gain}")
+
+    def from_row(self, top: float) -> "BlendConfig":
+        """This config with the colour reference band starting no higher than the fraction
+        ``top`` of the crop: for a generated crop whose rows above ``top`` are not the
+        generator's (a restored window, :meth:`ladtalk.generation.restore.Restorer.window_top`),
+        so that its colours are measured where it drew. Unchanged when the band would vanish."""
+        x0, y0, x1, y1 = self.reference
+        if top <= y0 or top >= y1:
+            return self
+        return replace(self, reference=(x0, float(top), x1, y1))
 
 
 def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

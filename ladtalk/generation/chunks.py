@@ -100,21 +100,32 @@ class ChunkProcessor:
             crops = crop_faces(chosen, regions, FACE_SIZE)
         with self.clock.time("lipsync"):
             gen = self.syncer(crops, mel_windows(self.mel, self.starts[t_first + np.asarray(sel)]))
-        originals = crops
+        originals, blend = crops, self.blend
         if self.restores:
             with self.clock.time("restore"):
                 gen = self.restore(gen)
             with self.clock.time("blend"):
-                originals = crop_faces(chosen, regions, int(self.restorer.resolution))
+                res = int(self.restorer.resolution)
+                originals = crop_faces(chosen, regions, res)
+                blend = self.blend.from_row(self.restored_from_row() / res)
         with self.clock.time("blend"):
             for j, i in enumerate(sel):
-                blend_face(frames[i], gen[j], regions[j], originals[j], self.blend)
+                blend_face(frames[i], gen[j], regions[j], originals[j], blend)
         return len(frames) - len(sel)
 
+    def restored_from_row(self) -> int:
+        """The first row (at the identity's resolution) of the crops :meth:`restore` returns
+        that the restorer drew: only the rows the paste mask can show (from its top down) are
+        asked of a restorer that can restore a window
+        (:meth:`ladtalk.generation.restore.Restorer.window_top`); the colours are then matched
+        on the reference band's rows from there (:meth:`BlendConfig.from_row`)."""
+        if not hasattr(self.restorer, "window_top"):
+            return 0
+        return int(self.restorer.window_top(self.blend.top, self.fusion_used))
+
     def restore(self, gen: np.ndarray) -> np.ndarray:
-        """Wav2Lip crops -> bicubic to the identity's resolution -> restored uint8 crops. Only
-        the rows the paste mask can show (from its top down) are asked of a restorer that can
-        restore a window (:meth:`ladtalk.generation.restore.Restorer.window_top`)."""
+        """Wav2Lip crops -> bicubic to the identity's resolution -> restored uint8 crops (the
+        rows from :meth:`restored_from_row` down; the rows above as given)."""
         res = int(self.restorer.resolution)
         up = np.stack([cv2.resize(g, (res, res), interpolation=cv2.INTER_CUBIC) for g in gen])
         kw: Dict[str, Any] = {} if self.fusion is None else {"fusion": self.fusion}

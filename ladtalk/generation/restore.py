@@ -154,15 +154,19 @@ class Restorer(RuntimeHolder):
         cfg = self.model.config
         return not cfg.attn_resolutions and not cfg.mid_attn
 
-    def window_top(self, from_row: float, band_size: int = FACE_SIZE) -> int:
+    def window_top(self, from_row: float,
+                   fusion: Optional[FusionConfig] = _UNSET  # type: ignore[assignment]
+                   ) -> int:
         """The first crop row (at model resolution) the model sees when only the rows from
         the fraction ``from_row`` of the crop down are wanted: :data:`WINDOW_REACH` latent rows
-        above it, on the grid of the latents and of the fusion's ``band_size`` px band; 0 (the
-        whole crop) for ``from_row <= 0`` or a model with attention."""
+        above it, on the grid of the latents and of the ``fusion``'s band (default the
+        restorer's own); 0 (the whole crop) for ``from_row <= 0`` or a model with attention."""
         if from_row <= 0 or not self.windowable:
             return 0
+        fusion = self.fusion if fusion is _UNSET else fusion
+        band = fusion.band_size if fusion is not None else FACE_SIZE
         r, f = self.resolution, self.model.config.downsample_factor
-        step = math.lcm(f, r // math.gcd(r, int(band_size)))
+        step = math.lcm(f, r // math.gcd(r, int(band)))
         top = int(math.floor(min(float(from_row), 1.0) * r)) - WINDOW_REACH * f
         return max(0, top // step * step)
 
@@ -204,7 +208,7 @@ class Restorer(RuntimeHolder):
             size = tuple(x01.shape[-2:])
         elif isinstance(size, int):
             size = (size, size)
-        top = self.window_top(from_row, fusion.band_size if fusion is not None else FACE_SIZE)
+        top = self.window_top(from_row, fusion)
         for s in range(0, x01.shape[0], self.batch_size):
             xb = resize01(x01[s:s + self.batch_size].to(self.device).float(), self.resolution)
             window = xb[:, :, top:]
