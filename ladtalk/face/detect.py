@@ -21,7 +21,6 @@ Detectors:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple, Union, runtime_che
 import numpy as np
 
 from ladtalk._util.choices import DEFAULT_DETECTOR, DETECTORS
+from ladtalk._util.cores import usable_cores
 from ladtalk.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,6 @@ DLIB_MAX_THREADS = 4
 #: the box height for top/bottom, of its width for left/right) approximates S3FD framing.
 #: It is a hand-set heuristic, not calibrated against S3FD output.
 DLIB_TO_S3FD_EXPAND = (0.15, 0.05, 0.05, 0.05)  # top, bottom, left, right
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # macOS / Windows
-        return max(1, os.cpu_count() or 1)
 
 
 @runtime_checkable
