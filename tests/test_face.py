@@ -84,6 +84,17 @@ def test_dlib_threads_give_the_same_boxes_in_order(astronaut):
     assert DlibHOGDetector().threads >= 1
 
 
+def test_dlib_threads_follow_the_process_thread_budget(monkeypatch):
+    """torchrun sets OMP_NUM_THREADS=1 for each of several ranks: dlib then stays on one."""
+    from ladtalk._util.cores import thread_budget, usable_cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert thread_budget() == 1 and DlibHOGDetector().threads == 1
+    assert DlibHOGDetector(threads=2).threads == 2  # asked for explicitly
+    for value in ("", "zero", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert thread_budget() == usable_cores()
+
+
 def test_blank_frames_have_no_face(dlib_det):
     frames = np.full((2, 240, 320, 3), 127, np.uint8)
     frames[1] = np.random.default_rng(0).integers(0, 255, (240, 320, 3))

@@ -1,4 +1,4 @@
-"""How many CPU cores this process may run on."""
+"""How many CPU cores this process may run on, and how many threads it should keep busy."""
 
 from __future__ import annotations
 
@@ -13,4 +13,16 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-__all__ = ["usable_cores"]
+def thread_budget() -> int:
+    """Threads this process should keep busy: its usable cores, or fewer when
+    ``OMP_NUM_THREADS`` says so (torchrun sets 1 for each of several processes on a machine,
+    and torch follows it)."""
+    cores = usable_cores()
+    try:
+        omp = int(os.environ.get("OMP_NUM_THREADS", "").strip())
+    except ValueError:
+        return cores
+    return max(1, min(cores, omp)) if omp > 0 else cores
+
+
+__all__ = ["usable_cores", "thread_budget"]

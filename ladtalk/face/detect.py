@@ -29,7 +29,7 @@ from typing import List, Optional, Protocol, Sequence, Tuple, Union, runtime_che
 import numpy as np
 
 from ladtalk._util.choices import DEFAULT_DETECTOR, DETECTORS
-from ladtalk._util.cores import usable_cores
+from ladtalk._util.cores import thread_budget
 from ladtalk.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,8 @@ class DlibHOGDetector:
     about 80 px *on the downscaled copy* are missed; ``upsample=1`` halves that (4x slower).
     ``expand`` grows the tight HOG boxes towards S3FD framing (``None`` disables it).
     ``threshold`` is dlib's SVM score threshold (0 is dlib's default). ``threads``: frames
-    detected at once (default the cores this process may use, at most
-    :data:`DLIB_MAX_THREADS`); dlib releases the GIL while it scans, and each thread has its
+    detected at once (default the process's thread budget, at most :data:`DLIB_MAX_THREADS`:
+    ``_util.cores.thread_budget``); dlib releases the GIL while it scans, and each thread has its
     own detector (one is not safe to share): 1.5x on 2 cores, the same boxes.
     """
 
@@ -197,7 +197,7 @@ class DlibHOGDetector:
         self._new_detector = dlib.get_frontal_face_detector
         self._dets = [self._new_detector()]  # one per thread, made when first needed
         self._lock = threading.Lock()  # one detect() at a time uses the detectors
-        self.threads = max(1, int(threads)) if threads else min(usable_cores(),
+        self.threads = max(1, int(threads)) if threads else min(thread_budget(),
                                                                 DLIB_MAX_THREADS)
         self.upsample = int(upsample)
         self.max_side = max_side
