@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio lengths to run, one fresh process each (default: 10 60)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None,
-                   help="model threads (default: the pipeline's choice, 2 on CPU)")
+                   help="model threads (default: the pipeline's choice, 3 on a 2-core CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                    help="model arithmetic, as generate --precision (default: auto)")

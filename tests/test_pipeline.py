@@ -247,22 +247,23 @@ def test_resize_factor_halves_the_output(media, tmp_path):
 
 
 def test_parallel_model_workers_keep_frame_order_and_content(media, tmp_path, recording):
-    """Two model threads on consecutive chunks hand the encoder exactly the frames (and the
-    order) that one thread does; the default on a multi-core CPU is 2 workers."""
+    """Two or three model threads on consecutive chunks hand the encoder exactly the frames
+    (and the order) that one thread does."""
     from ladtalk.models.wav2lip import Wav2Lip
     torch.manual_seed(0)
     model = Wav2Lip()
     runs = {}
     before = torch.get_num_threads()
-    for workers in (1, 2):
+    for workers in (1, 2, 3):
         pipe = Pipeline(model, device="cpu", batch_size=4, workers=workers)
         assert pipe.worker_plan()[0] == workers
         pipe.run(media["video14_gap"], media["wav14"], tmp_path / f"w{workers}.mp4",
                  GenerateOptions(box=FACE_BOX))
         runs[workers] = recording.last.all_frames()
-    assert runs[1].shape == runs[2].shape and len(runs[1]) == 14
+    assert runs[1].shape == runs[2].shape == runs[3].shape and len(runs[1]) == 14
     # frames differ from chunk to chunk (the face drifts), so a swapped chunk would show
-    np.testing.assert_allclose(runs[1].astype(int), runs[2].astype(int), atol=1)
+    for workers in (2, 3):
+        np.testing.assert_allclose(runs[1].astype(int), runs[workers].astype(int), atol=1)
     # worker threads set their own intra-op count; threads started later get the old one
     import threading
     seen = []
@@ -272,6 +273,15 @@ def test_parallel_model_workers_keep_frame_order_and_content(media, tmp_path, re
     assert torch.get_num_threads() == before and seen == [before]
     with pytest.raises(Exception, match="workers"):
         Pipeline(model, device="cpu", workers=0)
+    # the default plan follows torch's thread count: a spare model thread on 2-3 cores
+    try:
+        plans = {}
+        for total in (1, 2, 4, 8):
+            torch.set_num_threads(total)
+            plans[total] = Pipeline(model, device="cpu").worker_plan()
+    finally:
+        torch.set_num_threads(before)
+    assert plans == {1: (1, 1), 2: (3, 1), 4: (2, 2), 8: (2, 4)}
 
 
 def test_reused_track_skips_detection_and_gives_the_same_output(media, tmp_path, recording):

@@ -100,7 +100,8 @@ class Pipeline:
     call instead of the named detector / the identity's SOVQAE. ``dtype``: the models'
     precision and ``backend`` what runs them ("auto": the fastest measured on this machine,
     :mod:`ladtalk.runtime`); ``compile``: ``torch.compile`` the models torch runs.
-    ``workers``: model threads (default 2 on a multi-core CPU, 1 on CUDA).
+    ``workers``: model threads (default :meth:`worker_plan`: 3 on a 2-3 core CPU, 2 on a
+    larger one, 1 on CUDA).
     """
 
     def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = DEFAULT_PRECISION,
@@ -126,12 +127,17 @@ class Pipeline:
         self._lock = threading.RLock()
 
     def worker_plan(self) -> Tuple[int, int]:
-        """``(model threads, intra-op threads each)`` a run uses."""
+        """``(model threads, intra-op threads each)`` a run uses. On a CPU with 2-3 cores,
+        three model threads of one intra-op thread each: while one waits (the GIL, the
+        encoder, a chunk's turn) the others keep the cores busy (LaDTalk on 2 cores: 20.6 ->
+        17.0 s, docs/performance.md); on more cores two, each with half of the threads."""
         total = max(1, torch.get_num_threads())
         if self.workers is not None:
             n = int(self.workers)
+        elif self.device.type != "cpu" or total < 2:
+            n = 1
         else:
-            n = 1 if self.device.type != "cpu" or total < 2 else 2
+            n = 3 if total < 4 else 2
         return n, max(1, total // n)
 
     # ------------------------------------------------------------------ models
