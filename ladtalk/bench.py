@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio lengths to run, one fresh process each (default: 10 60)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None,
-                   help="model threads (default: the pipeline's choice, 3 on a 2-core CPU)")
+                   help="model threads (default: the pipeline's choice, 2 on CPU, 3 with an "
+                        "identity on 2-3 cores)")
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                    help="model arithmetic, as generate --precision (default: auto)")
@@ -171,7 +172,7 @@ def _child(args: argparse.Namespace) -> int:
         "batch_size": bs,
         "precision": res.precision, "backend": res.backend, "runtime": res.runtime,
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
-        "model_workers": list(pipe.worker_plan()),
+        "model_workers": list(pipe.worker_plan(res.enhanced)),
         "child_wall_s": time.perf_counter() - t_start,
         # ru_maxrss is KiB on Linux; "children" / "sum" are sampled from /proc (see RssSampler)
         "peak_rss_mb": {"self": self_ru.ru_maxrss / 1024,

@@ -273,15 +273,18 @@ def test_parallel_model_workers_keep_frame_order_and_content(media, tmp_path, re
     assert torch.get_num_threads() == before and seen == [before]
     with pytest.raises(Exception, match="workers"):
         Pipeline(model, device="cpu", workers=0)
-    # the default plan follows torch's thread count: a spare model thread on 2-3 cores
+    # the default plan follows torch's thread count: a spare model thread on 2-3 cores for
+    # runs that restore, none for Wav2Lip alone
     try:
         plans = {}
         for total in (1, 2, 4, 8):
             torch.set_num_threads(total)
-            plans[total] = Pipeline(model, device="cpu").worker_plan()
+            pipe = Pipeline(model, device="cpu")
+            plans[total] = (pipe.worker_plan(), pipe.worker_plan(restoring=False))
     finally:
         torch.set_num_threads(before)
-    assert plans == {1: (1, 1), 2: (3, 1), 4: (2, 2), 8: (2, 4)}
+    assert plans == {1: ((1, 1), (1, 1)), 2: ((3, 1), (2, 1)), 4: ((2, 2), (2, 2)),
+                     8: ((2, 4), (2, 4))}
 
 
 def test_reused_track_skips_detection_and_gives_the_same_output(media, tmp_path, recording):

@@ -100,8 +100,8 @@ class Pipeline:
     call instead of the named detector / the identity's SOVQAE. ``dtype``: the models'
     precision and ``backend`` what runs them ("auto": the fastest measured on this machine,
     :mod:`ladtalk.runtime`); ``compile``: ``torch.compile`` the models torch runs.
-    ``workers``: model threads (default :meth:`worker_plan`: 3 on a 2-3 core CPU, 2 on a
-    larger one, 1 on CUDA).
+    ``workers``: model threads (default :meth:`worker_plan`: 2 on a CPU, 3 for runs with an
+    identity on 2-3 cores, 1 on CUDA).
     """
 
     def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = DEFAULT_PRECISION,
@@ -126,18 +126,20 @@ class Pipeline:
         self.workers = workers
         self._lock = threading.RLock()
 
-    def worker_plan(self) -> Tuple[int, int]:
-        """``(model threads, intra-op threads each)`` a run uses. On a CPU with 2-3 cores,
-        three model threads of one intra-op thread each: while one waits (the GIL, the
-        encoder, a chunk's turn) the others keep the cores busy (LaDTalk on 2 cores: 20.6 ->
-        17.0 s, docs/performance.md); on more cores two, each with half of the threads."""
+    def worker_plan(self, restoring: bool = True) -> Tuple[int, int]:
+        """``(model threads, intra-op threads each)`` a run uses (``restoring``: with an
+        identity; the models are set up for the larger plan). On a CPU with 2-3 cores a run
+        that restores uses three model threads of one intra-op thread each: while one waits
+        (the GIL, the encoder, a chunk's turn) the others keep the cores busy (LaDTalk on 2
+        cores: 20.6 -> 17.0 s, docs/performance.md); Wav2Lip alone gains nothing from a third
+        and keeps two, and so does a larger CPU, with half of the threads each."""
         total = max(1, torch.get_num_threads())
         if self.workers is not None:
             n = int(self.workers)
         elif self.device.type != "cpu" or total < 2:
             n = 1
         else:
-            n = 3 if total < 4 else 2
+            n = 3 if restoring and total < 4 else 2
         return n, max(1, total // n)
 
     # ------------------------------------------------------------------ models
@@ -344,7 +346,7 @@ class Pipeline:
     def _stream(self, call: _Call, plan: SourcePlan, track: SourceTrack,
                 processor: ChunkProcessor) -> StreamResult:
         """Decode -> models -> encode in a per-call temp folder (removed afterwards)."""
-        workers, intra = self.worker_plan()
+        workers, intra = self.worker_plan(processor.restores)
         hint = track.n_source_frames or estimate_frames(plan.info, plan.fps)
         with tempfile.TemporaryDirectory(prefix="ladtalk-gen-", dir=call.opts.temp_dir) as tmp:
             source, writer = open_stream(plan, call.opts, call.audio, call.out, Path(tmp),
