@@ -177,8 +177,9 @@ class Restorer(RuntimeHolder):
         downsampling factor) is restored as it is; anything else is resized first."""
         x = x01.to(self.device, non_blocking=True).float()
         h, w = x.shape[-2:]
-        if w != self.resolution or not 0 < h <= self.resolution \
-                or h % self.model.config.downsample_factor or (h < w and not self.windowable):
+        window = self.windowable and 0 < h < self.resolution \
+            and h % self.model.config.downsample_factor == 0
+        if w != self.resolution or (h != self.resolution and not window):
             x = resize01(x, self.resolution)
         rt = self.runtime
         fmt = rt.input_format(self.memory_format)
