@@ -16,7 +16,7 @@ from ladtalk.generation.blend import BlendConfig, blend_face
 from ladtalk.generation.fusion import FusionConfig
 from ladtalk.generation.track import SourceTrack
 from ladtalk.media.mel import mel_windows
-from ladtalk.models.wav2lip import FACE_SIZE
+from ladtalk.models.wav2lip_io import FACE_SIZE
 
 
 class StageClock:

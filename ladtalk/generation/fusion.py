@@ -2,18 +2,19 @@
 
 The correction ``restored - input`` is split into the band a 96 px face carries and the
 detail above it, each scaled by a calibrated strength, then a lip-shape guard keeps the
-mouth opening Wav2Lip drew (docs/generation.md, "Restoration and fusion").
+mouth opening Wav2Lip drew (docs/generation.md, "Restoration and fusion"). The settings
+import without torch (a Wav2Lip-only run may never load it); the band functions load it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
+from ladtalk.models.wav2lip_io import FACE_SIZE
 
-from ladtalk.media.resample import area_resize, blur_nchw
-from ladtalk.models.wav2lip import FACE_SIZE
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,14 @@ def parse_strength(text: Union[str, float, Sequence[float], None]) -> Optional[T
     return vals[0], vals[1]
 
 
-def band_split(d: torch.Tensor, band_size: int = FACE_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
+def band_split(d: "torch.Tensor", band_size: int = FACE_SIZE
+               ) -> Tuple["torch.Tensor", "torch.Tensor"]:
     """``(low, high)`` of NCHW ``d`` of width R: ``low = bicubic_up(area_down(d, band))``, the
     width brought to ``band_size`` and the height in proportion (a window of a crop's rows
     that starts on the band's grid splits as those rows of the whole crop do)."""
+    import torch
+
+    from ladtalk.media.resample import area_resize
     side = d.shape[-1]
     if side <= band_size:
         return d, torch.zeros_like(d)
@@ -101,6 +106,7 @@ def fuse(restored: torch.Tensor, inp: torch.Tensor, config: FusionConfig = Fusio
 
 def _guard_shape(out: torch.Tensor, inp: torch.Tensor, config: FusionConfig) -> torch.Tensor:
     """Clip the departure of ``out``'s lip-shape band from ``inp``'s to the tolerance."""
+    from ladtalk.media.resample import blur_nchw
     sigma = config.shape_sigma * out.shape[-1] / float(config.band_size)
     if sigma <= 0:
         return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -24,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import torch
 
 from ladtalk._util.choices import DEFAULT_BACKEND, DEFAULT_PRECISION
-from ladtalk._util.device import precision_name, release_memory, resolve_device
+from ladtalk._util.cores import thread_budget
+from ladtalk._util.device import device_type, resolve_device
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig
 from ladtalk.face.detect import FixedBoxDetector, make_detector
@@ -40,8 +41,8 @@ from ladtalk.generation.inputs import (
     load_speech,
     plan_source,
 )
-from ladtalk.generation.lipsync import CPU_BATCH as LIPSYNC_CPU_BATCH
 from ladtalk.generation.lipsync import LipSyncer
+from ladtalk.generation.lipsync_load import LipSyncRequest, load_lipsyncer
 from ladtalk.generation.options import (
     DEFAULT_BATCH_SIZE,
     STILL_FPS,
@@ -55,11 +56,12 @@ from ladtalk.generation.track import FileStamp, SourceTrack, framing_key, track_
 from ladtalk.media.audio import SAMPLE_RATE
 from ladtalk.media.mel_process import MelProcess
 from ladtalk.media.probe import estimate_frames
-from ladtalk.models.fuse import fold_batchnorm
 from ladtalk.runtime.autotune import RuntimeChoice
 from ladtalk.runtime.select import RuntimeSpec
 
 if TYPE_CHECKING:
+    import torch
+
     from ladtalk.generation.identity_match import IdentityMatch
 
 log = logging.getLogger(__name__)
@@ -102,15 +104,21 @@ class Pipeline:
     :mod:`ladtalk.runtime`); ``compile``: ``torch.compile`` the models torch runs.
     ``workers``: model threads (default :meth:`worker_plan`: 2 on a CPU, 3 for runs with an
     identity on 2-3 cores, 1 on CUDA).
+
+    A Wav2Lip checkpoint that an earlier process prepared for OpenVINO on this machine is
+    run from the cached model without torch (:mod:`~ladtalk.generation.lipsync_load`): a
+    Wav2Lip-only run then never imports it (1.2 s of a 6 s clip on 2 cores).
     """
 
     def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = DEFAULT_PRECISION,
                  batch_size: int = DEFAULT_BATCH_SIZE, detector: Any = None,
                  restorer: Any = None, workers: Optional[int] = None,
                  backend: str = DEFAULT_BACKEND, compile: bool = False):
-        self.device = resolve_device(device)
+        self._device_arg = device
+        self._device: Optional["torch.device"] = None
+        self.device_type = device_type(device)  # validates; torch only for a GPU
         self.dtype = dtype
-        self.backend = RuntimeSpec.of(dtype, backend, self.device).backend  # checks both
+        self.backend = RuntimeSpec.of(dtype, backend, self.device_type).backend  # checks both
         self.compile = bool(compile)
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch size must be a positive whole number, got {batch_size!r}")
@@ -126,6 +134,13 @@ class Pipeline:
         self.workers = workers
         self._lock = threading.RLock()
 
+    @property
+    def device(self) -> "torch.device":
+        """The torch device the models run on (resolved, importing torch, on first use)."""
+        if self._device is None:
+            self._device = resolve_device(self._device_arg)
+        return self._device
+
     def worker_plan(self, restoring: bool = True) -> Tuple[int, int]:
         """``(model threads, intra-op threads each)`` a run uses (``restoring``: with an
         identity; the models are set up for the larger plan). On a CPU with 2-3 cores a run
@@ -133,10 +148,11 @@ class Pipeline:
         (the GIL, the encoder, a chunk's turn) the others keep the cores busy (LaDTalk on 2
         cores: 20.6 -> 17.0 s, docs/performance.md); Wav2Lip alone gains nothing from a third
         and keeps two, and so does a larger CPU, with half of the threads each."""
-        total = max(1, torch.get_num_threads())
+        torch = sys.modules.get("torch")  # (not loaded by a run of prepared models)
+        total = max(1, torch.get_num_threads() if torch is not None else thread_budget())
         if self.workers is not None:
             n = int(self.workers)
-        elif self.device.type != "cpu" or total < 2:
+        elif self.device_type != "cpu" or total < 2:
             n = 1
         else:
             n = 3 if restoring and total < 4 else 2
@@ -166,30 +182,10 @@ class Pipeline:
                     "detectors": sorted(self._detectors)}
 
     def _load_lipsyncer(self, spec: Any) -> LipSyncer:
-        injected = isinstance(spec, (LipSyncer, torch.nn.Module))
-        batch = self.batch_size if self.device.type != "cpu" else min(self.batch_size,
-                                                                         LIPSYNC_CPU_BATCH)
-        if isinstance(spec, LipSyncer):
-            syncer = spec
-        elif isinstance(spec, torch.nn.Module):
-            syncer = LipSyncer(spec, device=self.device, dtype=self.dtype, batch_size=batch,
-                               backend=self.backend, compile=self.compile)
-        else:
-            syncer = LipSyncer.from_checkpoint("wav2lip" if spec is None else spec,
-                                               device=self.device, dtype=self.dtype,
-                                               batch_size=batch, backend=self.backend,
-                                               compile=self.compile)
-        # inference-only speed-ups, equal up to float rounding: BatchNorm folded into the
-        # convolutions, NHWC convolutions on CPU
-        syncer.model = fold_batchnorm(syncer.model, copy_model=injected)
-        if syncer.device.type == "cpu":
-            syncer.use_channels_last(True)
-        if not isinstance(spec, LipSyncer):
-            workers, intra = self.worker_plan()
-            if syncer.select_runtime(workers, intra).backend == "openvino" and not injected:
-                syncer.drop_torch_weights()  # OpenVINO holds its own copy
-        release_memory()  # the load's freed temporaries back to the OS
-        return syncer
+        request = LipSyncRequest(
+            device_type=self.device_type, precision=self.dtype, backend=self.backend,
+            compile=self.compile, batch_size=self.batch_size, workers=self.workers)
+        return load_lipsyncer(spec, request, device=lambda: self.device, plan=self.worker_plan)
 
     def detector_for(self, options: GenerateOptions, frame_size: Tuple[int, int]):
         """The detector a call uses: a fixed box, the injected one, or a cached named one."""
@@ -205,7 +201,8 @@ class Pipeline:
         name = (options.detector or "auto").lower()
         with self._lock:
             if name not in self._detectors:
-                self._detectors[name] = make_detector(name, device=self.device)
+                self._detectors[name] = make_detector(
+                    name, device=self._device if self._device is not None else self._device_arg)
             return self._detectors[name]
 
     def restorer_for(self, identity: Optional[Union[str, os.PathLike]]):
@@ -312,7 +309,7 @@ class Pipeline:
             runtimes["restore"] = restorer.runtime.choice
         for stage, choice in runtimes.items():
             log.info("%s runs %s", stage, choice.describe())
-        return _Models(syncer, restorer, identity_dir, precision_name(syncer.dtype), runtimes)
+        return _Models(syncer, restorer, identity_dir, syncer.runtime.precision, runtimes)
 
     def _identity_check(self, call: _Call, models: _Models, plan: SourcePlan,
                         track: SourceTrack) -> Optional[IdentityMatch]:

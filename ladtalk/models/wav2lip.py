@@ -34,10 +34,7 @@ from torch import nn
 from ladtalk.models.blocks import ConvBNReLU as C
 from ladtalk.models.blocks import ConvTransposeBNReLU as T
 from ladtalk.models.blocks import res
-
-FACE_SIZE = 96
-MEL_BINS = 80
-MEL_STEPS = 16
+from ladtalk.models.wav2lip_io import FACE_SIZE, MEL_BINS, MEL_STEPS  # noqa: F401 (re-exported)
 
 
 def build_audio_encoder_gen() -> nn.Sequential:

@@ -20,15 +20,16 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 from ladtalk._util.atomic import write_json
 from ladtalk._util.choices import BACKENDS, PRECISIONS
 from ladtalk._util.paths import ladtalk_home
 from ladtalk.errors import InputError
 from ladtalk.runtime.openvino_engine import INSTALL_HINT, openvino_available, openvino_version
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class RuntimeChoice:
     how: str
     speeds: Dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: its entry in the cache when it was measured or read from there
+    cache_key: Optional[str] = None
 
     @property
     def backend(self) -> str:
@@ -81,24 +84,27 @@ class RuntimeChoice:
                 "speeds": dict(self.speeds), "seconds": round(self.seconds, 3)}
 
 
-def candidate_plans(backend: str, precision: str, device: torch.device) -> List[Plan]:
-    """The plans ``backend`` x ``precision`` allow on ``device``, the reference first."""
+def candidate_plans(backend: str, precision: str,
+                    device: Union[str, "torch.device"]) -> List[Plan]:
+    """The plans ``backend`` x ``precision`` allow on ``device`` (a torch device or its type,
+    "cpu" / "cuda"), the reference first."""
+    kind = getattr(device, "type", device)
     backend, precision = (backend or "auto").lower(), (precision or "fp32").lower()
     if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     if backend == "openvino":
-        if device.type != "cpu":
+        if kind != "cpu":
             raise InputError(f"--backend openvino runs on the CPU only; with --device "
-                             f"{device.type} use --backend torch (or auto)")
+                             f"{kind} use --backend torch (or auto)")
         if not openvino_available():
             raise InputError(f"--backend openvino was asked for but OpenVINO is not "
                              f"installed. {INSTALL_HINT}")
     backends = ["torch"] if backend == "torch" else ["openvino"] if backend == "openvino" \
-        else ["torch"] + (["openvino"] if device.type == "cpu" and openvino_available() else [])
+        else ["torch"] + (["openvino"] if kind == "cpu" and openvino_available() else [])
     if precision == "auto":
-        precisions = ["fp32", "bf16"] if device.type == "cpu" else ["fp32", "fp16"] + (
+        precisions = ["fp32", "bf16"] if kind == "cpu" else ["fp32", "fp16"] + (
             ["bf16"] if _cuda_bf16(device) else [])
     else:
         precisions = [precision]
@@ -113,31 +119,34 @@ def candidate_plans(backend: str, precision: str, device: torch.device) -> List[
     return plans
 
 
-def _torch_precision(precision: str, device: torch.device) -> str:
+def _torch_precision(precision: str, device: Union[str, "torch.device"]) -> str:
     """What eager torch runs for ``precision``: fp16 is fp32 on a CPU (no fast fp16
     convolutions there; :func:`ladtalk._util.device.resolve_dtype` does the same)."""
-    return "fp32" if device.type == "cpu" and precision == "fp16" else precision
+    return "fp32" if getattr(device, "type", device) == "cpu" and precision == "fp16" \
+        else precision
 
 
-def _cuda_bf16(device: torch.device) -> bool:
+def _cuda_bf16(device: Union[str, "torch.device"]) -> bool:
+    import torch
     try:
         return bool(torch.cuda.is_bf16_supported())
     except Exception:  # noqa: BLE001 - no CUDA runtime: no bf16 candidate
         return False
 
 
-def machine_signature(device: torch.device) -> Dict[str, object]:
+def machine_signature(device: "torch.device") -> Dict[str, object]:
     """What decides the winner besides the model: the processor and the library versions."""
+    import torch
     sig: Dict[str, object] = {"torch": torch.__version__, "openvino": openvino_version(),
                               "device": device.type}
     if device.type == "cuda":
         sig["gpu"] = torch.cuda.get_device_name(device)
     else:
-        sig["cpu"], sig["flags"] = _cpu_model()
+        sig["cpu"], sig["flags"] = cpu_model()
     return sig
 
 
-def _cpu_model() -> tuple:
+def cpu_model() -> tuple:
     """``(model name, the vector / matrix flags)`` from ``/proc/cpuinfo`` (first core), or
     the platform's processor name and no flags where there is none."""
     fields: Dict[str, str] = {}
@@ -170,6 +179,15 @@ def _read_cache(path: Path) -> Dict[str, dict]:
         return {}
     entries = data.get("entries")
     return entries if isinstance(entries, dict) else {}
+
+
+def cached_choice(key: str) -> Optional[Plan]:
+    """The plan the cache holds under ``key`` (a :attr:`RuntimeChoice.cache_key`), or None
+    (deleting the cache file makes every choice measured again)."""
+    entry = _read_cache(_cache_path()).get(key)
+    if not isinstance(entry, dict) or not {"backend", "precision"} <= entry.keys():
+        return None
+    return Plan(str(entry["backend"]), str(entry["precision"]))
 
 
 def _cached_plan(entry: object, plans: Sequence[Plan]) -> Optional[Plan]:
@@ -214,7 +232,7 @@ def pick(plans: Sequence[Plan], speeds: Dict[str, float]) -> Plan:
 
 
 def choose_runtime(name: str, signature: Dict[str, object], *, backend: str, precision: str,
-                   device: torch.device, build: Callable[[Plan], Callable[[], None]],
+                   device: "torch.device", build: Callable[[Plan], Callable[[], None]],
                    items: int, threads: int = 1, use_cache: bool = True) -> RuntimeChoice:
     """The plan ``name`` (a model, described by ``signature``: class, config, batch) runs
     with. ``build(plan)`` returns a function that runs one batch of ``items`` crops; it is
@@ -229,7 +247,9 @@ def choose_runtime(name: str, signature: Dict[str, object], *, backend: str, pre
     entries = _read_cache(path) if use_cache else {}
     cached = _cached_plan(entries.get(key), plans)
     if cached is not None:
-        return RuntimeChoice(cached, "cached", dict(entries[key].get("speeds") or {}))
+        return RuntimeChoice(cached, "cached", dict(entries[key].get("speeds") or {}),
+                             cache_key=key)
+    import torch
     t0 = time.perf_counter()
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -237,7 +257,8 @@ def choose_runtime(name: str, signature: Dict[str, object], *, backend: str, pre
         speeds = measure(plans, build, items)
     finally:
         torch.set_num_threads(before)
-    choice = RuntimeChoice(pick(plans, speeds), "measured", speeds, time.perf_counter() - t0)
+    choice = RuntimeChoice(pick(plans, speeds), "measured", speeds, time.perf_counter() - t0,
+                           cache_key=key if use_cache else None)
     log.info("%s runtime: %s", name, choice.describe())
     if use_cache:
         entries = _read_cache(path)  # another process may have added entries meanwhile
@@ -251,4 +272,4 @@ def choose_runtime(name: str, signature: Dict[str, object], *, backend: str, pre
 
 
 __all__ = ["Plan", "RuntimeChoice", "candidate_plans", "choose_runtime", "measure", "pick",
-           "machine_signature", "MARGIN"]
+           "machine_signature", "cached_choice", "cpu_model", "MARGIN"]

@@ -7,7 +7,8 @@ from torch (traced at batch 1, the batch left dynamic, and any axis the module n
 kept in ``$LADTALK_HOME/cache/openvino``, keyed by the weights' bytes, the input shapes and the
 OpenVINO version: a later process reads it in milliseconds instead of converting again
 (about 2 s for Wav2Lip). The weights stay float32 on disk; the precision is a compile-time
-hint ("f32" or "bf16"), so one entry serves both.
+hint ("f32" or "bf16"), so one entry serves both. :meth:`OpenVINOEngine.cached` compiles an
+entry by its key without torch, which only the conversion and the key's computation need.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from torch import nn
 
 from ladtalk._util.diskcache import DiskCache, cache_limit
 from ladtalk._util.paths import ladtalk_home
 from ladtalk.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +77,10 @@ def ir_cache() -> DiskCache:
     return DiskCache(ladtalk_home() / "cache" / "openvino", cache_limit(IR_CACHE_ENV, IR_CACHE_MB))
 
 
-def _bytes_view(t: torch.Tensor) -> memoryview:
+def _bytes_view(t: "torch.Tensor") -> memoryview:
     """The tensor's float32 values in memory order, without a copy when it is dense (NCHW or
     channels-last)."""
+    import torch
     t = t.detach().float().cpu()
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
             memory_format=torch.channels_last):
@@ -84,7 +88,7 @@ def _bytes_view(t: torch.Tensor) -> memoryview:
     return np.ascontiguousarray(t.numpy()).data
 
 
-def ir_key(module: nn.Module, examples: Sequence[torch.Tensor]) -> str:
+def ir_key(module: "nn.Module", examples: Sequence["torch.Tensor"]) -> str:
     """Cache key of a module's IR: its class and ``extra_repr``, weights and buffers (values
     and layout), input shapes and dynamic axes, OpenVINO version (sha256: about 0.12 s for
     Wav2Lip's 145 MB)."""
@@ -98,13 +102,14 @@ def ir_key(module: nn.Module, examples: Sequence[torch.Tensor]) -> str:
     return h.hexdigest()[:40]
 
 
-def dynamic_axes(module: nn.Module) -> Tuple[int, ...]:
+def dynamic_axes(module: "nn.Module") -> Tuple[int, ...]:
     """The input axes besides the batch that the module's IR keeps dynamic: its
     ``openvino_dynamic_axes`` attribute (e.g. ``(2, 3)``, any height and width), else none."""
     return tuple(int(a) for a in getattr(module, "openvino_dynamic_axes", ()))
 
 
-def _convert(module: nn.Module, examples: Sequence[torch.Tensor]) -> Any:
+def _convert(module: "nn.Module", examples: Sequence["torch.Tensor"]) -> Any:
+    import torch
     ov = require_openvino()
     first = [x[:1].detach().float().contiguous() for x in examples]
     free = set(dynamic_axes(module)) | {0}
@@ -125,14 +130,21 @@ def _convert(module: nn.Module, examples: Sequence[torch.Tensor]) -> Any:
             m.training = training
 
 
-def load_ir(module: nn.Module, examples: Sequence[torch.Tensor],
-            cache: Optional[DiskCache] = None) -> Any:
+def cached_ir(key: str, cache: Optional[DiskCache] = None) -> Any:
+    """The cached OpenVINO model stored under ``key`` (:func:`ir_key`), or None."""
+    require_openvino()
+    cache = ir_cache() if cache is None else cache
+    return cache.read(key, lambda d: _core().read_model(str(d / "model.xml")))
+
+
+def load_ir(module: "nn.Module", examples: Sequence["torch.Tensor"],
+            cache: Optional[DiskCache] = None, key: Optional[str] = None) -> Any:
     """The module as an OpenVINO model, from the cache when it holds it (else converted and
-    stored, float32, atomically)."""
+    stored, float32, atomically). ``key``: its :func:`ir_key` when already computed."""
     ov = require_openvino()
     cache = ir_cache() if cache is None else cache
-    key = ir_key(module, examples)
-    model = cache.read(key, lambda d: _core().read_model(str(d / "model.xml")))
+    key = ir_key(module, examples) if key is None else key
+    model = cached_ir(key, cache)
     if model is not None:
         return model
     model = _convert(module, examples)
@@ -147,38 +159,62 @@ def load_ir(module: nn.Module, examples: Sequence[torch.Tensor],
 
 
 class OpenVINOEngine:
-    """``engine(*tensors)`` -> the module's (first) output as a float32 CPU tensor.
+    """``engine(*tensors)`` -> the module's (first) output as a float32 CPU tensor;
+    :meth:`infer` the same on numpy arrays.
 
     ``precision``: "fp32", "bf16" (fast with AVX512-BF16 / AMX) or "fp16". ``streams``:
     requests that may run at once, one per calling thread (the pipeline's model threads);
     ``threads``: OpenVINO's threads in all. ``model``: the module's IR when already loaded
-    (:func:`load_ir`).
+    (:func:`load_ir`); ``ir_key`` is then None, else the IR's cache key.
     """
 
     backend = "openvino"
 
-    def __init__(self, module: nn.Module, examples: Sequence[torch.Tensor], precision: str,
-                 threads: int = 1, streams: int = 1, cache: Optional[DiskCache] = None,
-                 model: Any = None) -> None:
+    def __init__(self, module: "nn.Module", examples: Sequence["torch.Tensor"],
+                 precision: str, threads: int = 1, streams: int = 1,
+                 cache: Optional[DiskCache] = None, model: Any = None) -> None:
+        self.ir_key: Optional[str] = None
+        if model is None:
+            self.ir_key = ir_key(module, examples)
+            model = load_ir(module, examples, cache, key=self.ir_key)
+        self._compile(model, precision, threads, streams)
+
+    @classmethod
+    def cached(cls, key: str, precision: str, threads: int = 1, streams: int = 1,
+               cache: Optional[DiskCache] = None) -> Optional["OpenVINOEngine"]:
+        """The engine of the IR cached under ``key``, or None when the cache no longer holds
+        it. Needs neither the torch module nor torch."""
+        model = cached_ir(key, cache)
+        if model is None:
+            return None
+        engine = cls.__new__(cls)
+        engine.ir_key = key
+        engine._compile(model, precision, threads, streams)
+        return engine
+
+    def _compile(self, model: Any, precision: str, threads: int, streams: int) -> None:
         if precision not in _HINTS:
             raise InputError(f"OpenVINO precision must be one of {', '.join(_HINTS)}, got "
                              f"{precision!r}")
         self.precision = precision
-        model = load_ir(module, examples, cache) if model is None else model
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
                   "INFERENCE_NUM_THREADS": max(1, int(threads)),
                   "NUM_STREAMS": max(1, int(streams))}
         self.compiled = _core().compile_model(model, "CPU", config)
         self._local = threading.local()
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def infer(self, *arrays: np.ndarray) -> np.ndarray:
+        """The (first) output for float32 numpy inputs, as a new float32 array."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in inputs]
-        out = request.infer(arrays)[0]
-        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+        out = request.infer([np.ascontiguousarray(x, dtype=np.float32) for x in arrays])[0]
+        return np.array(out, dtype=np.float32, copy=True)
+
+    def __call__(self, *inputs: "torch.Tensor") -> "torch.Tensor":
+        import torch
+        return torch.from_numpy(self.infer(*(x.detach().float().cpu().numpy() for x in inputs)))
 
 
 __all__ = ["OpenVINOEngine", "openvino_available", "require_openvino", "openvino_version",
-           "ir_cache", "ir_key", "load_ir", "dynamic_axes", "INSTALL_HINT"]
+           "ir_cache", "ir_key", "cached_ir", "load_ir", "dynamic_axes", "INSTALL_HINT"]

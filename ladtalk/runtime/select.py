@@ -5,37 +5,49 @@ part; the SOVQAE two, encoder and decoder, with the nearest-code search between 
 float32 torch). :func:`select_runtime` times the candidate plans on those parts
 (:mod:`ladtalk.runtime.autotune`) and returns a :class:`Runtime` whose :meth:`Runtime.run`
 calls a part with the winner: eager torch under autocast at the chosen dtype, or the part's
-:class:`~ladtalk.runtime.openvino_engine.OpenVINOEngine`.
+:class:`~ladtalk.runtime.openvino_engine.OpenVINOEngine`. torch is imported where torch runs or
+measures: a runtime of OpenVINO engines built without it (:meth:`Runtime.openvino`) never
+loads it.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ladtalk._util.device import autocast, precision_name, resolve_dtype
 from ladtalk.runtime.autotune import Plan, RuntimeChoice, candidate_plans, choose_runtime
 from ladtalk.runtime.openvino_engine import OpenVINOEngine, load_ir
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 #: a part: (module, example inputs at the batch size it will run)
-Part = Tuple[nn.Module, Sequence[torch.Tensor]]
+Part = Tuple["nn.Module", Sequence["torch.Tensor"]]
 
 
 @dataclass
 class Runtime:
-    """How a model's parts run: ``choice`` (plan and how it was chosen), ``dtype`` (the
-    torch dtype of its precision) and, for OpenVINO, one engine per part."""
+    """How a model's parts run on ``device``: ``choice`` (plan and how it was chosen) and,
+    for OpenVINO, one engine per part."""
 
     choice: RuntimeChoice
-    dtype: torch.dtype
-    device: torch.device
+    device: Union[str, "torch.device"]
     engines: List[OpenVINOEngine] = field(default_factory=list)
     #: torch.compile'd parts (torch backend with ``compile=True``), by part index
-    compiled: Dict[int, nn.Module] = field(default_factory=dict)
+    compiled: Dict[int, "nn.Module"] = field(default_factory=dict)
+
+    @classmethod
+    def openvino(cls, choice: RuntimeChoice, engines: List[OpenVINOEngine]) -> "Runtime":
+        """A CPU runtime of ready engines (no torch needed to build or call it)."""
+        return cls(choice, "cpu", list(engines))
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        """The torch dtype of the precision (imports torch)."""
+        return resolve_dtype(self.precision, self.device)
 
     @property
     def backend(self) -> str:
@@ -45,26 +57,29 @@ class Runtime:
     def precision(self) -> str:
         return self.choice.precision
 
-    def input_format(self, model_format: torch.memory_format) -> torch.memory_format:
+    def input_format(self, model_format: "torch.memory_format") -> "torch.memory_format":
         """The layout inputs should have: the torch model's own, NCHW for OpenVINO."""
+        import torch
         return model_format if not self.engines else torch.contiguous_format
 
-    def run(self, index: int, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    def run(self, index: int, module: "nn.Module", *inputs: "torch.Tensor") -> "torch.Tensor":
         """Part ``index`` (``module``) on ``inputs`` -> its float32 output."""
         if self.engines:
             return self.engines[index](*inputs).to(self.device)
+        import torch
         module = self.compiled.get(index, module)
         with torch.inference_mode(), autocast(self.device, self.dtype):
             return module(*inputs).float()
 
 
-def torch_runtime(device: torch.device, dtype: torch.dtype, how: str = "forced") -> Runtime:
+def torch_runtime(device: "torch.device", dtype: "torch.dtype", how: str = "forced") -> Runtime:
     """Eager torch at ``dtype``."""
-    return Runtime(RuntimeChoice(Plan("torch", precision_name(dtype)), how), dtype, device)
+    return Runtime(RuntimeChoice(Plan("torch", precision_name(dtype)), how), device)
 
 
-def _builder(parts: Sequence[Part], device: torch.device,
+def _builder(parts: Sequence[Part], device: "torch.device",
              threads: int) -> Callable[[Plan], Callable[[], None]]:
+    import torch
     irs: Dict[int, object] = {}  # one conversion per part, compiled once per precision
 
     def build(plan: Plan) -> Callable[[], None]:
@@ -75,8 +90,7 @@ def _builder(parts: Sequence[Part], device: torch.device,
                     irs[i] = load_ir(m, ex)
                 engines.append(OpenVINOEngine(m, ex, plan.precision, threads=threads,
                                               streams=1, model=irs[i]))
-        rt = Runtime(RuntimeChoice(plan, "probe"), resolve_dtype(plan.precision, device),
-                     device, engines)
+        rt = Runtime(RuntimeChoice(plan, "probe"), device, engines)
 
         def one_batch() -> None:
             for i, (m, ex) in enumerate(parts):
@@ -88,7 +102,7 @@ def _builder(parts: Sequence[Part], device: torch.device,
 
 
 def select_runtime(name: str, parts: Sequence[Part], *, backend: str, precision: str,
-                   device: torch.device, workers: int = 1, threads: int = 1,
+                   device: "torch.device", workers: int = 1, threads: int = 1,
                    signature: Optional[Dict[str, object]] = None,
                    use_cache: bool = True, compile: bool = False) -> Runtime:
     """Choose and build how ``parts`` run (see the module doc). ``workers``: threads that
@@ -99,17 +113,17 @@ def select_runtime(name: str, parts: Sequence[Part], *, backend: str, precision:
     items = int(parts[0][1][0].shape[0])
     sig = {"parts": [[type(m).__name__, sum(p.numel() for p in m.parameters()),
                       [list(x.shape) for x in ex]] for m, ex in parts], **(signature or {})}
+    import torch
     choice = choose_runtime(name, sig, backend=backend, precision=precision, device=device,
                             build=_builder(parts, device, threads), items=items,
                             threads=threads, use_cache=use_cache)
-    dtype = resolve_dtype(choice.precision, device)
     engines: List[OpenVINOEngine] = []
     if choice.backend == "openvino":
         engines = [OpenVINOEngine(m, ex, choice.precision, threads=workers * threads,
                                   streams=workers) for m, ex in parts]
     compiled = {i: torch.compile(m) for i, (m, _) in enumerate(parts)} \
         if compile and choice.backend == "torch" else {}
-    return Runtime(choice, dtype, device, engines, compiled)
+    return Runtime(choice, device, engines, compiled)
 
 
 @dataclass(frozen=True)
@@ -121,15 +135,15 @@ class RuntimeSpec:
 
     precision: str
     backend: str
-    device: torch.device
+    device: "torch.device"
     compile: bool = False
 
     @classmethod
-    def of(cls, precision: Union[str, torch.dtype, None], backend: Optional[str],
-           device: torch.device, compile: bool = False) -> "RuntimeSpec":
+    def of(cls, precision: Union[str, "torch.dtype", None], backend: Optional[str],
+           device: "torch.device", compile: bool = False) -> "RuntimeSpec":
         if precision is None:
             name = "fp32"
-        elif isinstance(precision, torch.dtype):
+        elif not isinstance(precision, str):  # a torch dtype
             name = precision_name(precision)
         else:
             name = str(precision).lower()
@@ -152,6 +166,7 @@ class RuntimeSpec:
                threads: Optional[int] = None, use_cache: bool = True,
                signature: Optional[Dict[str, object]] = None) -> Runtime:
         """:func:`select_runtime` for this spec (``threads`` default: torch's count now)."""
+        import torch
         return select_runtime(name, parts, backend=self.backend, precision=self.precision,
                               device=self.device, workers=max(1, int(workers)),
                               threads=max(1, int(threads or torch.get_num_threads())),
@@ -181,7 +196,7 @@ class RuntimeHolder:
         return self._runtime
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> "torch.dtype":
         return self.runtime.dtype
 
     def select_runtime(self, workers: int = 1, threads: Optional[int] = None,
