@@ -385,6 +385,28 @@ def test_looped_source_streams_frames_in_policy_order(media, tmp_path, policy):
     assert source.n_src == 16
 
 
+@pytest.mark.parametrize("n_out,hint,cached", [(16, None, False), (14, None, False),
+                                                (37, 40, False), (37, None, True)])
+def test_pingpong_cache_written_only_when_the_audio_outlasts_the_video(media, tmp_path, n_out,
+                                                                      hint, cached):
+    """No copy of the frames when the estimate says no loop is needed; when the estimate is
+    wrong (a hint of 40 frames for a 16-frame video) the cache is built after the first leg
+    and the frames are still the right ones."""
+    src = decode(media["video16"], fps=FPS)
+    written = []
+    with LoopedSource(probe(media["video16"]), FPS, n_out, "pingpong", chunk_size=5,
+                      temp_dir=tmp_path, n_src_hint=hint) as source:
+        source_write = source._cache_write
+        source._cache_write = lambda frames: (  # (n_src is known once the first leg ended)
+            written.append((len(frames), source.n_src is None)), source_write(frames))
+        chunks = list(source.frames())
+    idx = np.concatenate([c[1] for c in chunks])
+    assert list(idx) == list(source_indices(n_out, 16, "pingpong"))
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), src[idx])
+    assert (sum(n for n, _ in written) > 0) == (n_out > 16)
+    assert any(first_leg for _, first_leg in written) == cached
+
+
 def test_pingpong_falls_back_to_loop_when_temp_disk_is_full(media, tmp_path, monkeypatch):
     from collections import namedtuple
 

@@ -82,8 +82,12 @@ class LoopedSource:
         self._fd: Optional[int] = None
         self._frame_shape: Optional[Tuple[int, int, int]] = None
         hint = n_src_hint if n_src_hint is not None else info.n_frames
+        # the cache is written during the first leg only when the estimate says the audio
+        # outlasts the video: dubbing a clip with speech of its own length (the usual case)
+        # then writes no copy of every frame (0.3-0.6 s of a 5 s 844x844 clip on 2 cores); an
+        # estimate that falls short costs one more decode when the first leg ends
         self._want_cache = (self.policy == "pingpong" and not info.is_image
-                            and self.n_out > max(1, int(0.9 * (hint or 0))))
+                            and self.n_out > max(1, int(hint or 0)))
 
     # ------------------------------------------------------------------ cache
     def _open_cache(self, frame_bytes: int) -> bool:
