@@ -6,6 +6,11 @@ import sys
 # the cores are shared with other processes (measured: 7 vs 114 training steps in 50 s on 2
 # busy cores); on an idle machine the cost is negligible. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The same for numpy's OpenBLAS: its worker threads spin for about 0.1 s after the import and
+# after each call before they sleep (2^4 cycles instead): 0.1-0.3 CPU-s of a short run taken
+# from the cores that import and decode (this process and its mel child). Must be set before
+# numpy loads; the threads themselves stay.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from ladtalk.cli import main
 
