@@ -385,6 +385,18 @@ def test_looped_source_streams_frames_in_policy_order(media, tmp_path, policy):
     assert source.n_src == 16
 
 
+@pytest.mark.parametrize("policy", ["pingpong", "loop", "hold"])
+def test_chunks_handed_out_are_the_callers_to_change(media, tmp_path, policy):
+    """Whole decoded chunks are handed out without a copy; a caller writing into them (the
+    pipeline pastes faces in place) never changes a later frame."""
+    src = decode(media["video16"], fps=FPS)
+    with LoopedSource(probe(media["video16"]), FPS, 37, policy, chunk_size=4,
+                      temp_dir=tmp_path) as source:
+        for frames, idx in source.frames():
+            np.testing.assert_array_equal(frames, src[idx])
+            frames[:] = 0
+
+
 @pytest.mark.parametrize("n_out,hint,cached", [(16, None, False), (14, None, False),
                                                 (37, 40, False), (37, None, True)])
 def test_pingpong_cache_written_only_when_the_audio_outlasts_the_video(media, tmp_path, n_out,

@@ -179,6 +179,15 @@ class LoopedSource:
                     t0 = time.perf_counter()
                     self._cache_write(chunk[:take])
                     self.decode_seconds += time.perf_counter() - t0
+                if not buf and take == self.chunk_size:
+                    # a whole decoded chunk is a fresh array already: handed out as it is
+                    # (no copy), keeping a copy of its last frame, which the caller may change
+                    last = chunk[take - 1].copy()
+                    yield chunk[:take], np.arange(t, t + take, dtype=np.int64)
+                    t += take
+                    if t >= self.n_out:
+                        break
+                    continue
                 for i in range(take):
                     buf.append(chunk[i])
                     idx.append(t)
