@@ -14,7 +14,7 @@ import pytest
 from ladtalk.errors import InputError
 from ladtalk.media.decode import decode_cmd, frame_at, iter_frames, read_frames, read_image
 from ladtalk.media.encode import VideoWriter, encode_cmd, encoded_size
-from ladtalk.media.ffmpeg import ffmpeg_exe
+from ladtalk.media.ffmpeg import FRAME_PIPE_BYTES, ffmpeg_exe, widen_pipe
 from ladtalk.media.image import is_still_image
 from ladtalk.media.probe import MediaInfo, estimate_frames, probe
 from ladtalk.media.resample import to_tensor01, to_uint8
@@ -71,6 +71,21 @@ def media(tmp_path_factory) -> dict:
     m["wav"] = d / "tone.wav"  # 1.5 s PCM
     ff("-f", "lavfi", "-i", "sine=frequency=550:duration=1.5:sample_rate=16000", str(m["wav"]))
     return m
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+def test_frame_pipes_are_widened(tmp_path):
+    import fcntl
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as fr, os.fdopen(w, "wb") as fw:
+        assert fcntl.fcntl(fr.fileno(), get_size) < FRAME_PIPE_BYTES
+        widen_pipe(fw)
+        assert fcntl.fcntl(fr.fileno(), get_size) == FRAME_PIPE_BYTES
+    with VideoWriter(tmp_path / "w.mp4", 10, (64, 48)) as wr:  # the encoder's stdin
+        assert fcntl.fcntl(wr._proc.stdin.fileno(), get_size) == FRAME_PIPE_BYTES
+        wr.write(np.zeros((48, 64, 3), np.uint8))
+    widen_pipe(object())  # not a pipe: nothing happens
 
 
 def test_bundled_ffmpeg_has_libx264_and_aac():

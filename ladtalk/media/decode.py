@@ -23,6 +23,7 @@ from ladtalk.media.ffmpeg import (
     input_file,
     kill,
     read_exact,
+    widen_pipe,
 )
 from ladtalk.media.image import decode_still
 from ladtalk.media.probe import MediaInfo, probe
@@ -125,6 +126,7 @@ def iter_frames(path: PathLike, fps: Optional[float] = None, chunk_size: int = 1
     proc = subprocess.Popen(decode_cmd(info.path, fps, strict, max_frames),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, bufsize=0)
+    widen_pipe(proc.stdout)
     drain = StderrDrain(proc.stderr)
     try:
         n_done = yield from _stream(proc, drain, info, chunk_size, rate)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ladtalk._util.atomic import atomic_path
 from ladtalk.errors import InputError, LadTalkError
-from ladtalk.media.ffmpeg import PathLike, StderrDrain, compile_cmd, fps_arg, kill
+from ladtalk.media.ffmpeg import PathLike, StderrDrain, compile_cmd, fps_arg, kill, widen_pipe
 from ladtalk.media.probe import probe
 
 #: Audio codecs that may be stream-copied into each output container (others -> AAC).
@@ -137,6 +137,7 @@ class VideoWriter:
         except BaseException:
             self._discard()
             raise
+        widen_pipe(self._proc.stdin)
         self._drain = StderrDrain(self._proc.stderr)
         return self
 
