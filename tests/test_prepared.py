@@ -68,13 +68,13 @@ def test_entry_kept_while_the_measured_choice_is(tmp_path):
     prepared.remember("key", _entry())
     got = prepared.recall("key")
     assert got is not None and got.ir_keys == ["ir1"] and (got.workers, got.threads) == (2, 1)
-    assert got.choice.plan == Plan("openvino", "bf16") and got.choice.how == "measured"
+    assert got.choice.plan == Plan("openvino", "bf16") and got.choice.how == "cached"
     _write_choice_cache({"k1": {"backend": "torch", "precision": "bf16"}})  # measured again
     assert prepared.recall("key") is None
     _write_choice_cache({})  # the choice cache deleted: measure again, as before
     assert prepared.recall("key") is None
     prepared.remember("forced", _entry("forced", None))  # nothing was measured
-    assert prepared.recall("forced") is not None
+    assert prepared.recall("forced").choice.how == "forced"
     assert prepared.recall("unknown") is None
 
 

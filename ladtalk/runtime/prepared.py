@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -119,10 +119,12 @@ def recall(key: str) -> Optional[Prepared]:
         return None
     if prepared.choice.backend != "openvino" or not prepared.ir_keys:
         return None
-    if prepared.choice.cache_key is not None and \
-            cached_choice(prepared.choice.cache_key) != prepared.choice.plan:
+    choice = prepared.choice
+    if choice.cache_key is not None and cached_choice(choice.cache_key) != choice.plan:
         return None  # the choice cache was cleared or changed: measure again
-    return prepared
+    if choice.how == "measured":  # (measured by the process that prepared it)
+        choice = replace(choice, how="cached")
+    return replace(prepared, choice=choice)
 
 
 def remember(key: str, prepared: Prepared) -> None:
