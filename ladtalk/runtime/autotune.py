@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
-from ladtalk._util.atomic import write_json
 from ladtalk._util.choices import BACKENDS, PRECISIONS
+from ladtalk._util.entryfile import read_entries, write_entries
 from ladtalk._util.paths import ladtalk_home
 from ladtalk.errors import InputError
 from ladtalk.runtime.openvino_engine import INSTALL_HINT, openvino_available, openvino_version
@@ -168,17 +168,7 @@ def _cache_path() -> Path:
 
 
 def _read_cache(path: Path) -> Dict[str, dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable precision cache %s (%s); measuring again", path, exc)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    entries = data.get("entries")
-    return entries if isinstance(entries, dict) else {}
+    return read_entries(path, CACHE_VERSION, "precision cache (measuring again)")
 
 
 def cached_choice(key: str) -> Optional[Plan]:
@@ -265,7 +255,7 @@ def choose_runtime(name: str, signature: Dict[str, object], *, backend: str, pre
         entries[key] = {**asdict(choice.plan), "speeds": speeds, "name": name,
                         "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
         try:
-            write_json(path, {"version": CACHE_VERSION, "entries": entries})
+            write_entries(path, CACHE_VERSION, entries)
         except OSError as exc:
             log.warning("could not write the precision cache %s (%s)", path, exc)
     return choice

@@ -27,8 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from ladtalk._util.atomic import write_json
 from ladtalk._util.cores import thread_budget
+from ladtalk._util.entryfile import read_entries, write_entries
 from ladtalk._util.paths import PathLike, ladtalk_home
 from ladtalk.runtime.autotune import Plan, RuntimeChoice, cached_choice, cpu_model
 from ladtalk.runtime.openvino_engine import openvino_version
@@ -93,17 +93,14 @@ def _path() -> Path:
 
 
 def _read() -> Dict[str, dict]:
+    return read_entries(_path(), CACHE_VERSION, "prepared-model list")
+
+
+def _write(entries: Dict[str, dict]) -> None:
     try:
-        data = json.loads(_path().read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring the unreadable %s (%s)", _path(), exc)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    entries = data.get("entries")
-    return entries if isinstance(entries, dict) else {}
+        write_entries(_path(), CACHE_VERSION, entries)
+    except OSError as exc:  # costs only speed: the next process goes through torch
+        log.warning("could not write %s (%s)", _path(), exc)
 
 
 def recall(key: str) -> Optional[Prepared]:
@@ -134,21 +131,7 @@ def remember(key: str, prepared: Prepared) -> None:
     if len(entries) > MAX_ENTRIES:
         keep = sorted(entries, key=lambda k: float(entries[k].get("written", 0)))[-MAX_ENTRIES:]
         entries = {k: entries[k] for k in keep}
-    try:
-        write_json(_path(), {"version": CACHE_VERSION, "entries": entries})
-    except OSError as exc:
-        log.warning("could not write %s (%s)", _path(), exc)
+    _write(entries)
 
 
-def forget(key: str) -> None:
-    """Drop the entry under ``key`` (its IR is gone from the cache)."""
-    entries = _read()
-    if entries.pop(key, None) is not None:
-        try:
-            write_json(_path(), {"version": CACHE_VERSION, "entries": entries})
-        except OSError as exc:
-            log.warning("could not write %s (%s)", _path(), exc)
-
-
-__all__ = ["Prepared", "prepared_key", "recall", "remember", "forget", "CACHE_NAME",
-           "MAX_ENTRIES"]
+__all__ = ["Prepared", "prepared_key", "recall", "remember", "CACHE_NAME", "MAX_ENTRIES"]
