@@ -74,6 +74,16 @@ def blank_frame(i: int, size: Tuple[int, int] = (FRAME_W, FRAME_H)) -> np.ndarra
     return np.broadcast_to(x + y + (i % 7), (h, w, 3)).astype(np.uint8).copy()
 
 
+def write_wav2lip_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A real-architecture Wav2Lip with seeded random weights, saved as safetensors."""
+    from safetensors.torch import save_file
+
+    from ladtalk.models.wav2lip import Wav2Lip
+    torch.manual_seed(seed)
+    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(path))
+    return Path(path)
+
+
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float,
                 audio: Optional[Path] = None) -> Path:
     frames = list(frames)

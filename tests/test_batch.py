@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from pipeline_helpers import (
     FACE_BOX,
     CountingDetector,
@@ -24,6 +23,7 @@ from pipeline_helpers import (
     make_speech,
     write_png,
     write_wav,
+    write_wav2lip_checkpoint,
 )
 
 from ladtalk.batch import JobDefaults, Manifest, read_jobs, run_batch
@@ -53,13 +53,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wav2lip_ckpt(tmp_path_factory):
-    from safetensors.torch import save_file
-
-    from ladtalk.models.wav2lip import Wav2Lip
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w2l") / "w2l.safetensors"
-    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(path))
-    return path
+    return write_wav2lip_checkpoint(tmp_path_factory.mktemp("w2l") / "w2l.safetensors")
 
 
 def test_bad_rows_are_listed_up_front(media, tmp_path, capsys):

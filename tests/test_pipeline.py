@@ -539,13 +539,10 @@ def test_fold_batchnorm_matches_the_original_in_eval():
 
 # ------------------------------------------------------------------------- CLI
 def test_cli_generate(media, tmp_path, monkeypatch, capsys):
-    from safetensors.torch import save_file
+    from pipeline_helpers import write_wav2lip_checkpoint
 
     from ladtalk.cli import main
-    from ladtalk.models.wav2lip import Wav2Lip
-    torch.manual_seed(0)
-    ckpt = tmp_path / "w2l.safetensors"
-    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(ckpt))
+    ckpt = write_wav2lip_checkpoint(tmp_path / "w2l.safetensors")
     out = tmp_path / "cli out.mp4"
     argv = ["generate", "--face", str(media["video16"]), "--audio", str(media["wav14"]),
             "--out", str(out), "--no-enhance", "--wav2lip", str(ckpt),
@@ -567,14 +564,15 @@ def test_cli_generate(media, tmp_path, monkeypatch, capsys):
 def test_cli_generate_identity_check_warns_by_default(tmp_path, capsys):
     """``generate --identity`` on another person's face: a warning with the measured numbers
     (the output is still written); ``--identity-check refuse`` stops with exit status 2."""
-    from pipeline_helpers import OTHER_FACE_BOX, other_person_photo, write_png
-    from safetensors.torch import save_file
+    from pipeline_helpers import (
+        OTHER_FACE_BOX,
+        other_person_photo,
+        write_png,
+        write_wav2lip_checkpoint,
+    )
 
     from ladtalk.cli import main
-    from ladtalk.models.wav2lip import Wav2Lip
-    torch.manual_seed(0)
-    ckpt = tmp_path / "w2l.safetensors"
-    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(ckpt))
+    ckpt = write_wav2lip_checkpoint(tmp_path / "w2l.safetensors")
     face = write_png(tmp_path / "cameraman.png", other_person_photo())
     out = tmp_path / "out.mp4"
     argv = ["generate", "--face", str(face), "--audio", str(make_speech(tmp_path / "s.wav", 0.4)),

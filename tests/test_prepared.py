@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pipeline_helpers import FACE_BOX, decode, make_face_video, make_speech
-from safetensors.torch import save_file
+from pipeline_helpers import (
+    FACE_BOX,
+    decode,
+    make_face_video,
+    make_speech,
+    write_wav2lip_checkpoint,
+)
 
 from ladtalk.generation.lipsync import build_generator_input
 from ladtalk.generation.pipeline import Pipeline
 from ladtalk.media.resample import to_tensor01
-from ladtalk.models.wav2lip import Wav2Lip
 from ladtalk.models.wav2lip_io import generator_input, to_crops
 from ladtalk.runtime import autotune, prepared
 from ladtalk.runtime.autotune import Plan, RuntimeChoice
@@ -102,10 +106,7 @@ def test_entries_are_bounded(monkeypatch):
 # ------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def wav2lip_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w2l") / "wav2lip.safetensors"
-    save_file({k: v.contiguous() for k, v in Wav2Lip().state_dict().items()}, str(path))
-    return path
+    return write_wav2lip_checkpoint(tmp_path_factory.mktemp("w2l") / "wav2lip.safetensors")
 
 
 def _crops_and_mels():

@@ -32,10 +32,16 @@ DeviceLike = Union[str, "torch.device", None]
 _GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
+def loaded_torch():
+    """The torch module when this process has imported it, else None (without importing it:
+    a run through prepared OpenVINO models never does)."""
+    return sys.modules.get("torch")
+
+
 def cuda_available() -> bool:
     """``torch.cuda.is_available()``, without importing torch where the answer is plainly no
     (a Linux machine without a GPU driver's device files)."""
-    if "torch" not in sys.modules and os.name == "posix" and \
+    if loaded_torch() is None and os.name == "posix" and \
             not any(Path(n).exists() for n in _GPU_NODES):
         return False
     import torch

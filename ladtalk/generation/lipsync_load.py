@@ -11,12 +11,11 @@ read (docs/performance.md: 5.9 -> 4.7 s for a 5 s clip on 2 cores).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
-from ladtalk._util.device import precision_name, release_memory
+from ladtalk._util.device import loaded_torch, precision_name, release_memory
 from ladtalk.checkpoints import resolve_checkpoint
 from ladtalk.generation.lipsync import CPU_BATCH, LipSyncer
 from ladtalk.runtime import prepared as prepared_models
@@ -69,7 +68,7 @@ def load_lipsyncer(spec: Any, request: LipSyncRequest, *, device: Callable[[], "
     the pipeline's ``(model threads, intra-op threads each)``."""
     if isinstance(spec, LipSyncer):
         return _for_inference(spec, copy=True)
-    torch = sys.modules.get("torch")  # (a module given is a torch module: torch is loaded)
+    torch = loaded_torch()  # (a module given is a torch module: torch is loaded)
     if torch is not None and isinstance(spec, torch.nn.Module):
         syncer = LipSyncer(spec, device=device(), dtype=request.precision,
                            batch_size=request.batch, backend=request.backend,

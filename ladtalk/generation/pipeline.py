@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ import numpy as np
 
 from ladtalk._util.choices import DEFAULT_BACKEND, DEFAULT_PRECISION
 from ladtalk._util.cores import thread_budget
-from ladtalk._util.device import device_type, resolve_device
+from ladtalk._util.device import device_type, loaded_torch, resolve_device
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig
 from ladtalk.face.detect import FixedBoxDetector, make_detector
@@ -148,7 +147,7 @@ class Pipeline:
         (the GIL, the encoder, a chunk's turn) the others keep the cores busy (LaDTalk on 2
         cores: 20.6 -> 17.0 s, docs/performance.md); Wav2Lip alone gains nothing from a third
         and keeps two, and so does a larger CPU, with half of the threads each."""
-        torch = sys.modules.get("torch")  # (not loaded by a run of prepared models)
+        torch = loaded_torch()  # (not loaded by a run of prepared models)
         total = max(1, torch.get_num_threads() if torch is not None else thread_budget())
         if self.workers is not None:
             n = int(self.workers)
@@ -201,8 +200,7 @@ class Pipeline:
         name = (options.detector or "auto").lower()
         with self._lock:
             if name not in self._detectors:
-                self._detectors[name] = make_detector(
-                    name, device=self._device if self._device is not None else self._device_arg)
+                self._detectors[name] = make_detector(name, device=self._device_arg)
             return self._detectors[name]
 
     def restorer_for(self, identity: Optional[Union[str, os.PathLike]]):

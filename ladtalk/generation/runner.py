@@ -9,7 +9,6 @@ file appears only when encoding succeeded (:class:`ladtalk.media.encode.VideoWri
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
+from ladtalk._util.device import loaded_torch
 from ladtalk.generation.chunks import StageClock
 from ladtalk.generation.inputs import SourcePlan
 from ladtalk.generation.options import GenerateOptions
@@ -57,16 +57,10 @@ def _get(q: "queue.Queue", stop: threading.Event) -> Any:
                 return _END
 
 
-def _torch() -> Any:
-    """torch when this process has loaded it (a run through prepared OpenVINO models never
-    does, and then has no torch threads to set), else None."""
-    return sys.modules.get("torch")
-
-
 def model_pool(workers: int, intra: int) -> ThreadPoolExecutor:
     """Threads that run the per-chunk model work; each uses ``intra`` intra-op threads."""
     def init() -> None:
-        torch = _torch()
+        torch = loaded_torch()  # (none: no torch threads to set)
         if workers > 1 and torch is not None:
             torch.set_num_threads(intra)
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ladtalk-model",
@@ -76,7 +70,7 @@ def model_pool(workers: int, intra: int) -> ThreadPoolExecutor:
 def restore_threads(workers: int) -> None:
     """Put back the intra-op default that threads started later inherit (a worker's
     ``torch.set_num_threads`` changes it; the calling thread's own count is unchanged)."""
-    torch = _torch()
+    torch = loaded_torch()
     if workers > 1 and torch is not None:
         torch.set_num_threads(torch.get_num_threads())
 
