@@ -181,7 +181,8 @@ def test_reference_count_mismatch():
 
 
 @pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": 2.5},
-                                    {"rounding": "up"}, {"dtype": "fp8"}])
+                                    {"rounding": "up"}, {"dtype": "fp8"}, {"first_row": 96},
+                                    {"first_row": -1}, {"first_row": 2.0}])
 def test_bad_settings(kwargs):
     with pytest.raises(InputError):
         LipSyncer(EchoStub(), device="cpu", **kwargs)
@@ -263,3 +264,53 @@ def test_bf16_on_cpu_stays_close_to_fp32(wav2lip):
     diff = np.abs(fast(faces, mels).astype(int) - exact)
     assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
     assert diff.max() > 0  # bf16 really ran (fp32 would match to the last bit)
+
+
+# ------------------------------------------------------------------ drawing some rows only
+def _bn_model(seed=0):
+    """Wav2Lip with seeded weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = Wav2Lip().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_rows_model_equals_the_whole_models_rows(folded):
+    from ladtalk.models.fuse import fold_batchnorm
+    from ladtalk.models.wav2lip_rows import Wav2LipRows, row_plan
+    model = _bn_model()
+    mel, face = torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96)
+    with torch.no_grad():
+        whole = model(mel, face)
+        net = fold_batchnorm(model) if folded else model
+        for rows in (0, 1, 2, 5, 22, 30, 43, 95):
+            part = Wav2LipRows(net, rows)(mel, face)
+            assert part.shape == (2, 3, 96 - rows, 96)
+            torch.testing.assert_close(part, whole[:, :, rows:], atol=1e-6, rtol=0)
+    # less work the lower it starts: the decoder stages from 12 px on start lower and lower
+    starts = [row_plan(model, r)[-1][0] for r in (0, 22, 30, 43)]
+    assert starts == sorted(starts) and starts[0] == 0 < starts[1]
+    with pytest.raises(ValueError, match="rows"):
+        Wav2LipRows(model, 96)
+
+
+def test_syncer_drawing_rows_keeps_the_input_above_them(wav2lip):
+    faces, mels = _crops(5), _mels(5)
+    whole = LipSyncer(wav2lip, device="cpu", batch_size=4)
+    part = LipSyncer(wav2lip, device="cpu", batch_size=4, first_row=30)
+    a, b = whole(faces, mels), part(faces, mels)
+    np.testing.assert_array_equal(b[:, :30], faces[:, :30])
+    assert np.abs(a[:, 30:].astype(int) - b[:, 30:]).max() <= 1
+    assert (a[:, :30] != faces[:, :30]).any()  # (the whole model does draw those rows)
+    # the float API too
+    ft = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+    mt = torch.from_numpy(mels)
+    ya, yb = whole.predict_tensor(ft, mt), part.predict_tensor(ft, mt)
+    torch.testing.assert_close(yb[:, :, :30], ft[:, :, :30])
+    torch.testing.assert_close(yb[:, :, 30:], ya[:, :, 30:], atol=1e-5, rtol=0)

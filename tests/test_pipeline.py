@@ -212,6 +212,49 @@ def test_enhance_path_uses_the_identity_restorer(media, tmp_path, recording, mon
         assert p.restorer_for("tiny_person")[0].dtype == dtype == p.lipsyncer.dtype
 
 
+def test_each_call_draws_only_the_rows_its_paste_uses(media, tmp_path, recording):
+    """From a checkpoint, Wav2Lip draws only the rows a call can show (and measure colours
+    on), with and without an identity, and the frames are those of the whole model."""
+    from pipeline_helpers import write_wav2lip_checkpoint
+
+    from ladtalk.generation.chunks import lipsync_first_row
+    from ladtalk.generation.pipeline import LIPSYNC_KEPT
+    from ladtalk.identities.store import store_path
+    from ladtalk.models.sovqae import SOVQAE, get_config
+    from ladtalk.models.wav2lip import Wav2Lip
+    from ladtalk.models.wav2lip_io import first_row_for
+    torch.manual_seed(0)  # a model without attention: it restores a window of the crop
+    SOVQAE(get_config("tiny", resolution=128, attn_resolutions=(), mid_attn=False)).eval(
+        ).save_pretrained(store_path("tiny_person"))
+    kw = dict(device="cpu", dtype="fp32", backend="torch", batch_size=8)
+    from_file = Pipeline(str(write_wav2lip_checkpoint(tmp_path / "w2l.safetensors")), **kw)
+    torch.manual_seed(0)  # (the checkpoint's weights)
+    whole = Pipeline(Wav2Lip(), **kw)
+    for identity in (None, "tiny_person"):
+        opts = GenerateOptions(box=FACE_BOX, identity=identity, identity_check="off")
+        frames = []
+        for pipe in (from_file, whole):
+            pipe.run(media["video16"], media["wav14"], tmp_path / "o.mp4", opts)
+            frames.append(recording.last.all_frames().astype(int))
+        assert np.abs(frames[0] - frames[1]).max() <= 1
+        assert whole.loaded_models()["lipsync_rows"] == [0]  # a module draws whole crops
+    restorer = from_file.restorer_for("tiny_person")[0]
+    row = lipsync_first_row(restorer, None, BlendConfig())
+    assert 0 < row < first_row_for(BlendConfig().lipsync_from) == 30
+    assert from_file.loaded_models()["lipsync_rows"] == [30, row]
+    from_file.lipsyncer_for(5)
+    assert from_file.loaded_models()["lipsync_rows"] == [row, 5][-LIPSYNC_KEPT:]
+
+
+def test_a_chunk_processor_refuses_a_syncer_drawing_too_few_rows():
+    from ladtalk.generation.chunks import ChunkProcessor
+    from ladtalk.generation.lipsync import LipSyncer
+    syncer = LipSyncer(StubGenerator(), device="cpu", first_row=40)
+    with pytest.raises(ValueError, match="from row 40"):
+        ChunkProcessor(syncer=syncer, mel=np.zeros((80, 100), np.float32),
+                       starts=np.zeros(4, int), track=None, frame_size=(FRAME_W, FRAME_H))
+
+
 def test_still_image_gives_25fps_and_audio_length(media, tmp_path, recording):
     import cv2
     from pipeline_helpers import face_frame

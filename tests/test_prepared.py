@@ -145,6 +145,14 @@ def test_a_prepared_wav2lip_runs_without_torch(wav2lip_file, tmp_path):
     # another request (precision) is another entry: prepared through torch again
     other = Pipeline(**{**kw, "dtype": "bf16"}).lipsyncer
     assert other.runtime.precision == "bf16"
+    # and so are other rows drawn (another model): their rows are the whole model's
+    rows = Pipeline(**kw).lipsyncer_for(30)
+    assert rows.model is not None and rows.first_row == 30
+    recalled = Pipeline(**kw).lipsyncer_for(30)
+    assert recalled.model is None and recalled.first_row == 30
+    part = recalled(faces, mels)
+    assert np.array_equal(part[:, :30], faces[:, :30])
+    assert np.abs(part[:, 30:].astype(int) - want[:, 30:]).max() <= 1
     # the cached model gone: back through torch, and the entry written again
     shutil.rmtree(ir_cache().root)
     again = Pipeline(**kw).lipsyncer

@@ -168,17 +168,24 @@ def test_fast_wav2lip_close_to_fp32_on_golden_inputs(formula_wav2lip, golden_dir
         assert diff.max() < 0.05, diff.max()
 
 
-@pytest.mark.parametrize("backend,precision", FAST_PATHS)
-def test_fast_wav2lip_close_on_uint8_crops(formula_wav2lip, backend, precision):
-    """The same bound through the uint8 API on random crops (no ../shared needed)."""
+@pytest.mark.parametrize("first_row", [0, 30])
+@pytest.mark.parametrize("backend,precision", [("torch", "fp32")] + FAST_PATHS)
+def test_fast_wav2lip_close_on_uint8_crops(formula_wav2lip, backend, precision, first_row):
+    """The same bound through the uint8 API on random crops (no ../shared needed), for the
+    whole crop and for the rows from ``first_row`` (the rows above are the input's)."""
     rng = np.random.default_rng(3)
     faces = rng.integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
     mels = rng.uniform(-4, 4, (5, 80, 16)).astype(np.float32)
     exact = LipSyncer(formula_wav2lip, device="cpu")(faces, mels).astype(int)
     fast = LipSyncer(formula_wav2lip, device="cpu", dtype=precision, backend=backend,
-                     batch_size=4).use_channels_last()
-    diff = np.abs(fast(faces, mels).astype(int) - exact)
+                     batch_size=4, first_row=first_row).use_channels_last()
+    assert fast.runtime.backend == backend and fast.runtime.precision == precision
+    out = fast(faces, mels).astype(int)
+    np.testing.assert_array_equal(out[:, :first_row], faces[:, :first_row])
+    diff = np.abs(out[:, first_row:] - exact[:, first_row:])
     assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
+    if precision == "fp32":
+        assert diff.max() <= 1, diff.max()
 
 
 @needs_openvino

@@ -29,6 +29,11 @@ class BlendConfig:
     #: reference band for the colour statistics, ``(x0, y0, x1, y1)`` fractions of the crop
     reference: Tuple[float, float, float, float] = (0.2, 0.12, 0.8, 0.45)
     max_gain: float = 1.25
+    #: a Wav2Lip crop pasted as it is (no identity) is drawn from this fraction of the crop
+    #: down only and its colours are measured there (the reference band starts no higher,
+    #: :meth:`from_row`): Wav2Lip then skips a fifth of its arithmetic
+    #: (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`); 0 draws the whole crop
+    lipsync_from: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.top < self.full_top <= self.full_bottom < 1.0:
@@ -40,6 +45,9 @@ class BlendConfig:
         x0, y0, x1, y1 = self.reference
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
             raise ValueError(f"reference band must lie inside the crop, got {self.reference}")
+        if not 0.0 <= self.lipsync_from < min(self.top, y1):
+            raise ValueError(f"lipsync_from must be in [0, {min(self.top, y1)}) (above the mask "
+                             f"and the reference band's bottom), got {self.lipsync_from}")
         if self.max_gain < 1.0:
             raise ValueError(f"max_gain must be >= 1, got {self.max_gain}")
 

@@ -16,7 +16,7 @@ from ladtalk.generation.blend import BlendConfig, blend_face
 from ladtalk.generation.fusion import FusionConfig
 from ladtalk.generation.track import SourceTrack
 from ladtalk.media.mel import mel_windows
-from ladtalk.models.wav2lip_io import FACE_SIZE
+from ladtalk.models.wav2lip_io import FACE_SIZE, first_row_for
 
 
 class StageClock:
@@ -48,7 +48,10 @@ class ChunkProcessor:
     """Turns a chunk of frames into lip-synced frames, in place.
 
     ``restorer`` None (or a fusion of strength 0) pastes Wav2Lip's face directly; ``fusion``
-    None keeps the restorer's own fusion, else it is passed to ``restorer.restore``.
+    None keeps the restorer's own fusion, else it is passed to ``restorer.restore``. The
+    ``syncer`` may draw only the rows from :attr:`lipsync_first_row` down (its
+    ``first_row``, :class:`~ladtalk.generation.lipsync.LipSyncer`); one that draws fewer is
+    refused.
     """
 
     syncer: Any
@@ -63,11 +66,21 @@ class ChunkProcessor:
     clock: StageClock = field(default_factory=lambda: StageClock(
         "lipsync", "restore", "blend", "encode"))
 
+    def __post_init__(self) -> None:
+        drawn = int(getattr(self.syncer, "first_row", 0))
+        if drawn > self.lipsync_first_row:
+            raise ValueError(f"the lip-sync model draws its crops from row {drawn} down, but "
+                             f"this paste needs them from row {self.lipsync_first_row}")
+
     @property
     def fusion_used(self) -> Optional[FusionConfig]:
-        if self.restorer is None:
-            return None
-        return self.fusion if self.fusion is not None else getattr(self.restorer, "fusion", None)
+        return lipsync_fusion(self.restorer, self.fusion)
+
+    @property
+    def lipsync_first_row(self) -> int:
+        """The first row of the 96 px Wav2Lip crops that reaches the output
+        (:func:`lipsync_first_row`)."""
+        return lipsync_first_row(self.restorer, self.fusion, self.blend)
 
     @property
     def restores(self) -> bool:
@@ -100,7 +113,7 @@ class ChunkProcessor:
             crops = crop_faces(chosen, regions, FACE_SIZE)
         with self.clock.time("lipsync"):
             gen = self.syncer(crops, mel_windows(self.mel, self.starts[t_first + np.asarray(sel)]))
-        originals, blend = crops, self.blend
+        originals, blend = crops, self.blend.from_row(self.blend.lipsync_from)
         if self.restores:
             with self.clock.time("restore"):
                 gen = self.restore(gen)
@@ -115,13 +128,8 @@ class ChunkProcessor:
 
     def restored_from_row(self) -> int:
         """The first row (at the identity's resolution) of the crops :meth:`restore` returns
-        that the restorer drew: only the rows the paste mask can show (from its top down) are
-        asked of a restorer that can restore a window
-        (:meth:`ladtalk.generation.restore.Restorer.window_top`); the colours are then matched
-        on the reference band's rows from there (:meth:`BlendConfig.from_row`)."""
-        if not hasattr(self.restorer, "window_top"):
-            return 0
-        return int(self.restorer.window_top(self.blend.top, self.fusion_used))
+        that the restorer drew (:func:`restored_from_row`)."""
+        return restored_from_row(self.restorer, self.fusion, self.blend)
 
     def restore(self, gen: np.ndarray) -> np.ndarray:
         """Wav2Lip crops -> bicubic to the identity's resolution -> restored uint8 crops (the
@@ -134,4 +142,34 @@ class ChunkProcessor:
         return np.asarray(self.restorer.restore(up, **kw), dtype=np.uint8)
 
 
-__all__ = ["ChunkProcessor", "StageClock"]
+def lipsync_fusion(restorer: Any, fusion: Optional[FusionConfig]) -> Optional[FusionConfig]:
+    """The fusion a chunk processor with ``restorer`` and ``fusion`` (None: the restorer's
+    own) uses; None without a restorer."""
+    if restorer is None:
+        return None
+    return fusion if fusion is not None else getattr(restorer, "fusion", None)
+
+
+def restored_from_row(restorer: Any, fusion: Optional[FusionConfig], blend: BlendConfig) -> int:
+    """The first row (at the identity's resolution) that ``restorer`` draws: only the rows the
+    paste mask can show (from its top down) are asked of a restorer that can restore a window
+    (:meth:`ladtalk.generation.restore.Restorer.window_top`); the colours are then matched on
+    the reference band's rows from there (:meth:`BlendConfig.from_row`)."""
+    if not hasattr(restorer, "window_top"):
+        return 0
+    return int(restorer.window_top(blend.top, lipsync_fusion(restorer, fusion)))
+
+
+def lipsync_first_row(restorer: Any, fusion: Optional[FusionConfig], blend: BlendConfig) -> int:
+    """The first row of the 96 px Wav2Lip crops that can reach the output of a chunk
+    processor with these settings: for a crop pasted as it is, the rows from
+    ``blend.lipsync_from`` (where its colours are measured); for a restored one, those of the
+    restorer's window (after the bicubic enlargement's reach). Rows above it need not be
+    drawn (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`)."""
+    fusion = lipsync_fusion(restorer, fusion)
+    if restorer is None or getattr(fusion, "identity_off", False):
+        return first_row_for(blend.lipsync_from)
+    return first_row_for(restored_from_row(restorer, fusion, blend) / int(restorer.resolution))
+
+
+__all__ = ["ChunkProcessor", "StageClock", "lipsync_first_row", "restored_from_row"]

@@ -70,33 +70,39 @@ class LipSyncer(RuntimeHolder):
     (default), "openvino" (CPU, optional extra) or "auto" (measured); ``compile``:
     ``torch.compile`` the generator when torch runs it. ``batch_size``: crops per forward.
     The measurement, when there is one, runs on first use or :meth:`select_runtime`.
+
+    ``first_row``: the model draws the crops' rows from this one down only
+    (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`: the same values, less arithmetic);
+    the rows above are the input crop's. 0 (default): the whole crop.
     """
 
     def __init__(self, model: "nn.Module", device: DeviceLike = None,
                  dtype: Union[str, "torch.dtype", None] = None, batch_size: int = 64,
                  rounding: str = "nearest", backend: str = "torch",
-                 compile: bool = False) -> None:
+                 compile: bool = False, first_row: int = 0) -> None:
         import torch
-        _check_settings(batch_size, rounding)
+        _check_settings(batch_size, rounding, first_row)
         self._device: Optional["torch.device"] = resolve_device(device)
         self._init_runtime(RuntimeSpec.of(dtype, backend, self._device, compile))
         self.batch_size = batch_size
         self.rounding = rounding
         self.model: Optional["nn.Module"] = model.to(self._device).eval()
         self.memory_format = torch.contiguous_format
+        self.first_row = int(first_row)
+        self._rows: Optional["nn.Module"] = None
 
     @classmethod
     def prepared(cls, prepared: Prepared, precision: str, backend: str,
-                 batch_size: int = CPU_BATCH, rounding: str = "nearest"
+                 batch_size: int = CPU_BATCH, rounding: str = "nearest", first_row: int = 0
                  ) -> Optional["LipSyncer"]:
         """A CPU syncer run by the OpenVINO model of a :class:`Prepared` entry
         (:func:`ladtalk.runtime.prepared.recall`: an earlier process loaded this checkpoint
         and chose its runtime), built without torch and without reading the weights; None
         when its IR is no longer cached. ``precision`` / ``backend``: what was asked (the
         entry's plan is what runs). It holds no torch model: choosing another runtime needs
-        :meth:`from_checkpoint`."""
+        :meth:`from_checkpoint`. ``first_row``: the entry's (its model draws from there)."""
         from ladtalk.runtime.openvino_engine import OpenVINOEngine
-        _check_settings(batch_size, rounding)
+        _check_settings(batch_size, rounding, first_row)
         plan = prepared.choice.plan
         engines: List[OpenVINOEngine] = []
         for key in prepared.ir_keys:
@@ -112,6 +118,7 @@ class LipSyncer(RuntimeHolder):
         self.batch_size, self.rounding = batch_size, rounding
         self.model = None
         self.memory_format = None
+        self.first_row, self._rows = int(first_row), None
         return self
 
     @property
@@ -131,7 +138,7 @@ class LipSyncer(RuntimeHolder):
                         device: DeviceLike = None,
                         dtype: Union[str, "torch.dtype", None] = None, batch_size: int = 64,
                         rounding: str = "nearest", backend: str = "torch",
-                        compile: bool = False) -> "LipSyncer":
+                        compile: bool = False, first_row: int = 0) -> "LipSyncer":
         """Load generator weights (anything ``resolve_checkpoint`` accepts: ``"wav2lip"``,
         a local file or folder, an ``hf://`` reference) safely and strictly; a mismatch
         raises :class:`CheckpointError` listing the offending keys."""
@@ -148,7 +155,7 @@ class LipSyncer(RuntimeHolder):
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}\n  {_CHECKPOINT_HINT}") from None
         return cls(model, device=device, dtype=dtype, batch_size=batch_size, rounding=rounding,
-                   backend=backend, compile=compile)
+                   backend=backend, compile=compile, first_row=first_row)
 
     # ------------------------------------------------------------------ runtime
     def drop_torch_weights(self) -> None:
@@ -175,7 +182,17 @@ class LipSyncer(RuntimeHolder):
         face = torch.rand((self.batch_size, 6, FACE_SIZE, FACE_SIZE),
                           generator=torch.Generator().manual_seed(0)).to(self.device)
         face = face.contiguous(memory_format=self.memory_format)
-        return "wav2lip", [(self.model, (mel, face))], None
+        return "wav2lip", [(self.net, (mel, face))], None
+
+    @property
+    def net(self) -> "nn.Module":
+        """The torch module that runs: the generator, or its rows from :attr:`first_row`."""
+        if not self.first_row:
+            return self.model
+        if self._rows is None or self._rows.model is not self.model:
+            from ladtalk.models.wav2lip_rows import Wav2LipRows
+            self._rows = Wav2LipRows(self.model, self.first_row)
+        return self._rows
 
     def use_channels_last(self, enable: bool = True) -> "LipSyncer":
         """Run the model channels-last (NHWC; about 2x faster on CPU, equal up to float
@@ -192,7 +209,8 @@ class LipSyncer(RuntimeHolder):
     def predict_tensor(self, faces: "torch.Tensor", mels: "torch.Tensor",
                        references: Optional["torch.Tensor"] = None) -> "torch.Tensor":
         """Float API: ``faces`` (N,3,96,96) RGB in [0,1], ``mels`` (N,80,16) or (N,1,80,16)
-        -> (N,3,96,96) float32 RGB in [0,1] on ``self.device``. Runs in batches."""
+        -> (N,3,96,96) float32 RGB in [0,1] on ``self.device`` (the rows above
+        :attr:`first_row` are ``faces``'). Runs in batches."""
         import torch
         n = _check_tensor(faces, "faces", (3, FACE_SIZE, FACE_SIZE))
         if isinstance(mels, torch.Tensor) and mels.dim() == 3:
@@ -224,13 +242,15 @@ class LipSyncer(RuntimeHolder):
         # model call. OpenVINO takes NCHW.
         x = build_generator_input(faces, references).contiguous(
             memory_format=self.runtime.input_format(self.memory_format))
-        y = self.runtime.run(0, self.model, mels.to(dev, torch.float32), x)
-        return rgb_bgr(y)
+        y = rgb_bgr(self.runtime.run(0, self.net, mels.to(dev, torch.float32), x))
+        if self.first_row:
+            y = torch.cat((faces[:, :, :self.first_row].to(y.dtype), y), dim=2)
+        return y
 
     def _forward_arrays(self, x: np.ndarray, mels: np.ndarray) -> np.ndarray:
         """The generator's (N,6,96,96) input and (N,1,80,16) mels, float32 numpy -> its
-        (N,3,96,96) BGR output, float32 numpy (OpenVINO straight from numpy, torch on
-        ``self.device`` in the model's layout)."""
+        (N,3,96-first_row,96) BGR output, float32 numpy (OpenVINO straight from numpy, torch
+        on ``self.device`` in the model's layout)."""
         rt = self.runtime
         if rt.engines:
             return rt.engines[0].infer(mels, x)
@@ -238,30 +258,36 @@ class LipSyncer(RuntimeHolder):
         dev = self.device
         xt = torch.from_numpy(x).to(dev).contiguous(
             memory_format=rt.input_format(self.memory_format))
-        return rt.run(0, self.model, torch.from_numpy(mels).to(dev), xt).cpu().numpy()
+        return rt.run(0, self.net, torch.from_numpy(mels).to(dev), xt).cpu().numpy()
 
     # ------------------------------------------------------------------ uint8 API
     def __call__(self, faces: np.ndarray, mels: np.ndarray,
                  references: Optional[np.ndarray] = None) -> np.ndarray:
         """``faces`` (N,96,96,3) uint8 RGB crops, ``mels`` (N,80,16) float mel windows
-        -> (N,96,96,3) uint8 RGB generated crops (only the lower half really changes)."""
+        -> (N,96,96,3) uint8 RGB generated crops (only the lower half really changes; the rows
+        above :attr:`first_row` are ``faces``')."""
         n = _check_crops(faces, "faces")
         mels = _check_mels(mels, n)
         if references is not None and _check_crops(references, "references") != n:
             raise InputError(f"got {n} face crops but {len(references)} references; pass one "
                              "reference crop per face crop")
         out = np.empty((n, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        top = self.first_row
+        out[:, :top] = faces[:, :top]
         for start in range(0, n, self.batch_size):
             sl = slice(start, start + self.batch_size)
             x = generator_input(faces[sl], None if references is None else references[sl])
-            out[sl] = to_crops(self._forward_arrays(x, mels[sl, None]), self.rounding)
+            out[sl, top:] = to_crops(self._forward_arrays(x, mels[sl, None]), self.rounding)
         return out
 
 
 # ---------------------------------------------------------------------- validation
-def _check_settings(batch_size: object, rounding: str) -> None:
+def _check_settings(batch_size: object, rounding: str, first_row: object = 0) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(first_row, (int, np.integer)) or not 0 <= first_row < FACE_SIZE:
+        raise InputError(f"first_row must be a row of the {FACE_SIZE} px crop (0 to "
+                         f"{FACE_SIZE - 1}), got {first_row!r}")
     if rounding not in ROUNDING_MODES:
         raise InputError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
 

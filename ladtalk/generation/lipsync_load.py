@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 class LipSyncRequest:
     """What a pipeline asks of its Wav2Lip: the kind of device, ``precision`` (a name or a
     torch dtype), ``backend``, ``compile``, the batch it would like (a CPU runs at most
-    :data:`~ladtalk.generation.lipsync.CPU_BATCH`) and the model threads asked for."""
+    :data:`~ladtalk.generation.lipsync.CPU_BATCH`), the model threads asked for and the first
+    row of the crops to draw (``LipSyncer.first_row``)."""
 
     device_type: str
     precision: Any
@@ -36,6 +37,7 @@ class LipSyncRequest:
     compile: bool
     batch_size: int
     workers: Optional[int] = None
+    first_row: int = 0
 
     @property
     def batch(self) -> int:
@@ -54,6 +56,8 @@ class LipSyncRequest:
             return None
         asked = {"backend": self.backend, "precision": self.precision_name,
                  "batch": self.batch, "workers": self.workers}
+        if self.first_row:  # (whole crops keep the keys they had)
+            asked["first_row"] = self.first_row
         try:
             return prepared_models.prepared_key("wav2lip", path, asked)
         except OSError:
@@ -72,19 +76,20 @@ def load_lipsyncer(spec: Any, request: LipSyncRequest, *, device: Callable[[], "
     if torch is not None and isinstance(spec, torch.nn.Module):
         syncer = LipSyncer(spec, device=device(), dtype=request.precision,
                            batch_size=request.batch, backend=request.backend,
-                           compile=request.compile)
+                           compile=request.compile, first_row=request.first_row)
         return _select(_for_inference(syncer, copy=True), plan, drop=False)
     path = resolve_checkpoint("wav2lip" if spec is None else spec)
     key = request.prepared_key(path)
     if key is not None:
         found = prepared_models.recall(key)
         syncer = None if found is None else LipSyncer.prepared(
-            found, request.precision_name, request.backend, batch_size=request.batch)
+            found, request.precision_name, request.backend, batch_size=request.batch,
+            first_row=request.first_row)
         if syncer is not None:
             return syncer
     syncer = LipSyncer.from_checkpoint(path, device=device(), dtype=request.precision,
                                        batch_size=request.batch, backend=request.backend,
-                                       compile=request.compile)
+                                       compile=request.compile, first_row=request.first_row)
     syncer = _select(_for_inference(syncer, copy=False), plan, drop=True)
     if key is not None and syncer.runtime.backend == "openvino" and syncer.ir_keys:
         workers, intra = plan()

@@ -31,7 +31,7 @@ from ladtalk._util.device import device_type, loaded_torch, resolve_device
 from ladtalk.errors import InputError
 from ladtalk.face.crop import CropConfig
 from ladtalk.face.detect import FixedBoxDetector, make_detector
-from ladtalk.generation.chunks import ChunkProcessor
+from ladtalk.generation.chunks import ChunkProcessor, lipsync_first_row
 from ladtalk.generation.fusion import FusionConfig
 from ladtalk.generation.inputs import (
     SourcePlan,
@@ -64,6 +64,10 @@ if TYPE_CHECKING:
     from ladtalk.generation.identity_match import IdentityMatch
 
 log = logging.getLogger(__name__)
+
+#: lip-sync models kept loaded, each drawing other rows (a Wav2Lip-only call and one with an
+#: identity ask for different ones; each OpenVINO model holds its own weights, 145 MB)
+LIPSYNC_KEPT = 2
 
 
 @dataclass
@@ -106,7 +110,9 @@ class Pipeline:
 
     A Wav2Lip checkpoint that an earlier process prepared for OpenVINO on this machine is
     run from the cached model without torch (:mod:`~ladtalk.generation.lipsync_load`): a
-    Wav2Lip-only run then never imports it (1.2 s of a 6 s clip on 2 cores).
+    Wav2Lip-only run then never imports it (1.2 s of a 6 s clip on 2 cores). From a
+    checkpoint, each call's Wav2Lip draws only the rows of the crop its paste can use
+    (:func:`~ladtalk.generation.chunks.lipsync_first_row`; :meth:`lipsyncer_for`).
     """
 
     def __init__(self, wav2lip: Any = None, *, device: Any = None, dtype: Any = DEFAULT_PRECISION,
@@ -123,7 +129,10 @@ class Pipeline:
             raise InputError(f"batch size must be a positive whole number, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self._wav2lip_spec = wav2lip
-        self._lipsync: Optional[LipSyncer] = None
+        # a checkpoint can be loaded again to draw other rows; a module or syncer given is
+        # used as it is, for every call
+        self._windows = wav2lip is None or isinstance(wav2lip, (str, os.PathLike))
+        self._lipsyncs: Dict[int, LipSyncer] = {}  # by first row drawn, latest last
         self._detector = detector
         self._detectors: Dict[str, Any] = {}
         self._restorer = restorer
@@ -160,30 +169,46 @@ class Pipeline:
     # ------------------------------------------------------------------ models
     @property
     def lipsyncer(self) -> LipSyncer:
-        """The :class:`LipSyncer` (loaded on first access)."""
+        """The :class:`LipSyncer` that draws whole crops (loaded on first access)."""
+        return self.lipsyncer_for(0)
+
+    def lipsyncer_for(self, first_row: int) -> LipSyncer:
+        """A :class:`LipSyncer` that draws the crops' rows from ``first_row`` down (loaded on
+        first use; from a checkpoint, the last :data:`LIPSYNC_KEPT` asked for are kept;
+        a module or syncer given draws what it draws)."""
+        row = int(first_row) if self._windows else 0
         with self._lock:
-            if self._lipsync is None:
-                self._lipsync = self._load_lipsyncer(self._wav2lip_spec)
-                self._wav2lip_spec = None  # the caller's module is not kept alive twice
-            return self._lipsync
+            syncer = self._lipsyncs.pop(row, None)
+            if syncer is None and not self._windows and self._lipsyncs:
+                syncer = self._lipsyncs.pop(next(iter(self._lipsyncs)))
+            if syncer is None:
+                syncer = self._load_lipsyncer(self._wav2lip_spec, row)
+                if not self._windows:
+                    self._wav2lip_spec = None  # the caller's module is not kept alive twice
+            while len(self._lipsyncs) >= LIPSYNC_KEPT:
+                self._lipsyncs.pop(next(iter(self._lipsyncs)))
+            self._lipsyncs[row] = syncer
+            return syncer
 
     @property
     def lipsyncer_loaded(self) -> bool:
         """Whether the Wav2Lip model has been loaded (a refused input never loads it)."""
-        return self._lipsync is not None
+        return bool(self._lipsyncs)
 
     def loaded_models(self) -> Dict[str, Any]:
-        """What is loaded now: ``lipsync`` (bool), ``restorers`` (identity directories),
-        ``detectors`` (names)."""
+        """What is loaded now: ``lipsync`` (bool), ``lipsync_rows`` (the first rows the loaded
+        lip-sync models draw), ``restorers`` (identity directories), ``detectors`` (names)."""
         with self._lock:
-            return {"lipsync": self._lipsync is not None,
+            return {"lipsync": bool(self._lipsyncs),
+                    "lipsync_rows": [s.first_row for s in self._lipsyncs.values()],
                     "restorers": [k[0] for k in self._restorers],
                     "detectors": sorted(self._detectors)}
 
-    def _load_lipsyncer(self, spec: Any) -> LipSyncer:
+    def _load_lipsyncer(self, spec: Any, first_row: int = 0) -> LipSyncer:
         request = LipSyncRequest(
             device_type=self.device_type, precision=self.dtype, backend=self.backend,
-            compile=self.compile, batch_size=self.batch_size, workers=self.workers)
+            compile=self.compile, batch_size=self.batch_size, workers=self.workers,
+            first_row=first_row)
         return load_lipsyncer(spec, request, device=lambda: self.device, plan=self.worker_plan)
 
     def detector_for(self, options: GenerateOptions, frame_size: Tuple[int, int]):
@@ -296,8 +321,9 @@ class Pipeline:
         """Load the models (after every input check)."""
         t0 = time.perf_counter()
         call.report("load", 0, 1)
-        syncer = self.lipsyncer
         restorer, identity_dir = self.restorer_for(call.opts.identity)
+        first_row = lipsync_first_row(restorer, _fusion(call.opts, restorer), call.opts.blend)
+        syncer = self.lipsyncer_for(first_row)
         if restorer is None:
             log.info("no identity given: writing the Wav2Lip-only result (as --no-enhance)")
         call.timings["load"] = time.perf_counter() - t0
@@ -326,11 +352,7 @@ class Pipeline:
 
     def _processor(self, call: _Call, models: _Models, plan: SourcePlan, speech: Speech,
                    track: SourceTrack) -> ChunkProcessor:
-        fusion = None
-        strength = call.opts.restore_strength
-        if models.restorer is not None and strength is not None:
-            base = getattr(models.restorer, "fusion", None) or FusionConfig()
-            fusion = replace(base, low_strength=strength[0], high_strength=strength[1])
+        fusion = _fusion(call.opts, models.restorer)
         t0 = time.perf_counter()
         mel = speech.mel  # (waits for an early mel process, else computes it)
         call.timings["mel"] = time.perf_counter() - t0
@@ -373,6 +395,15 @@ class Pipeline:
             runtime={k: v.to_dict() for k, v in models.runtimes.items()},
             identity_match=match,
             fusion=fusion.to_dict() if hasattr(fusion, "to_dict") else None, track=track)
+
+
+def _fusion(opts: GenerateOptions, restorer: Any) -> Optional[FusionConfig]:
+    """The fusion a call asks for (``restore_strength``), None for the restorer's own."""
+    strength = opts.restore_strength
+    if restorer is None or strength is None:
+        return None
+    base = getattr(restorer, "fusion", None) or FusionConfig()
+    return replace(base, low_strength=strength[0], high_strength=strength[1])
 
 
 def _crop_config(opts: GenerateOptions) -> CropConfig:

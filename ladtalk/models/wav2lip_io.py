@@ -18,6 +18,17 @@ MEL_BINS = 80
 MEL_STEPS = 16
 MASK_ROW = FACE_SIZE // 2  # rows >= this are zeroed in the target channels
 ROUNDING_MODES = ("nearest", "floor")
+#: rows of a crop that a bicubic resize reads above the row it maps to (four taps)
+RESIZE_REACH = 2
+
+
+def first_row_for(fraction: float) -> int:
+    """The first row of a 96 px crop the model must draw for a crop resized to any size to
+    be right from the ``fraction`` of its height down (:class:`~ladtalk.models.wav2lip_rows.
+    Wav2LipRows`); 0 for the whole crop."""
+    if fraction <= 0:
+        return 0
+    return max(0, int(np.floor(min(float(fraction), 1.0) * FACE_SIZE)) - RESIZE_REACH)
 
 
 def generator_input(faces: np.ndarray, references: Optional[np.ndarray] = None) -> np.ndarray:
@@ -46,5 +57,5 @@ def to_crops(y: np.ndarray, rounding: str = "nearest") -> np.ndarray:
     return np.ascontiguousarray(v[:, ::-1].transpose(0, 2, 3, 1)).astype(np.uint8)
 
 
-__all__ = ["FACE_SIZE", "MEL_BINS", "MEL_STEPS", "MASK_ROW", "ROUNDING_MODES",
-           "generator_input", "to_crops"]
+__all__ = ["FACE_SIZE", "MEL_BINS", "MEL_STEPS", "MASK_ROW", "ROUNDING_MODES", "RESIZE_REACH",
+           "first_row_for", "generator_input", "to_crops"]
