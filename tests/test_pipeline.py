@@ -218,7 +218,7 @@ def test_each_call_draws_only_the_rows_its_paste_uses(media, tmp_path, recording
     from pipeline_helpers import write_wav2lip_checkpoint
 
     from ladtalk.generation.chunks import lipsync_first_row
-    from ladtalk.generation.pipeline import LIPSYNC_KEPT
+    from ladtalk.generation.lipsync_load import LIPSYNC_KEPT
     from ladtalk.identities.store import store_path
     from ladtalk.models.sovqae import SOVQAE, get_config
     from ladtalk.models.wav2lip import Wav2Lip
@@ -534,6 +534,11 @@ def test_blend_colour_band_starts_where_the_generator_drew():
     assert not np.allclose(match_colour(gen, orig, cfg), gen, atol=1)
     np.testing.assert_allclose(match_colour(gen, orig, cfg.from_row(0.25))[16:], gen[16:],
                                atol=1e-3)
+    # Wav2Lip's crop pasted as it is: measured from lipsync_from (1/3) down, where it drew
+    assert cfg.direct().reference == (0.2, 1 / 3, 0.8, 0.45)
+    assert BlendConfig(lipsync_from=0.0).direct() == BlendConfig(lipsync_from=0.0)
+    with pytest.raises(ValueError, match="lipsync_from"):
+        BlendConfig(lipsync_from=0.45)
 
 
 def test_fold_batchnorm_matches_the_original_in_eval():

@@ -62,9 +62,10 @@ def prepare_case(frame: np.ndarray, box: Sequence[float], resolution: int,
 
 def wav2lip_proxy(case: FrameCase, sigma: float, resolution: int,
                   blend: BlendConfig = BlendConfig()):
-    """``(w96, W frame, w96 bicubic-up to the identity's resolution)`` at softening sigma."""
+    """``(w96, W frame, w96 bicubic-up to the identity's resolution)`` at softening sigma
+    (the W frame pasted as generation pastes Wav2Lip's crop: :meth:`BlendConfig.direct`)."""
     import cv2
     w96 = soften96(case.true96, sigma)
-    wframe = blend_face(case.frame.copy(), w96, case.region, case.true96, blend)
+    wframe = blend_face(case.frame.copy(), w96, case.region, case.true96, blend.direct())
     up = cv2.resize(w96, (resolution, resolution), interpolation=cv2.INTER_CUBIC)
     return w96, wframe, up

@@ -61,6 +61,11 @@ class BlendConfig:
             return self
         return replace(self, reference=(x0, float(top), x1, y1))
 
+    def direct(self) -> "BlendConfig":
+        """This config for Wav2Lip's crop pasted as it is: the colours measured from
+        :attr:`lipsync_from` down, where the model drew (:meth:`from_row`)."""
+        return self.from_row(self.lipsync_from)
+
 
 def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Smoothstep from 0 at ``lo`` to 1 at ``hi``."""

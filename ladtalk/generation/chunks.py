@@ -113,7 +113,7 @@ class ChunkProcessor:
             crops = crop_faces(chosen, regions, FACE_SIZE)
         with self.clock.time("lipsync"):
             gen = self.syncer(crops, mel_windows(self.mel, self.starts[t_first + np.asarray(sel)]))
-        originals, blend = crops, self.blend.from_row(self.blend.lipsync_from)
+        originals, blend = crops, self.blend.direct()
         if self.restores:
             with self.clock.time("restore"):
                 gen = self.restore(gen)

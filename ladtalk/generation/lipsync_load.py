@@ -11,9 +11,10 @@ read (docs/performance.md: 5.9 -> 4.7 s for a 5 s clip on 2 cores).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ladtalk._util.device import loaded_torch, precision_name, release_memory
 from ladtalk.checkpoints import resolve_checkpoint
@@ -98,6 +99,47 @@ def load_lipsyncer(spec: Any, request: LipSyncRequest, *, device: Callable[[], "
     return syncer
 
 
+#: lip-sync models kept loaded, each drawing other rows (a Wav2Lip-only call and one with an
+#: identity ask for different ones; each OpenVINO model holds its own weights, 145 MB)
+LIPSYNC_KEPT = 2
+
+
+class LipSyncers:
+    """A pipeline's Wav2Lip models, one per first row drawn (``LipSyncer.first_row``), loaded
+    on first use by :func:`load_lipsyncer` with ``request(first_row)``; the last
+    :data:`LIPSYNC_KEPT` asked for are kept. A checkpoint (``spec`` None, a reference or a
+    path) is loaded once per row; a module or a syncer given is the only model, used for
+    every row (it draws what it draws; not kept alive twice)."""
+
+    def __init__(self, spec: Any, request: Callable[[int], LipSyncRequest], *,
+                 device: Callable[[], "torch.device"],
+                 plan: Callable[[], Tuple[int, int]]) -> None:
+        self._spec, self._request, self._device, self._plan = spec, request, device, plan
+        self._checkpoint = spec is None or isinstance(spec, (str, os.PathLike))
+        self._loaded: Dict[int, LipSyncer] = {}  # by first row, the latest last
+
+    @property
+    def rows(self) -> List[int]:
+        """The first rows the loaded models draw, the latest used last."""
+        return [s.first_row for s in self._loaded.values()]
+
+    def get(self, first_row: int) -> LipSyncer:
+        """The model for ``first_row`` (not thread-safe: the pipeline holds its lock)."""
+        row = int(first_row) if self._checkpoint else 0
+        syncer = self._loaded.pop(row, None)
+        if syncer is None and not self._checkpoint and self._loaded:
+            syncer = self._loaded.pop(next(iter(self._loaded)))
+        if syncer is None:
+            syncer = load_lipsyncer(self._spec, self._request(row), device=self._device,
+                                    plan=self._plan)
+            if not self._checkpoint:
+                self._spec = None  # the caller's module is not kept alive twice
+        while len(self._loaded) >= LIPSYNC_KEPT:
+            self._loaded.pop(next(iter(self._loaded)))
+        self._loaded[row] = syncer
+        return syncer
+
+
 def _for_inference(syncer: LipSyncer, copy: bool) -> LipSyncer:
     """BatchNorm folded (into a copy when the model is the caller's), NHWC on a CPU."""
     if syncer.model is None:  # a prepared syncer: nothing in torch to rewrite
@@ -119,4 +161,4 @@ def _select(syncer: LipSyncer, plan: Callable[[], Tuple[int, int]], drop: bool) 
     return syncer
 
 
-__all__ = ["LipSyncRequest", "load_lipsyncer"]
+__all__ = ["LipSyncRequest", "LipSyncers", "LIPSYNC_KEPT", "load_lipsyncer"]

@@ -41,7 +41,7 @@ from ladtalk.generation.inputs import (
     plan_source,
 )
 from ladtalk.generation.lipsync import LipSyncer
-from ladtalk.generation.lipsync_load import LipSyncRequest, load_lipsyncer
+from ladtalk.generation.lipsync_load import LipSyncers, LipSyncRequest
 from ladtalk.generation.options import (
     DEFAULT_BATCH_SIZE,
     STILL_FPS,
@@ -64,10 +64,6 @@ if TYPE_CHECKING:
     from ladtalk.generation.identity_match import IdentityMatch
 
 log = logging.getLogger(__name__)
-
-#: lip-sync models kept loaded, each drawing other rows (a Wav2Lip-only call and one with an
-#: identity ask for different ones; each OpenVINO model holds its own weights, 145 MB)
-LIPSYNC_KEPT = 2
 
 
 @dataclass
@@ -128,11 +124,8 @@ class Pipeline:
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch size must be a positive whole number, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        self._wav2lip_spec = wav2lip
-        # a checkpoint can be loaded again to draw other rows; a module or syncer given is
-        # used as it is, for every call
-        self._windows = wav2lip is None or isinstance(wav2lip, (str, os.PathLike))
-        self._lipsyncs: Dict[int, LipSyncer] = {}  # by first row drawn, latest last
+        self._lipsyncs = LipSyncers(wav2lip, self._lipsync_request, device=lambda: self.device,
+                                    plan=self.worker_plan)
         self._detector = detector
         self._detectors: Dict[str, Any] = {}
         self._restorer = restorer
@@ -174,42 +167,28 @@ class Pipeline:
 
     def lipsyncer_for(self, first_row: int) -> LipSyncer:
         """A :class:`LipSyncer` that draws the crops' rows from ``first_row`` down (loaded on
-        first use; from a checkpoint, the last :data:`LIPSYNC_KEPT` asked for are kept;
-        a module or syncer given draws what it draws)."""
-        row = int(first_row) if self._windows else 0
+        first use, :class:`~ladtalk.generation.lipsync_load.LipSyncers`)."""
         with self._lock:
-            syncer = self._lipsyncs.pop(row, None)
-            if syncer is None and not self._windows and self._lipsyncs:
-                syncer = self._lipsyncs.pop(next(iter(self._lipsyncs)))
-            if syncer is None:
-                syncer = self._load_lipsyncer(self._wav2lip_spec, row)
-                if not self._windows:
-                    self._wav2lip_spec = None  # the caller's module is not kept alive twice
-            while len(self._lipsyncs) >= LIPSYNC_KEPT:
-                self._lipsyncs.pop(next(iter(self._lipsyncs)))
-            self._lipsyncs[row] = syncer
-            return syncer
+            return self._lipsyncs.get(first_row)
 
     @property
     def lipsyncer_loaded(self) -> bool:
         """Whether the Wav2Lip model has been loaded (a refused input never loads it)."""
-        return bool(self._lipsyncs)
+        return bool(self._lipsyncs.rows)
 
     def loaded_models(self) -> Dict[str, Any]:
         """What is loaded now: ``lipsync`` (bool), ``lipsync_rows`` (the first rows the loaded
         lip-sync models draw), ``restorers`` (identity directories), ``detectors`` (names)."""
         with self._lock:
-            return {"lipsync": bool(self._lipsyncs),
-                    "lipsync_rows": [s.first_row for s in self._lipsyncs.values()],
+            return {"lipsync": bool(self._lipsyncs.rows), "lipsync_rows": self._lipsyncs.rows,
                     "restorers": [k[0] for k in self._restorers],
                     "detectors": sorted(self._detectors)}
 
-    def _load_lipsyncer(self, spec: Any, first_row: int = 0) -> LipSyncer:
-        request = LipSyncRequest(
+    def _lipsync_request(self, first_row: int) -> LipSyncRequest:
+        return LipSyncRequest(
             device_type=self.device_type, precision=self.dtype, backend=self.backend,
             compile=self.compile, batch_size=self.batch_size, workers=self.workers,
             first_row=first_row)
-        return load_lipsyncer(spec, request, device=lambda: self.device, plan=self.worker_plan)
 
     def detector_for(self, options: GenerateOptions, frame_size: Tuple[int, int]):
         """The detector a call uses: a fixed box, the injected one, or a cached named one."""
