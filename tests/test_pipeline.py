@@ -240,7 +240,8 @@ def test_each_call_draws_only_the_rows_its_paste_uses(media, tmp_path, recording
         assert whole.loaded_models()["lipsync_rows"] == [0]  # a module draws whole crops
     restorer = from_file.restorer_for("tiny_person")[0]
     row = lipsync_first_row(restorer, None, BlendConfig())
-    assert 0 < row < first_row_for(BlendConfig().lipsync_from) == 30
+    assert 0 < row < first_row_for(BlendConfig().lipsync_band[0]) == 30
+    assert lipsync_first_row(None, None, BlendConfig(lipsync_band=None)) == 0  # whole crops
     assert from_file.loaded_models()["lipsync_rows"] == [30, row]
     from_file.lipsyncer_for(5)
     assert from_file.loaded_models()["lipsync_rows"] == [row, 5][-LIPSYNC_KEPT:]
@@ -534,11 +535,12 @@ def test_blend_colour_band_starts_where_the_generator_drew():
     assert not np.allclose(match_colour(gen, orig, cfg), gen, atol=1)
     np.testing.assert_allclose(match_colour(gen, orig, cfg.from_row(0.25))[16:], gen[16:],
                                atol=1e-3)
-    # Wav2Lip's crop pasted as it is: measured from lipsync_from (1/3) down, where it drew
-    assert cfg.direct().reference == (0.2, 1 / 3, 0.8, 0.45)
-    assert BlendConfig(lipsync_from=0.0).direct() == BlendConfig(lipsync_from=0.0)
-    with pytest.raises(ValueError, match="lipsync_from"):
-        BlendConfig(lipsync_from=0.45)
+    # Wav2Lip's crop pasted as it is: measured on rows 1/3-1/2, where it drew from its input
+    assert cfg.direct().reference == (0.2, 1 / 3, 0.8, 0.5)
+    assert BlendConfig(lipsync_band=None).direct() == BlendConfig(lipsync_band=None)
+    for bad in ((0.45, 0.5), (0.3, 0.2), (0.3, 1.2)):
+        with pytest.raises(ValueError, match="lipsync_band"):
+            BlendConfig(lipsync_band=bad)
 
 
 def test_fold_batchnorm_matches_the_original_in_eval():

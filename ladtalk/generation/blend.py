@@ -29,11 +29,13 @@ class BlendConfig:
     #: reference band for the colour statistics, ``(x0, y0, x1, y1)`` fractions of the crop
     reference: Tuple[float, float, float, float] = (0.2, 0.12, 0.8, 0.45)
     max_gain: float = 1.25
-    #: a Wav2Lip crop pasted as it is (no identity) is drawn from this fraction of the crop
-    #: down only and its colours are measured there (the reference band starts no higher,
-    #: :meth:`from_row`): Wav2Lip then skips a fifth of its arithmetic
-    #: (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`); 0 draws the whole crop
-    lipsync_from: float = 1.0 / 3.0
+    #: rows (fractions of the crop) on which a Wav2Lip crop pasted as it is (no identity) has
+    #: its colours measured, instead of the reference band's: the part of the generator's
+    #: unmasked upper half nearest the mouth (:meth:`direct`). Wav2Lip then draws the rows
+    #: from its top down only, a fifth less arithmetic
+    #: (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`). None: the reference band, and
+    #: the whole crop drawn
+    lipsync_band: Optional[Tuple[float, float]] = (1.0 / 3.0, 0.5)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.top < self.full_top <= self.full_bottom < 1.0:
@@ -45,9 +47,10 @@ class BlendConfig:
         x0, y0, x1, y1 = self.reference
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
             raise ValueError(f"reference band must lie inside the crop, got {self.reference}")
-        if not 0.0 <= self.lipsync_from < min(self.top, y1):
-            raise ValueError(f"lipsync_from must be in [0, {min(self.top, y1)}) (above the mask "
-                             f"and the reference band's bottom), got {self.lipsync_from}")
+        b0, b1 = self.lipsync_band or (0.0, 1.0)
+        if not 0.0 <= b0 < min(b1, self.top) or b1 > 1.0:
+            raise ValueError(f"lipsync_band must be rows (top, bottom) with 0 <= top < bottom <= 1 "
+                             f"and top above the mask's top {self.top}, got {self.lipsync_band}")
         if self.max_gain < 1.0:
             raise ValueError(f"max_gain must be >= 1, got {self.max_gain}")
 
@@ -62,9 +65,13 @@ class BlendConfig:
         return replace(self, reference=(x0, float(top), x1, y1))
 
     def direct(self) -> "BlendConfig":
-        """This config for Wav2Lip's crop pasted as it is: the colours measured from
-        :attr:`lipsync_from` down, where the model drew (:meth:`from_row`)."""
-        return self.from_row(self.lipsync_from)
+        """This config for Wav2Lip's crop pasted as it is: the colours measured on the rows
+        of :attr:`lipsync_band` (the reference band's columns); unchanged without one."""
+        if self.lipsync_band is None:
+            return self
+        x0, _, x1, _ = self.reference
+        b0, b1 = self.lipsync_band
+        return replace(self, reference=(x0, float(b0), x1, float(b1)))
 
 
 def _ramp(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

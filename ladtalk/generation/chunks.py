@@ -162,13 +162,13 @@ def restored_from_row(restorer: Any, fusion: Optional[FusionConfig], blend: Blen
 
 def lipsync_first_row(restorer: Any, fusion: Optional[FusionConfig], blend: BlendConfig) -> int:
     """The first row of the 96 px Wav2Lip crops that can reach the output of a chunk
-    processor with these settings: for a crop pasted as it is, the rows from
-    ``blend.lipsync_from`` (where its colours are measured); for a restored one, those of the
-    restorer's window (after the bicubic enlargement's reach). Rows above it need not be
-    drawn (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`)."""
+    processor with these settings: for a crop pasted as it is, the rows from the top of
+    ``blend.lipsync_band`` (where its colours are measured); for a restored one, those of
+    the restorer's window; less the rows a bicubic enlargement reads above. Rows above it
+    need not be drawn (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`)."""
     fusion = lipsync_fusion(restorer, fusion)
     if restorer is None or getattr(fusion, "identity_off", False):
-        return first_row_for(blend.lipsync_from)
+        return first_row_for(blend.lipsync_band[0] if blend.lipsync_band else 0.0)
     return first_row_for(restored_from_row(restorer, fusion, blend) / int(restorer.resolution))
 
 
