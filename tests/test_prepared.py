@@ -153,6 +153,10 @@ def test_a_prepared_wav2lip_runs_without_torch(wav2lip_file, tmp_path):
     part = recalled(faces, mels)
     assert np.array_equal(part[:, :30], faces[:, :30])
     assert np.abs(part[:, 30:].astype(int) - want[:, 30:]).max() <= 1
+    # the float API of a prepared syncer (OpenVINO runs it, no torch model)
+    f01 = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+    y = recalled.predict_tensor(f01, torch.from_numpy(mels)).permute(0, 2, 3, 1) * 255
+    assert np.abs(y.numpy() - part).max() <= 1
     # the cached model gone: back through torch, and the entry written again
     shutil.rmtree(ir_cache().root)
     again = Pipeline(**kw).lipsyncer

@@ -186,8 +186,9 @@ class LipSyncer(RuntimeHolder):
 
     @property
     def net(self) -> "nn.Module":
-        """The torch module that runs: the generator, or its rows from :attr:`first_row`."""
-        if not self.first_row:
+        """The torch module that runs: the generator, or its rows from :attr:`first_row`
+        (None for a prepared syncer: OpenVINO runs it)."""
+        if not self.first_row or self.model is None:
             return self.model
         if self._rows is None or self._rows.model is not self.model:
             from ladtalk.models.wav2lip_rows import Wav2LipRows

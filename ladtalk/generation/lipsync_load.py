@@ -127,8 +127,6 @@ class LipSyncers:
         """The model for ``first_row`` (not thread-safe: the pipeline holds its lock)."""
         row = int(first_row) if self._checkpoint else 0
         syncer = self._loaded.pop(row, None)
-        if syncer is None and not self._checkpoint and self._loaded:
-            syncer = self._loaded.pop(next(iter(self._loaded)))
         if syncer is None:
             syncer = load_lipsyncer(self._spec, self._request(row), device=self._device,
                                     plan=self._plan)
