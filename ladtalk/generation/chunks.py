@@ -84,8 +84,8 @@ class ChunkProcessor:
 
     @property
     def restores(self) -> bool:
-        """Whether the identity restores faces (strength 0 for both bands: it does not)."""
-        return self.restorer is not None and not getattr(self.fusion_used, "identity_off", False)
+        """Whether the identity restores faces (:func:`restores`)."""
+        return restores(self.restorer, self.fusion)
 
     def regions(self, src: np.ndarray) -> Tuple[List[int], List[CropRegion]]:
         """Positions in the chunk that have a usable face, and their crop regions."""
@@ -150,6 +150,13 @@ def lipsync_fusion(restorer: Any, fusion: Optional[FusionConfig]) -> Optional[Fu
     return fusion if fusion is not None else getattr(restorer, "fusion", None)
 
 
+def restores(restorer: Any, fusion: Optional[FusionConfig]) -> bool:
+    """Whether a chunk processor with these settings restores faces (an identity at strength
+    0 for both bands does not: Wav2Lip's crop is pasted as it is)."""
+    return restorer is not None and not getattr(lipsync_fusion(restorer, fusion),
+                                                "identity_off", False)
+
+
 def restored_from_row(restorer: Any, fusion: Optional[FusionConfig], blend: BlendConfig) -> int:
     """The first row (at the identity's resolution) that ``restorer`` draws: only the rows the
     paste mask can show (from its top down) are asked of a restorer that can restore a window
@@ -166,10 +173,10 @@ def lipsync_first_row(restorer: Any, fusion: Optional[FusionConfig], blend: Blen
     ``blend.lipsync_band`` (where its colours are measured); for a restored one, those of
     the restorer's window; less the rows a bicubic enlargement reads above. Rows above it
     need not be drawn (:class:`~ladtalk.models.wav2lip_rows.Wav2LipRows`)."""
-    fusion = lipsync_fusion(restorer, fusion)
-    if restorer is None or getattr(fusion, "identity_off", False):
+    if not restores(restorer, fusion):
         return first_row_for(blend.lipsync_band[0] if blend.lipsync_band else 0.0)
     return first_row_for(restored_from_row(restorer, fusion, blend) / int(restorer.resolution))
 
 
-__all__ = ["ChunkProcessor", "StageClock", "lipsync_first_row", "restored_from_row"]
+__all__ = ["ChunkProcessor", "StageClock", "lipsync_first_row", "restored_from_row",
+           "restores"]

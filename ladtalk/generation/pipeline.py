@@ -91,6 +91,7 @@ class _Models:
     identity_dir: Optional[str]
     precision: str
     runtimes: Dict[str, RuntimeChoice] = field(default_factory=dict)
+    fusion: Optional[FusionConfig] = None  # the call's, None for the restorer's own
 
 
 class Pipeline:
@@ -301,7 +302,8 @@ class Pipeline:
         t0 = time.perf_counter()
         call.report("load", 0, 1)
         restorer, identity_dir = self.restorer_for(call.opts.identity)
-        first_row = lipsync_first_row(restorer, _fusion(call.opts, restorer), call.opts.blend)
+        fusion = _fusion(call.opts, restorer)
+        first_row = lipsync_first_row(restorer, fusion, call.opts.blend)
         syncer = self.lipsyncer_for(first_row)
         if restorer is None:
             log.info("no identity given: writing the Wav2Lip-only result (as --no-enhance)")
@@ -312,7 +314,8 @@ class Pipeline:
             runtimes["restore"] = restorer.runtime.choice
         for stage, choice in runtimes.items():
             log.info("%s runs %s", stage, choice.describe())
-        return _Models(syncer, restorer, identity_dir, syncer.runtime.precision, runtimes)
+        return _Models(syncer, restorer, identity_dir, syncer.runtime.precision, runtimes,
+                       fusion)
 
     def _identity_check(self, call: _Call, models: _Models, plan: SourcePlan,
                         track: SourceTrack) -> Optional[IdentityMatch]:
@@ -331,13 +334,13 @@ class Pipeline:
 
     def _processor(self, call: _Call, models: _Models, plan: SourcePlan, speech: Speech,
                    track: SourceTrack) -> ChunkProcessor:
-        fusion = _fusion(call.opts, models.restorer)
         t0 = time.perf_counter()
         mel = speech.mel  # (waits for an early mel process, else computes it)
         call.timings["mel"] = time.perf_counter() - t0
         return ChunkProcessor(syncer=models.syncer, mel=mel, starts=plan.starts,
                               track=track, frame_size=plan.size, crop=_crop_config(call.opts),
-                              blend=call.opts.blend, restorer=models.restorer, fusion=fusion)
+                              blend=call.opts.blend, restorer=models.restorer,
+                              fusion=models.fusion)
 
     def _stream(self, call: _Call, plan: SourcePlan, track: SourceTrack,
                 processor: ChunkProcessor) -> StreamResult:
